@@ -1,0 +1,133 @@
+"""Corpus indexers: each module's ``index(root, *, on_error="raise"|"skip", ...) -> IndexResult``.
+
+The helpers here are what the indexers share: finding media files under a root, turning the
+files that did not parse into a ``CorpusLayoutError`` or into ``IndexResult.skipped``, rejecting
+duplicate clip ids, and the natural (subject, label, clip_id) sort order.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from datamodules.clips import Clip, CorpusLayoutError, IndexResult
+
+CORPORA: tuple[str, ...] = ("rml", "enterface", "ravdess", "demo")
+ON_ERROR_CHOICES: tuple[str, ...] = ("raise", "skip")
+_MAX_LISTED_PROBLEMS = 10
+_UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+Problem = tuple[Path, str]  # (offending path, reason)
+
+
+def get_indexer(corpus: str) -> Callable[..., IndexResult]:
+    """The ``index`` function of the corpus module named ``corpus`` (one of ``CORPORA``)."""
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}; known corpora: {', '.join(CORPORA)}")
+    return importlib.import_module(f"{__name__}.{corpus}").index
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+
+
+def require_root(root: str | Path, corpus: str) -> Path:
+    """``root`` as a Path, or a clear error naming it when it is missing or not a folder."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"{corpus} corpus root {root} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{corpus} corpus root {root} is not a folder")
+    return root
+
+
+def media_files(root: Path, extensions: Iterable[str]) -> list[Path]:
+    """Files under ``root`` whose suffix is one of ``extensions`` (case-insensitive), sorted.
+
+    Hidden files are left out: archives unpacked on macOS carry ``._an1.avi`` resource forks,
+    which are not recordings.
+    """
+    suffixes = {normalise_extension(extension) for extension in extensions}
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.suffix.lower() in suffixes
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+        and path.is_file()
+    )
+
+
+def normalise_extension(extension: str) -> str:
+    """``"AVI"``, ``"avi"`` and ``".avi"`` all become ``".avi"``."""
+    return "." + extension.lower().lstrip(".")
+
+
+def safe_id(text: str) -> str:
+    """``text`` with every run of characters outside ``[A-Za-z0-9_.-]`` replaced by ``-``."""
+    return _UNSAFE_ID_CHARACTERS.sub("-", text).strip("-")
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key that orders digit runs by value: ``s2`` before ``s10``."""
+    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text))
+
+
+def clip_sort_key(clip: Clip) -> tuple:
+    return natural_key(clip.subject), clip.label, natural_key(clip.clip_id)
+
+
+def duplicate_id_problems(clips: list[Clip]) -> tuple[list[Clip], list[Problem]]:
+    """Keep the first clip (in path order) of every clip id; the others become problems."""
+    by_id: dict[str, list[Clip]] = defaultdict(list)
+    for clip in sorted(clips, key=lambda clip: natural_key(str(clip.path))):
+        by_id[clip.clip_id].append(clip)
+    kept = [same_id[0] for same_id in by_id.values()]
+    problems = [
+        (duplicate.path, f"clip id {clip_id!r} is already taken by {same_id[0].path}")
+        for clip_id, same_id in by_id.items()
+        for duplicate in same_id[1:]
+    ]
+    return kept, problems
+
+
+def finish_index(
+    clips: list[Clip],
+    problems: list[Problem],
+    *,
+    corpus: str,
+    root: Path,
+    expected: str,
+    on_error: str,
+    notes: list[str] | None = None,
+) -> IndexResult:
+    """Raise for ``problems`` or record them as skipped, then sort the clips.
+
+    ``expected`` describes the file layout the indexer understands; it goes into every error.
+    An index with no clips at all is an error in both modes: nothing downstream can use it.
+    """
+    clips, duplicates = duplicate_id_problems(clips)
+    problems = sorted(problems + duplicates, key=lambda problem: natural_key(str(problem[0])))
+    if problems and on_error == "raise":
+        raise CorpusLayoutError(_problem_message(problems, corpus=corpus, root=root, expected=expected))
+    if not clips:
+        details = ([f"{len(problems)} file(s) skipped as unparseable"] if problems else []) + list(notes or [])
+        found = f" ({'; '.join(details)})" if details else ""
+        raise CorpusLayoutError(f"no {corpus} clips found under {root}{found}; expected {expected}")
+    return IndexResult(
+        clips=sorted(clips, key=clip_sort_key),
+        skipped=[(str(path), reason) for path, reason in problems],
+        notes=list(notes or []),
+    )
+
+
+def _problem_message(problems: list[Problem], *, corpus: str, root: Path, expected: str) -> str:
+    listed = "\n".join(f"  {path}: {reason}" for path, reason in problems[:_MAX_LISTED_PROBLEMS])
+    more = len(problems) - _MAX_LISTED_PROBLEMS
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    return (
+        f"{len(problems)} file(s) under {corpus} corpus root {root} do not fit the expected layout "
+        f"{expected}:\n{listed}{tail}\n(pass on_error='skip' to index the rest and list these as skipped)"
+    )

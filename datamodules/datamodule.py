@@ -1,0 +1,157 @@
+"""The LightningDataModule: index a corpus, prepare it (once, on rank zero), split it by subject or clip."""
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.clips import Clip, IndexResult
+from datamodules.preprocess import PreparedCorpus, cache_folder, format_report, load_clip, prepare_corpus
+from datamodules.splits import Fold
+
+
+class SegmentDataset(Dataset):
+    """The segments of a set of prepared clips; one item per 655 ms segment.
+
+    ``inputs`` picks the tensors a batch carries: ``"audio"`` (uint8 [3,64,64]) and/or ``"faces"``
+    (uint8 [20,3,S,S]).
+    """
+
+    def __init__(
+        self, records: Sequence[dict], clip_indices: Sequence[int], labels: Sequence[int],
+        first_segment_ids: Sequence[int], inputs: Sequence[str],
+    ) -> None:
+        self.records, self.clip_indices, self.labels = records, clip_indices, labels
+        self.first_segment_ids, self.inputs = first_segment_ids, tuple(inputs)
+        counts = [int(r["audio"].shape[0]) for r in records]
+        self.starts = [sum(counts[:i]) for i in range(len(counts))]
+        self.length = sum(counts)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        pos = bisect_right(self.starts, index) - 1
+        k = index - self.starts[pos]
+        record = self.records[pos]
+        item = {
+            "label": torch.tensor(self.labels[pos]),
+            "clip_index": torch.tensor(self.clip_indices[pos]),
+            "segment_id": torch.tensor(self.first_segment_ids[pos] + k),
+        }
+        if "audio" in self.inputs:
+            item["audio"] = record["audio"][k]
+        if "faces" in self.inputs:
+            item["faces"] = record["face_frames"][record["face_index"][k]]
+        return item
+
+
+class EmotionDataModule(L.LightningDataModule):
+    """A corpus prepared with the paper's preprocessing and split into one fold's train/val/test clips.
+
+    ``prepare_data`` (rank zero only) generates the corpus when it has a generator (the demo), indexes
+    it and fills the clip cache; ``setup`` (every rank) reads the cache and builds the fold's datasets.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        indexer: Callable[..., IndexResult],
+        classes: Sequence[str],
+        preprocess: dict,
+        cache_dir: str,
+        cv: Callable[[list[Clip]], list[Fold]] | None = None,
+        fold: int = 0,
+        generator: Callable[..., object] | None = None,
+        inputs: Sequence[str] = ("audio",),
+        batch_size: int = 32,
+        num_workers: int = 0,
+        preprocess_workers: int = 2,
+    ) -> None:
+        super().__init__()
+        self.name, self.root, self.indexer, self.classes = name, Path(root), indexer, list(classes)
+        self.preprocess_cfg, self.cache_dir, self.cv, self.fold = preprocess, cache_dir, cv, fold
+        self.generator, self.inputs = generator, tuple(inputs)
+        self.batch_size, self.num_workers, self.preprocess_workers = batch_size, num_workers, preprocess_workers
+        self.clips: list[Clip] = []
+        self.report: dict = {}
+        self._indexed: IndexResult | None = None
+        self._folds: list[Fold] | None = None
+
+    def index(self) -> IndexResult:
+        """The corpus's clips of the configured classes; generates the demo corpus first if needed.
+
+        Cheap and deterministic, so every process (every DDP rank) can call it.
+        """
+        if self._indexed is None:
+            if self.generator is not None:
+                self.generator(self.root)
+            result = self.indexer(self.root)
+            result.clips = [c for c in result.clips if c.label in self.classes]
+            self._indexed = result
+        return self._indexed
+
+    @property
+    def folds(self) -> list[Fold]:
+        """Folds over the indexed clips, so they do not move when preprocessing drops a clip."""
+        if self._folds is None:
+            if self.cv is None:
+                raise ValueError(f"{self.name}: no cross-validation scheme configured")
+            self._folds = self.cv(self.index().clips)
+        return self._folds
+
+    def prepare_data(self) -> PreparedCorpus:
+        """Index and preprocess the corpus into the clip cache; prints and returns the report."""
+        indexed = self.index()
+        prepared = prepare_corpus(
+            indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name,
+            workers=self.preprocess_workers, index_skipped=indexed.skipped,
+        )
+        self.report = prepared.report
+        print(format_report(prepared.report))
+        return prepared
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.clips:
+            return
+        folder = cache_folder(self.cache_dir, self.name, self.preprocess_cfg)
+        self.clips = [c for c in self.index().clips if (folder / f"{c.clip_id}.pt").exists()]
+        if not self.clips:
+            raise RuntimeError(f"no prepared clips for {self.name} in {folder}: run prepare_data first")
+        self.records = [load_clip(folder / f"{c.clip_id}.pt") for c in self.clips]
+        counts = [int(r["audio"].shape[0]) for r in self.records]
+        self.first_segment_ids = [sum(counts[:i]) for i in range(len(counts))]
+
+    @property
+    def current_fold(self) -> Fold:
+        return self.folds[self.fold]
+
+    def dataset(self, clip_ids: Sequence[str]) -> SegmentDataset:
+        """The segments of the prepared clips among ``clip_ids`` (clips dropped in preprocessing vanish)."""
+        wanted = set(clip_ids)
+        positions = [i for i, c in enumerate(self.clips) if c.clip_id in wanted]
+        return SegmentDataset(
+            [self.records[i] for i in positions], positions,
+            [self.classes.index(self.clips[i].label) for i in positions],
+            [self.first_segment_ids[i] for i in positions], self.inputs,
+        )
+
+    def _loader(self, clip_ids: Sequence[str], shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(clip_ids), batch_size=self.batch_size, shuffle=shuffle,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.current_fold.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.current_fold.val, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.current_fold.test, shuffle=False)

@@ -1,0 +1,129 @@
+"""Decode a recording with PyAV into mono audio at a fixed rate and RGB video frames.
+
+Audio and video share one time origin: the presentation time of the first audio sample.
+``audio[n]`` lies at ``n / sample_rate`` seconds and ``frame_times`` are on the same axis, so a
+span found on the audio (VAD, MFCC segments) selects the matching video frames directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+# A stream whose decoded audio falls this much short of its declared duration was cut off.
+_TRUNCATION_TOLERANCE_S = 0.5
+_TRUNCATION_TOLERANCE_FRACTION = 0.1
+
+
+class BadInputError(ValueError):
+    """A recording that cannot be used: missing, undecodable, truncated, silent of audio, ..."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class DecodedClip:
+    """One decoded recording; all times in seconds from the first audio sample."""
+
+    audio: np.ndarray  # float32 [N], mono, in [-1, 1]
+    sample_rate: int
+    frames: np.ndarray | None  # uint8 [T,H,W,3] RGB; None for audio-only input or with_video=False
+    frame_times: np.ndarray | None  # float64 [T] presentation times
+    fps: float | None  # the video stream's average frame rate
+    duration_s: float  # len(audio) / sample_rate
+
+
+def _seconds(pts: int | None, time_base: Fraction | None) -> float | None:
+    if pts is None or time_base is None:
+        return None
+    return float(pts * time_base)
+
+
+def _declared_duration_s(stream: av.stream.Stream) -> float | None:
+    return _seconds(stream.duration, stream.time_base)
+
+
+def decode_clip(path: str | Path, sample_rate: int = 16000, with_video: bool = True) -> DecodedClip:
+    """Decode ``path``: audio resampled to mono float32 at ``sample_rate``; video as RGB24 frames.
+
+    Raises ``BadInputError`` for a missing file, a file FFmpeg cannot read, a truncated or corrupt
+    stream, no audio stream, or audio of zero length. Audio-only containers (flac, wav) give
+    ``frames=None`` even when ``with_video`` is true; whether that is an error is the caller's call.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(path, "file not found")
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as error:
+        raise BadInputError(path, f"not a readable media file ({error})") from error
+    with container:
+        if not container.streams.audio:
+            raise BadInputError(path, "no audio stream")
+        audio_stream = container.streams.audio[0]
+        video_stream = container.streams.video[0] if with_video and container.streams.video else None
+        streams = [audio_stream] + ([video_stream] if video_stream is not None else [])
+        if video_stream is not None:
+            video_stream.thread_type = "AUTO"
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        audio_chunks: list[np.ndarray] = []
+        audio_start_s: float | None = None
+        frames: list[np.ndarray] = []
+        frame_pts_s: list[float] = []
+        try:
+            for packet in container.demux(streams):
+                for frame in packet.decode():
+                    if packet.stream.type == "audio":
+                        if audio_start_s is None:
+                            audio_start_s = frame.time or 0.0
+                        audio_chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(frame))
+                    else:
+                        frames.append(frame.to_ndarray(format="rgb24"))
+                        frame_pts_s.append(frame.time if frame.time is not None else np.nan)
+            audio_chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(None))
+        except av.FFmpegError as error:
+            raise BadInputError(path, f"corrupt or truncated stream ({error})") from error
+
+        audio = np.concatenate(audio_chunks).astype(np.float32) if audio_chunks else np.zeros(0, np.float32)
+        if audio.size == 0:
+            raise BadInputError(path, "audio stream has zero length")
+        duration_s = audio.size / sample_rate
+        declared_s = _declared_duration_s(audio_stream)
+        if declared_s is not None and declared_s - duration_s > max(
+            _TRUNCATION_TOLERANCE_S, _TRUNCATION_TOLERANCE_FRACTION * declared_s
+        ):
+            raise BadInputError(
+                path, f"truncated: decoded {duration_s:.2f} s of audio, the stream declares {declared_s:.2f} s"
+            )
+
+        if video_stream is None:
+            return DecodedClip(audio, sample_rate, None, None, None, duration_s)
+        if not frames:
+            raise BadInputError(path, "video stream has no decodable frames")
+        frame_times = np.asarray(frame_pts_s, dtype=np.float64) - (audio_start_s or 0.0)
+        if np.isnan(frame_times).any():
+            frame_times = _times_from_rate(path, len(frames), video_stream)
+        order = np.argsort(frame_times, kind="stable")
+        fps = float(video_stream.average_rate) if video_stream.average_rate else None
+        return DecodedClip(
+            audio=audio,
+            sample_rate=sample_rate,
+            frames=np.stack(frames)[order],
+            frame_times=frame_times[order],
+            fps=fps,
+            duration_s=duration_s,
+        )
+
+
+def _times_from_rate(path: Path, n_frames: int, video_stream: av.video.stream.VideoStream) -> np.ndarray:
+    """Frame times from the nominal rate, for containers whose frames carry no timestamps."""
+    rate = video_stream.average_rate or video_stream.guessed_rate
+    if not rate:
+        raise BadInputError(path, "video frames carry neither timestamps nor a frame rate")
+    return np.arange(n_frames, dtype=np.float64) / float(rate)

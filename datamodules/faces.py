@@ -1,0 +1,256 @@
+"""Face tracks for the visual network (paper §3.3).
+
+Each audio segment gets 20 video frames: the frames whose times fall inside the segment, made
+exactly 20 by the paper's rules 2 and 3 (``segment_frame_indices``). The face in each frame is the
+largest MTCNN detection (the paper used an SSD face detector with a ResNet backbone, which has no
+weights we can ship; facenet-pytorch's MTCNN does). A frame without a face takes the face of the
+nearest frame that has one (rule 1, ``nearest_detected``). Faces are cropped as squares around the
+detected box and resized to ``size`` x ``size``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datamodules.decode import BadInputError
+
+FRAMES_PER_SEGMENT = 20
+CENTER_BOX_FRACTION = 0.6
+
+
+class NoFaceError(BadInputError):
+    """No face was found in any frame a clip's segments use."""
+
+
+class FaceDetector:
+    """MTCNN (facenet-pytorch) returning the largest confident face per frame.
+
+    The network is built on first use, so a detector handed to worker processes is pickled without
+    weights and each worker builds its own once.
+    """
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        min_confidence: float = 0.9,
+        detect_max_side: int | None = 480,
+        batch_size: int = 16,
+        min_face_size: int = 40,
+    ):
+        self.device = device
+        self.min_confidence = min_confidence
+        self.detect_max_side = detect_max_side
+        self.batch_size = batch_size
+        self.min_face_size = min_face_size
+        self._mtcnn = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_mtcnn": None}
+
+    @property
+    def mtcnn(self):
+        if self._mtcnn is None:
+            from facenet_pytorch import MTCNN
+
+            self._mtcnn = MTCNN(
+                keep_all=True, post_process=False, min_face_size=self.min_face_size, device=self.device
+            )
+        return self._mtcnn
+
+    def detect(self, frames: np.ndarray) -> np.ndarray:
+        """Largest face with probability >= ``min_confidence`` per frame: float ``[T, 4]`` boxes.
+
+        ``frames`` is uint8 ``[T, H, W, 3]`` RGB. Boxes are (x1, y1, x2, y2) in the frames' pixels;
+        a frame without such a face gets a row of NaN. Frames whose longer side exceeds
+        ``detect_max_side`` are downscaled for detection and the boxes scaled back.
+        """
+        n_frames, height, width = frames.shape[:3]
+        boxes = np.full((n_frames, 4), np.nan, dtype=np.float64)
+        scale = 1.0
+        if self.detect_max_side is not None and max(height, width) > self.detect_max_side:
+            scale = self.detect_max_side / max(height, width)
+        for first in range(0, n_frames, self.batch_size):
+            batch = torch.as_tensor(frames[first : first + self.batch_size], device=self.device)
+            if scale != 1.0:
+                batch = _resize_hwc(batch, round(height * scale), round(width * scale))
+            batch_boxes, batch_probs = self.mtcnn.detect(batch)
+            for offset, (found, probs) in enumerate(zip(batch_boxes, batch_probs)):
+                if found is None:
+                    continue
+                confident = np.asarray(probs, dtype=np.float64) >= self.min_confidence
+                if not confident.any():
+                    continue
+                candidates = np.asarray(found, dtype=np.float64)[confident]
+                areas = (candidates[:, 2] - candidates[:, 0]) * (candidates[:, 3] - candidates[:, 1])
+                boxes[first + offset] = candidates[np.argmax(areas)] / scale
+        return boxes
+
+
+def _resize_hwc(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Antialiased bilinear resize of ``[N, H, W, 3]`` frames; returns float ``[N, h, w, 3]`` in 0-255."""
+    resized = F.interpolate(
+        frames.permute(0, 3, 1, 2).float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False
+    )
+    return resized.permute(0, 2, 3, 1)
+
+
+def nearest_detected(has_face: np.ndarray) -> np.ndarray:
+    """Rule 1: for each frame, the index of the nearest frame with a detected face (ties: the earlier).
+
+    Frames with a face map to themselves. Raises ``ValueError`` when no frame has a face.
+    """
+    has_face = np.asarray(has_face, dtype=bool)
+    detected = np.flatnonzero(has_face)
+    if detected.size == 0:
+        raise ValueError("no frame has a detected face")
+    positions = np.arange(has_face.size)
+    after = np.clip(np.searchsorted(detected, positions), 0, detected.size - 1)
+    before = np.clip(after - 1, 0, detected.size - 1)
+    take_before = np.abs(positions - detected[before]) <= np.abs(detected[after] - positions)
+    return np.where(take_before, detected[before], detected[after]).astype(np.int64)
+
+
+def fit_to_length(indices: np.ndarray, n: int = FRAMES_PER_SEGMENT) -> np.ndarray:
+    """Rules 2 and 3: exactly ``n`` frame indices from a non-empty run.
+
+    More than ``n``: drop (m - n) // 2 from the start and the rest from the end (the centred n).
+    Fewer: repeat the first and the last frame alternately, the first first, until there are ``n``.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    m = indices.size
+    if m == 0:
+        raise ValueError("cannot fit an empty run of frames")
+    if m >= n:
+        drop_front = (m - n) // 2
+        return indices[drop_front : drop_front + n]
+    missing = n - m
+    front, back = (missing + 1) // 2, missing // 2
+    return np.concatenate([np.repeat(indices[:1], front), indices, np.repeat(indices[-1:], back)])
+
+
+def segment_frame_indices(frame_times: np.ndarray, start_s: float, end_s: float, n: int = FRAMES_PER_SEGMENT) -> np.ndarray:
+    """The ``n`` frames of one segment: those with ``start_s <= t < end_s``, fitted by rules 2 and 3.
+
+    If no frame falls in the window, the frame nearest to the window's centre is repeated ``n`` times.
+    """
+    frame_times = np.asarray(frame_times, dtype=np.float64)
+    if frame_times.size == 0:
+        raise ValueError("no video frames")
+    inside = np.flatnonzero((frame_times >= start_s) & (frame_times < end_s))
+    if inside.size == 0:
+        nearest = int(np.argmin(np.abs(frame_times - (start_s + end_s) / 2)))
+        return np.full(n, nearest, dtype=np.int64)
+    return fit_to_length(inside, n)
+
+
+def center_boxes(frame_shape: tuple[int, ...], n_frames: int) -> np.ndarray:
+    """Fallback boxes ``[n_frames, 4]``: a centred square of side 0.6 * min(H, W)."""
+    height, width = frame_shape[:2]
+    side = CENTER_BOX_FRACTION * min(height, width)
+    x1, y1 = (width - side) / 2, (height - side) / 2
+    return np.tile(np.array([x1, y1, x1 + side, y1 + side], dtype=np.float64), (n_frames, 1))
+
+
+def square_crop_box(box: np.ndarray, margin: float, height: int, width: int) -> tuple[int, int, int, int]:
+    """Integer square (x1, y1, x2, y2) of side max(w, h) * (1 + margin) centred on ``box``.
+
+    A square running past the image border is shifted back inside; one larger than the image
+    stays centred and the part outside is padded black by ``crop_faces``.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(round(max(x2 - x1, y2 - y1) * (1 + margin)), 1)
+    left = round((x1 + x2) / 2 - side / 2)
+    top = round((y1 + y2) / 2 - side / 2)
+    if side <= width:
+        left = min(max(left, 0), width - side)
+    if side <= height:
+        top = min(max(top, 0), height - side)
+    return left, top, left + side, top + side
+
+
+def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int, margin: float = 0.0) -> torch.Tensor:
+    """Square face crops resized to ``size``: uint8 ``[T, 3, size, size]`` from uint8 ``[T, H, W, 3]``.
+
+    See ``square_crop_box`` for the square; resizing is antialiased bilinear.
+    """
+    n_frames, height, width = frames.shape[:3]
+    crops = torch.empty((n_frames, 3, size, size), dtype=torch.uint8)
+    for i in range(n_frames):
+        left, top, right, bottom = square_crop_box(boxes[i], margin, height, width)
+        image = torch.as_tensor(frames[i]).permute(2, 0, 1)
+        patch = image[:, max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
+        pad = (max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
+        if any(pad):
+            patch = F.pad(patch, pad)
+        resized = F.interpolate(
+            patch[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )[0]
+        crops[i] = resized.round().clamp(0, 255).to(torch.uint8)
+    return crops
+
+
+@dataclass
+class FaceTrack:
+    """The face crops of one clip's segments; ``face_frames[face_index]`` is ``[K, 20, 3, S, S]``."""
+
+    face_frames: torch.Tensor  # uint8 [F, 3, S, S], distinct crops
+    face_index: torch.Tensor  # int64 [K, 20], rows into face_frames
+    source_frames: np.ndarray  # int64 [F], the video frame each crop was cut from
+    boxes: np.ndarray  # float [F, 4], the crop's face box (x1, y1, x2, y2) in that frame
+    detected_frames: int  # frames used by some segment in which a face was detected
+    fallback_frames: int  # frames used by some segment that got the centre box
+
+
+def build_face_track(
+    frames: np.ndarray,
+    frame_times: np.ndarray,
+    segment_times: np.ndarray | torch.Tensor,
+    detector: FaceDetector,
+    size: int,
+    margin: float = 0.0,
+    fallback: Literal["none", "center"] = "none",
+    path: str | Path = "<frames>",
+) -> FaceTrack:
+    """Face track for segments ``[K, 2]`` (start, end seconds on the same axis as ``frame_times``).
+
+    Faces are detected only on the frames some segment uses. A used frame without a face takes the
+    face of the nearest used frame with one (rule 1). If no used frame has a face: ``fallback="center"``
+    crops a centred square from every frame; ``"none"`` raises ``NoFaceError`` naming ``path``.
+    """
+    if fallback not in ("none", "center"):
+        raise ValueError(f"fallback must be 'none' or 'center', got {fallback!r}")
+    segment_times = np.asarray(segment_times, dtype=np.float64)
+    per_segment = np.stack([segment_frame_indices(frame_times, start, end) for start, end in segment_times])
+    used = np.unique(per_segment)
+    used_boxes = detector.detect(frames[used])
+    has_face = ~np.isnan(used_boxes[:, 0])
+    detected_frames = int(has_face.sum())
+    fallback_frames = 0
+    if detected_frames:
+        detected_mask = np.zeros(len(frames), dtype=bool)
+        detected_mask[used[has_face]] = True
+        replacement = nearest_detected(detected_mask)[used]  # by distance in frames, not in list position
+    elif fallback == "center":
+        used_boxes = center_boxes(frames.shape[1:], used.size)
+        replacement = used
+        fallback_frames = int(used.size)
+    else:
+        raise NoFaceError(path, f"no face detected in any of the {used.size} frames its segments use")
+
+    source_frames = np.unique(replacement)
+    source_per_slot = replacement[np.searchsorted(used, per_segment)]
+    face_index = np.searchsorted(source_frames, source_per_slot)
+    boxes = used_boxes[np.searchsorted(used, source_frames)]
+    return FaceTrack(
+        face_frames=crop_faces(frames[source_frames], boxes, size, margin),
+        face_index=torch.as_tensor(face_index, dtype=torch.int64),
+        source_frames=source_frames.astype(np.int64),
+        boxes=boxes,
+        detected_frames=detected_frames,
+        fallback_frames=fallback_frames,
+    )

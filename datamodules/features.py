@@ -1,0 +1,115 @@
+"""Fusion-stage data: every segment's audio and visual features, computed once by the frozen extractors."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from datamodules.datamodule import EmotionDataModule
+from datamodules.preprocess import atomic_save
+
+
+def checkpoint_identity(path: Path) -> str:
+    """Cheap identity of a checkpoint file (a retrained extractor invalidates the feature cache)."""
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class FeatureDataset(Dataset):
+    def __init__(self, features: dict[str, torch.Tensor], rows: torch.Tensor) -> None:
+        self.features, self.rows = features, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.rows[index]
+        return {
+            "audio_feat": self.features["audio"][row],
+            "visual_feat": self.features["visual"][row],
+            "label": self.features["label"][row],
+            "clip_index": self.features["clip_index"][row],
+            "segment_id": self.features["segment_id"][row],
+        }
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """The fold's segments as (audio feature, visual feature) pairs for the fusion network.
+
+    ``prepare_data`` (rank zero) runs the best audio and visual checkpoints of the fold, frozen, over
+    every prepared segment and caches the features in ``cache_path``; ``setup`` reads that cache.
+    """
+
+    def __init__(
+        self, segments: EmotionDataModule, audio_checkpoint: Path, visual_checkpoint: Path, cache_path: Path,
+        batch_size: int = 64, extract_batch_size: int = 16,
+    ) -> None:
+        super().__init__()
+        self.segments, self.cache_path = segments, Path(cache_path)
+        self.audio_checkpoint, self.visual_checkpoint = Path(audio_checkpoint), Path(visual_checkpoint)
+        self.batch_size, self.extract_batch_size = batch_size, extract_batch_size
+        self.features: dict[str, torch.Tensor] = {}
+
+    @property
+    def key(self) -> str:
+        return checkpoint_identity(self.audio_checkpoint) + "|" + checkpoint_identity(self.visual_checkpoint)
+
+    def prepare_data(self) -> None:
+        if self.cache_path.exists() and torch.load(self.cache_path, mmap=True)["key"] == self.key:
+            return
+        from lightning_modules.audio_module import AudioModule
+        from lightning_modules.visual_module import VisualModule
+
+        self.segments.prepare_data()
+        self.segments.setup()
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        audio = AudioModule.load_from_checkpoint(self.audio_checkpoint, map_location=device).eval()
+        visual = VisualModule.load_from_checkpoint(self.visual_checkpoint, map_location=device).eval()
+        dataset = self.segments.dataset([c.clip_id for c in self.segments.clips])
+        dataset.inputs = ("audio", "faces")
+        loader = DataLoader(dataset, batch_size=self.extract_batch_size, num_workers=self.segments.num_workers)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("audio", "visual", "label", "clip_index", "segment_id")}
+        with torch.inference_mode(), autocast:
+            for batch in tqdm(loader, desc="fusion features", unit="batch"):
+                on_device = {k: v.to(device) for k, v in batch.items()}
+                parts["audio"].append(audio.extract_features(on_device).float().cpu())
+                parts["visual"].append(visual.extract_features(on_device).float().cpu())
+                for name in ("label", "clip_index", "segment_id"):
+                    parts[name].append(batch[name])
+        features = {k: torch.cat(v) for k, v in parts.items()}
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save({"key": self.key, **features}, self.cache_path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.features:
+            return
+        cached = torch.load(self.cache_path, mmap=True)
+        if cached["key"] != self.key:
+            raise RuntimeError(f"{self.cache_path} was computed from other checkpoints: run prepare_data")
+        self.features = {k: v for k, v in cached.items() if k != "key"}
+        self.segments.setup()
+
+    @property
+    def feature_dims(self) -> tuple[int, int]:
+        return self.features["audio"].shape[1], self.features["visual"].shape[1]
+
+    def _loader(self, clip_ids: Sequence[str], shuffle: bool) -> DataLoader:
+        wanted = {i for i, c in enumerate(self.segments.clips) if c.clip_id in set(clip_ids)}
+        rows = torch.tensor([i for i, c in enumerate(self.features["clip_index"].tolist()) if c in wanted])
+        return DataLoader(FeatureDataset(self.features, rows), batch_size=self.batch_size, shuffle=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.segments.current_fold.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.segments.current_fold.val, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.segments.current_fold.test, shuffle=False)
+

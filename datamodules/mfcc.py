@@ -1,0 +1,161 @@
+"""MFCC images for the audio network (paper §3.2, Eq. 2-4).
+
+Utterance-level static MFCC (64 mel filters 20-8000 Hz, 25 ms Hamming window, 10 ms hop, 64
+coefficients), its delta and delta-delta (Eq. 4, N = 2), cut into context windows of 64 frames
+shifted by 30 frames; each window becomes a 3-channel 64x64 uint8 image (static, delta,
+delta-delta), every channel min-max rescaled to 0-255.
+
+A segment of 64 frames covers (64 - 1) * 10 ms + 25 ms = 655 ms of audio, the paper's segment length.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+import torch
+import torchaudio
+
+N_MFCC = 64
+N_MELS = 64
+F_MIN_HZ = 20.0
+F_MAX_HZ = 8000.0
+WINDOW_MS = 25.0
+HOP_MS = 10.0
+SEGMENT_FRAMES = 64
+SEGMENT_SHIFT = 30
+DELTA_N = 2  # Eq. 4's N: the delta regression spans t-2..t+2
+TOP_DB = 80.0  # log-energy floor below the utterance maximum, so digital silence stays finite
+
+
+@lru_cache(maxsize=8)
+def _mel_spectrogram(sample_rate: int, n_fft: int, hop: int, n_mels: int, f_min: float, f_max: float):
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate,
+        n_fft=n_fft,
+        win_length=n_fft,
+        hop_length=hop,
+        f_min=f_min,
+        f_max=f_max,
+        n_mels=n_mels,
+        window_fn=torch.hamming_window,
+        power=2.0,
+        center=False,
+    )
+
+
+def frame_count(n_samples: int, sample_rate: int, window_ms: float = WINDOW_MS, hop_ms: float = HOP_MS) -> int:
+    """Number of MFCC frames for ``n_samples`` (no centring): 1 + (N - window) // hop, at least 1."""
+    window, hop = _samples(sample_rate, window_ms), _samples(sample_rate, hop_ms)
+    return 1 + max(n_samples - window, 0) // hop
+
+
+def _samples(sample_rate: int, ms: float) -> int:
+    return round(sample_rate * ms / 1000)
+
+
+def mfcc_frames(
+    audio: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    *,
+    n_mfcc: int = N_MFCC,
+    n_mels: int = N_MELS,
+    f_min: float = F_MIN_HZ,
+    f_max: float = F_MAX_HZ,
+    window_ms: float = WINDOW_MS,
+    hop_ms: float = HOP_MS,
+) -> torch.Tensor:
+    """Static MFCC, delta and delta-delta of a whole utterance: float32 ``[3, n_mfcc, T]``.
+
+    Power spectrum per Eq. 2-3 (Hamming-windowed DFT, periodogram |S|^2 / N), mel filter bank, log
+    (dB, floored ``TOP_DB`` below the utterance maximum), DCT-II (orthonormal). Deltas by Eq. 4 with
+    N = 2 on the utterance-level static MFCC (edges replicated); delta-delta is the delta of the delta.
+    Audio shorter than one window is zero-padded to one window (one frame).
+    """
+    signal = torch.as_tensor(np.asarray(audio), dtype=torch.float32).reshape(-1)
+    n_fft, hop = _samples(sample_rate, window_ms), _samples(sample_rate, hop_ms)
+    if signal.numel() < n_fft:
+        signal = torch.nn.functional.pad(signal, (0, n_fft - signal.numel()))
+    mel_power = _mel_spectrogram(sample_rate, n_fft, hop, n_mels, f_min, f_max)(signal) / n_fft
+    log_mel = torchaudio.functional.amplitude_to_DB(mel_power, multiplier=10.0, amin=1e-10, db_multiplier=0.0, top_db=TOP_DB)
+    dct = torchaudio.functional.create_dct(n_mfcc, n_mels, norm="ortho")  # [n_mels, n_mfcc]
+    static = (log_mel.transpose(-1, -2) @ dct).transpose(-1, -2)  # [n_mfcc, T]
+    delta = torchaudio.functional.compute_deltas(static, win_length=2 * DELTA_N + 1)
+    delta_delta = torchaudio.functional.compute_deltas(delta, win_length=2 * DELTA_N + 1)
+    return torch.stack([static, delta, delta_delta])
+
+
+def num_segments(n_frames: int, window: int = SEGMENT_FRAMES, shift: int = SEGMENT_SHIFT) -> int:
+    """Context windows in ``n_frames`` MFCC frames: floor((n - window) / shift) + 1.
+
+    A clip shorter than one window is padded to one window (edge frames repeated), so it gives 1.
+    """
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be positive, got {n_frames}")
+    return (n_frames - window) // shift + 1 if n_frames >= window else 1
+
+
+def segment_mfcc(features: torch.Tensor, window: int = SEGMENT_FRAMES, shift: int = SEGMENT_SHIFT) -> torch.Tensor:
+    """Cut ``[C, F, T]`` features into ``[K, C, F, window]`` context windows shifted by ``shift`` frames.
+
+    Frames after the last whole window are dropped; fewer than ``window`` frames are padded by
+    repeating the last frame.
+    """
+    n_frames = features.shape[-1]
+    if n_frames < window:
+        features = torch.cat([features, features[..., -1:].expand(*features.shape[:-1], window - n_frames)], dim=-1)
+    k = num_segments(n_frames, window, shift)
+    return features.unfold(-1, window, shift)[..., :k, :].movedim(-2, 0).contiguous()
+
+
+def segment_times(
+    n_segments: int,
+    *,
+    window: int = SEGMENT_FRAMES,
+    shift: int = SEGMENT_SHIFT,
+    window_ms: float = WINDOW_MS,
+    hop_ms: float = HOP_MS,
+) -> torch.Tensor:
+    """Start and end seconds ``[K, 2]`` of each segment, from the start of the analysed audio.
+
+    Segment k starts at k * shift * hop and ends (window - 1) * hop + window length later (0.655 s).
+    """
+    starts = torch.arange(n_segments, dtype=torch.float64) * shift * hop_ms / 1000
+    length_s = ((window - 1) * hop_ms + window_ms) / 1000
+    return torch.stack([starts, starts + length_s], dim=-1)
+
+
+def rescale_to_uint8(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Min-max rescale ``x`` to 0-255 over ``dims`` (a constant slice gives zeros), as uint8."""
+    low = x.amin(dim=dims, keepdim=True)
+    span = x.amax(dim=dims, keepdim=True) - low
+    scaled = torch.where(span > 0, (x - low) / torch.where(span > 0, span, 1.0), 0.0)
+    return (scaled * 255).round().to(torch.uint8)
+
+
+def mfcc_images(
+    audio: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    *,
+    window: int = SEGMENT_FRAMES,
+    shift: int = SEGMENT_SHIFT,
+    scale: Literal["segment", "utterance"] = "segment",
+    **mfcc_kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MFCC images of an utterance (§3.2): uint8 ``[K, 3, n_mfcc, window]`` and times ``[K, 2]`` (s).
+
+    Channels are static, delta, delta-delta, each rescaled to 0-255: ``scale="segment"`` over each
+    image and channel (every image uses its full range, like an RGB picture); ``"utterance"`` over
+    the whole utterance per channel, so images keep their loudness relative to each other.
+    ``mfcc_kwargs`` go to ``mfcc_frames``. Times are relative to the start of ``audio``.
+    """
+    features = mfcc_frames(audio, sample_rate, **mfcc_kwargs)
+    if scale == "utterance":
+        features = rescale_to_uint8(features, dims=(-2, -1))
+        segments = segment_mfcc(features, window, shift)
+    elif scale == "segment":
+        segments = rescale_to_uint8(segment_mfcc(features, window, shift), dims=(-2, -1))
+    else:
+        raise ValueError(f"scale must be 'segment' or 'utterance', got {scale!r}")
+    timing = {k: mfcc_kwargs[k] for k in ("window_ms", "hop_ms") if k in mfcc_kwargs}
+    return segments, segment_times(segments.shape[0], window=window, shift=shift, **timing).to(torch.float32)

@@ -1,0 +1,12 @@
+"""Plain nn.Module building blocks: VGG fc7 extractor, face-sequence encoder, attention fusion head."""
+from lightning_modules.components.attention import AttentionFusionHead, ModalityAttention
+from lightning_modules.components.vgg import VGGFeatureExtractor, preprocess_uint8_images
+from lightning_modules.components.visual import FaceSequenceEncoder
+
+__all__ = [
+    "AttentionFusionHead",
+    "FaceSequenceEncoder",
+    "ModalityAttention",
+    "VGGFeatureExtractor",
+    "preprocess_uint8_images",
+]

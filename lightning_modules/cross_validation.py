@@ -1,0 +1,197 @@
+"""What ``python train.py stage=<stage> fold=<K|all>`` does: train stages on folds, test, summarise.
+
+Each (stage, fold) run writes ``<run_dir>/<stage>/fold_<K>/`` with ``config.yaml``,
+``checkpoints/best.ckpt`` (chosen on validation clips from training subjects only) and ``metrics.json``;
+``fold=all`` adds ``<run_dir>/<stage>/summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.datamodule import EmotionDataModule
+from datamodules.features import FeatureDataModule
+from datamodules.preprocess import atomic_write_text
+
+STAGES = ("audio", "visual", "fusion")
+STAGE_INPUTS = {"audio": ("audio",), "visual": ("faces",)}
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """The fusion stage was asked for before the extractors it builds on were trained."""
+
+
+def fold_dir(cfg: DictConfig, stage: str, fold: int) -> Path:
+    return Path(cfg.paths.run_dir) / stage / f"fold_{fold}"
+
+
+def best_checkpoint(cfg: DictConfig, stage: str, fold: int) -> Path:
+    return fold_dir(cfg, stage, fold) / "checkpoints" / "best.ckpt"
+
+
+def upstream_checkpoints(cfg: DictConfig, fold: int, overrides: list[str] | None = None) -> tuple[Path, Path]:
+    """The best audio and visual checkpoints of ``fold``, or an error naming the commands to run first."""
+    paths = {stage: best_checkpoint(cfg, stage, fold) for stage in ("audio", "visual")}
+    missing = [stage for stage, path in paths.items() if not path.exists()]
+    if missing:
+        kept = [o for o in overrides or [] if not o.startswith(("stage=", "fold="))]
+        commands = "\n".join(
+            f"  python train.py {' '.join([f'stage={s}', f'fold={fold}', *kept])}" for s in missing
+        )
+        raise MissingCheckpointError(
+            f"stage=fusion fold={fold} needs the {' and '.join(missing)} extractor checkpoint(s) "
+            f"{', '.join(str(paths[s]) for s in missing)}; run first:\n{commands}"
+        )
+    return paths["audio"], paths["visual"]
+
+
+def _task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule) -> dict:
+    """Train ``stage`` on ``fold``, test its best checkpoint on the held-out clips, write metrics.json."""
+    out = fold_dir(cfg, stage, fold)
+    if rank_zero_only.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "config.yaml")
+    L.seed_everything(cfg.seed + fold, workers=True)
+    stage_cfg = cfg.model[stage]
+    datamodule.fold = fold
+    if stage == "fusion":
+        audio_ckpt, visual_ckpt = upstream_checkpoints(cfg, fold, _task_overrides())
+        data: L.LightningDataModule = FeatureDataModule(
+            datamodule, audio_ckpt, visual_ckpt, out / "features.pt", batch_size=stage_cfg.batch_size
+        )
+    else:
+        datamodule.inputs = STAGE_INPUTS[stage]
+        datamodule.batch_size = stage_cfg.batch_size
+        data = datamodule
+    module = instantiate(
+        stage_cfg.module, _convert_="all", num_classes=len(datamodule.classes), class_names=list(datamodule.classes)
+    )
+    callbacks = [
+        instantiate(node, dirpath=str(out / "checkpoints")) if name == "model_checkpoint" else instantiate(node)
+        for name, node in cfg.callbacks.items()
+        if node is not None
+    ]
+    logger = instantiate(cfg.logger, save_dir=str(out)) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, **stage_cfg.get("trainer", {}), callbacks=callbacks, logger=logger, default_root_dir=str(out)
+    )
+    trainer.fit(module, datamodule=data)
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    if best and Path(best).name != "best.ckpt":
+        raise RuntimeError(f"checkpoint saved as {best}; expected {out / 'checkpoints' / 'best.ckpt'}")
+    trainer.test(module, datamodule=data, ckpt_path="best" if best else None)
+    test = module.last_eval["test"]
+    current = datamodule.current_fold
+    metrics = {
+        "corpus": datamodule.name,
+        "cv": cfg.cv.name,
+        "stage": stage,
+        "fold": fold,
+        "test_subjects": sorted({c.subject for c in datamodule.clips if c.clip_id in set(current.test)}),
+        "class_names": list(datamodule.classes),
+        "n_test_clips": test["n_clips"],
+        "n_test_segments": test["n_segments"],
+        "segment": test["segment"],
+        "video": test["video"],
+        "best_checkpoint": best,
+        "best_val_video_acc": float(checkpoint.best_model_score) if best else None,
+    }
+    if trainer.is_global_zero:
+        atomic_write_text(json.dumps(metrics, indent=2), out / "metrics.json")
+    return metrics
+
+
+def summarize_folds(per_fold: list[dict]) -> dict:
+    """Per-fold test metrics, their mean ± sample std over folds, and the pooled confusion matrices."""
+    summary: dict = {"folds": [], "mean": {}, "std": {}, "pooled": {}}
+    names = ("accuracy", "uar", "macro_f1")
+    for m in per_fold:
+        row = {"fold": m["fold"], "test_subjects": m["test_subjects"], "n_test_clips": m["n_test_clips"]}
+        for level in ("segment", "video"):
+            row.update({f"{level}_{n}": m[level][n] for n in names})
+        summary["folds"].append(row)
+    for key in summary["folds"][0]:
+        if key.startswith(("segment_", "video_")):
+            values = [row[key] for row in summary["folds"]]
+            mean = sum(values) / len(values)
+            summary["mean"][key] = mean
+            summary["std"][key] = (
+                math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            )
+    for level in ("segment", "video"):
+        pooled = torch.tensor([m[level]["confusion_matrix"] for m in per_fold]).sum(0)
+        summary["pooled"][level] = {
+            "confusion_matrix": pooled.tolist(),
+            "accuracy": float(pooled.trace() / pooled.sum()) if pooled.sum() else 0.0,
+        }
+    first = per_fold[0]
+    summary.update(corpus=first["corpus"], cv=first["cv"], stage=first["stage"], class_names=first["class_names"])
+    return summary
+
+
+def format_summary_table(summary: dict) -> str:
+    """The per-fold table a researcher reads at the end of a cross-validation."""
+    header = f"{'fold':>6} {'test subjects':<20} {'clips':>5} {'seg acc':>8} {'video acc':>9} {'video UAR':>9}"
+    lines = [f"{summary['corpus']} / {summary['cv']} / {summary['stage']}", header, "-" * len(header)]
+    for row in summary["folds"]:
+        subjects = ",".join(row["test_subjects"])
+        lines.append(
+            f"{row['fold']:>6} {subjects[:20]:<20} {row['n_test_clips']:>5} {row['segment_accuracy']:>8.3f} "
+            f"{row['video_accuracy']:>9.3f} {row['video_uar']:>9.3f}"
+        )
+    mean, std = summary["mean"], summary["std"]
+    lines.append("-" * len(header))
+    lines.append(
+        f"{'mean':>6} {'± std over folds':<20} {'':>5} {mean['segment_accuracy']:>8.3f} "
+        f"{mean['video_accuracy']:>9.3f} {mean['video_uar']:>9.3f}"
+    )
+    lines.append(
+        f"{'':>6} {'':<20} {'':>5} {std['segment_accuracy']:>8.3f} {std['video_accuracy']:>9.3f} "
+        f"{std['video_uar']:>9.3f}"
+    )
+    lines.append(f"pooled video accuracy {summary['pooled']['video']['accuracy']:.3f}")
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run ``cfg.stage`` (one stage or ``all``) on ``cfg.fold`` (one fold or ``all``)."""
+    stages = STAGES if cfg.stage == "all" else (cfg.stage,)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"stage={cfg.stage}: expected one of {', '.join(STAGES)} or all")
+    datamodule: EmotionDataModule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
+    n_folds = len(datamodule.folds)
+    if str(cfg.fold) == "all":
+        folds = list(range(n_folds))
+    elif str(cfg.fold).isdigit() and int(cfg.fold) < n_folds:
+        folds = [int(cfg.fold)]
+    else:
+        raise ValueError(f"fold={cfg.fold}: {datamodule.name} has folds 0..{n_folds - 1} under cv={cfg.cv.name}")
+    results: dict[str, list[dict]] = {stage: [] for stage in stages}
+    for fold in folds:
+        for stage in stages:
+            results[stage].append(train_stage(cfg, stage, fold, datamodule))
+    summaries = {}
+    for stage in stages:
+        summary = summarize_folds(results[stage])
+        summaries[stage] = summary
+        if rank_zero_only.rank != 0:
+            continue
+        if str(cfg.fold) == "all":
+            atomic_write_text(json.dumps(summary, indent=2), Path(cfg.paths.run_dir) / stage / "summary.json")
+        print("\n" + format_summary_table(summary))
+    return summaries

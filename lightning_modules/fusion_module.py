@@ -1,0 +1,73 @@
+"""Fusion network, §3.4: precomputed audio and visual segment features -> attention DNN (Eq. 5-7)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from lightning_modules.base import Batch, EmotionModule
+from lightning_modules.components.attention import AttentionFusionHead
+
+
+class FusionModule(EmotionModule):
+    """batch["audio_feat"] `[B, audio_dim]`, batch["visual_feat"] `[B, visual_dim]` -> AttentionFusionHead.
+
+    The features come from the frozen audio and visual networks (the paper's second training phase).
+    Evaluation also logs `<stage>/attn_audio` and `<stage>/attn_visual`: the mean attention weight on
+    the audio and visual features (for num_tokens=2, the mean beta of each modality token).
+
+    Args:
+        audio_dim, visual_dim, num_tokens, attention_dim, hidden_dims, dropout, num_classes:
+            AttentionFusionHead's.
+        The remaining arguments are EmotionModule's (channels_last has no effect: no convolutions).
+    """
+
+    def __init__(
+        self,
+        audio_dim: int = 4096,
+        visual_dim: int = 4096,
+        num_tokens: int = 2,
+        attention_dim: int = 256,
+        hidden_dims: Sequence[int] = (1024,),
+        dropout: float = 0.5,
+        num_classes: int = 6,
+        class_names: Sequence[str] | None = None,
+        optimizer: str = "adam",
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        scheduler: str = "none",
+        scheduler_patience: int = 5,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+    ) -> None:
+        # plain containers, so that hparams.yaml and checkpoints hold no tuples or OmegaConf objects
+        hidden_dims = list(hidden_dims)
+        class_names = list(class_names) if class_names is not None else None
+        super().__init__(
+            num_classes, class_names, optimizer, lr, weight_decay, momentum,
+            scheduler, scheduler_patience, label_smoothing, channels_last,
+        )
+        self.save_hyperparameters()
+        self.head = AttentionFusionHead(
+            audio_dim, visual_dim, num_tokens, attention_dim, hidden_dims, dropout, num_classes
+        )
+        self._finish_init()
+
+    def extract_features(self, batch: Batch) -> torch.Tensor:
+        """The attended fused vector q `[B, token_dim]` (Eq. 7)."""
+        attended, _ = self.head.attend(batch["audio_feat"], batch["visual_feat"])
+        return attended
+
+    def segment_outputs(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, weights = self.head(batch["audio_feat"], batch["visual_feat"])
+        return logits, {"attention": weights}
+
+    def extra_evaluation(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Mean attention weight on audio and on visual features over the evaluated segments."""
+        mean_weights = rows["attention"].double().mean(dim=0)
+        audio_share = self.head.token_audio_fraction().double()
+        return {
+            "attn_audio": (mean_weights * audio_share).sum().item(),
+            "attn_visual": (mean_weights * (1.0 - audio_share)).sum().item(),
+        }

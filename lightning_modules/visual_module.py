@@ -1,0 +1,72 @@
+"""Visual network, §3.3: 20 face crops per segment -> VGG19 fc7 per frame -> LSTM (4096-D) -> segment emotion."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from lightning_modules.base import Batch, EmotionModule, checkpoint_backbone_kwargs
+from lightning_modules.components.vgg import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VGGFeatureExtractor,
+    preprocess_uint8_images,
+)
+from lightning_modules.components.visual import FaceSequenceEncoder
+
+
+class VisualModule(EmotionModule):
+    """batch["faces"] uint8 `[B, 20, 3, S, S]` -> FaceSequenceEncoder (VGG fc7 + LSTM) -> linear head.
+
+    Args:
+        backbone: VGGFeatureExtractor kwargs for the per-frame VGG.
+        lstm_hidden, lstm_layers: the LSTM over the frame features (4096 and 1 in the paper's reading).
+        lstm_dropout: dropout on the frame features entering the LSTM and between LSTM layers.
+        frames_per_chunk: frames per VGG call (bounds memory when the VGG is frozen or in inference).
+        num_classes, head_dropout, input_mean, input_std: as in AudioModule.
+        The remaining arguments are EmotionModule's.
+    """
+
+    def __init__(
+        self,
+        backbone: Mapping[str, Any] | None = None,
+        lstm_hidden: int = 4096,
+        lstm_layers: int = 1,
+        lstm_dropout: float = 0.0,
+        frames_per_chunk: int = 160,
+        num_classes: int = 6,
+        head_dropout: float = 0.5,
+        input_mean: Sequence[float] = IMAGENET_MEAN,
+        input_std: Sequence[float] = IMAGENET_STD,
+        class_names: Sequence[str] | None = None,
+        optimizer: str = "adam",
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        scheduler: str = "none",
+        scheduler_patience: int = 5,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+    ) -> None:
+        # plain containers, so that hparams.yaml and checkpoints hold no tuples or OmegaConf objects
+        backbone = dict(backbone or {})
+        input_mean, input_std = list(input_mean), list(input_std)
+        class_names = list(class_names) if class_names is not None else None
+        super().__init__(
+            num_classes, class_names, optimizer, lr, weight_decay, momentum,
+            scheduler, scheduler_patience, label_smoothing, channels_last,
+        )
+        self.save_hyperparameters()
+        self.hparams["backbone"] = checkpoint_backbone_kwargs(backbone)
+        self.input_mean, self.input_std = input_mean, input_std
+        self.encoder = FaceSequenceEncoder(
+            VGGFeatureExtractor(**backbone), lstm_hidden, lstm_layers, lstm_dropout, frames_per_chunk
+        )
+        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.encoder.out_dim, num_classes))
+        self._finish_init()
+
+    def extract_features(self, batch: Batch) -> torch.Tensor:
+        """Face crops -> segment features `[B, lstm_hidden]` (the LSTM's last hidden state)."""
+        faces = preprocess_uint8_images(batch["faces"], self.input_mean, self.input_std)
+        return self.encoder(faces, memory_format=self.memory_format)

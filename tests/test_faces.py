@@ -1,0 +1,152 @@
+"""Face alignment rules (paper §3.3) and MTCNN face tracks on the real RAVDESS clip."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.decode import BadInputError, decode_clip
+from datamodules.faces import (
+    FaceDetector,
+    NoFaceError,
+    build_face_track,
+    center_boxes,
+    crop_faces,
+    nearest_detected,
+    segment_frame_indices,
+)
+from datamodules.mfcc import mfcc_images
+from datamodules.vad import detect_speech_span
+
+CROP = 112
+
+
+# ---------------------------------------------------------------- the three rules
+
+
+def test_rule1_nearest_detected_frame():
+    has_face = np.array([0, 0, 1, 0, 0, 0, 1, 0, 0], dtype=bool)
+    # frame 4 is 2 from both 2 and 6: the earlier wins
+    assert nearest_detected(has_face).tolist() == [2, 2, 2, 2, 2, 6, 6, 6, 6]
+    assert nearest_detected(np.ones(3, bool)).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError):
+        nearest_detected(np.zeros(3, bool))
+
+
+def test_rule2_more_frames_keeps_centred_20():
+    frame_times = np.arange(100) / 30.0
+    indices = segment_frame_indices(frame_times, 10 / 30 - 1e-6, 33 / 30 - 1e-6)  # frames 10..32: 23 frames
+    assert indices.tolist() == list(range(11, 31))  # (23-20)//2 = 1 dropped at the start, 2 at the end
+
+
+def test_rule3_fewer_frames_duplicates_first_and_last():
+    frame_times = np.arange(100) / 25.0  # eNTERFACE's 25 fps: a 0.68 s window holds 17 frames
+    indices = segment_frame_indices(frame_times, 0.2, 0.88)
+    assert indices.tolist() == [5, 5] + list(range(5, 22)) + [21]
+    assert len(indices) == 20
+
+
+def test_window_without_frames_takes_nearest_frame():
+    frame_times = np.arange(10) / 25.0
+    assert segment_frame_indices(frame_times, 5.0, 5.655).tolist() == [9] * 20
+
+
+def test_center_boxes():
+    boxes = center_boxes((480, 640, 3), 2)
+    assert boxes.shape == (2, 4)
+    assert boxes[0].tolist() == pytest.approx([176.0, 96.0, 464.0, 384.0])
+
+
+def test_crop_of_box_larger_than_image_is_padded_black():
+    frames = np.full((1, 40, 60, 3), 200, np.uint8)
+    crops = crop_faces(frames, np.array([[0.0, 0.0, 60.0, 40.0]]), size=30)  # a 60 px square on a 40 px tall image
+    assert crops.shape == (1, 3, 30, 30)
+    assert crops[0, :, 15, 15].tolist() == [200, 200, 200]
+    assert crops[0, :, 0, 15].max() < 100 and crops[0, :, -1, 15].max() < 100
+
+
+# ---------------------------------------------------------------- real clip
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return FaceDetector(detect_max_side=480)
+
+
+@pytest.fixture(scope="module")
+def av_clip(ravdess_av_clip):
+    return decode_clip(ravdess_av_clip)
+
+
+@pytest.fixture(scope="module")
+def real_track(av_clip, detector, ravdess_av_clip):
+    """Face track of the first three speech segments, on the clip's time axis."""
+    span = detect_speech_span(av_clip.audio, av_clip.sample_rate)
+    first = round(span.start_s * av_clip.sample_rate)
+    last = round(span.end_s * av_clip.sample_rate)
+    _, times = mfcc_images(av_clip.audio[first:last], av_clip.sample_rate)
+    segment_times = times[:3].double() + span.start_s
+    track = build_face_track(
+        av_clip.frames, av_clip.frame_times, segment_times, detector, size=CROP, margin=0.2, path=ravdess_av_clip
+    )
+    return track, segment_times
+
+
+@pytest.mark.shared
+def test_face_track_on_real_clip(real_track, av_clip):
+    track, segment_times = real_track
+    n_used = track.face_frames.shape[0]
+    assert track.face_frames.dtype == torch.uint8 and track.face_frames.shape[1:] == (3, CROP, CROP)
+    assert track.face_index.dtype == torch.int64 and track.face_index.shape == (3, 20)
+    assert int(track.face_index.max()) < n_used
+    # the segments span 0.655 + 2 * 0.3 s, about 38 frames at 29.97 fps, all with a detected face
+    assert 35 <= n_used <= 40
+    assert track.detected_frames >= 0.95 * n_used and track.fallback_frames == 0
+    # each segment's 20 frames are its own consecutive frames, in time order
+    for row, (start, end) in zip(track.face_index, segment_times.tolist()):
+        source = track.source_frames[row.numpy()]
+        assert np.all(np.diff(source) == 1)
+        assert np.all((av_clip.frame_times[source] >= start) & (av_clip.frame_times[source] < end))
+    # the face sits in the middle of this clip's frames
+    height, width = av_clip.frames.shape[1:3]
+    centres = (track.boxes[:, :2] + track.boxes[:, 2:]) / 2
+    assert np.all(np.abs(centres[:, 0] - width / 2) < 0.15 * width)
+    assert np.all(np.abs(centres[:, 1] - height / 2) < 0.15 * height)
+
+
+@pytest.mark.shared
+def test_crops_are_centred_on_the_face(real_track, detector):
+    track, _ = real_track
+    crops = track.face_frames[::8].permute(0, 2, 3, 1).numpy()
+    boxes = detector.detect(crops)
+    assert not np.isnan(boxes).any(), "a face must be found again inside every crop"
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    assert np.all(np.abs(centres - CROP / 2) < 0.15 * CROP)
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    assert np.all((sides > 0.5 * CROP) & (sides < 1.1 * CROP))  # margin 0.2: the face fills ~1/1.2 of the crop
+
+
+def test_flat_grey_frames_use_centre_fallback(detector):
+    frames = np.full((12, 120, 160, 3), 128, np.uint8)
+    frame_times = np.arange(12) / 25.0
+    track = build_face_track(frames, frame_times, np.array([[0.0, 0.655]]), detector, size=32, fallback="center")
+    assert track.detected_frames == 0 and track.fallback_frames == 12
+    assert track.face_frames.shape == (12, 3, 32, 32) and track.face_index.shape == (1, 20)
+    assert track.face_index[0].tolist() == [0, 0, 0, 0] + list(range(12)) + [11, 11, 11, 11]
+    assert np.allclose(track.boxes, center_boxes((120, 160), 12))
+    assert (track.face_frames == 128).all()
+
+
+def test_no_face_without_fallback_names_the_file(detector):
+    frames = np.full((5, 120, 160, 3), 128, np.uint8)
+    with pytest.raises(NoFaceError, match="clip_without_face.avi") as error:
+        build_face_track(
+            frames, np.arange(5) / 25.0, np.array([[0.0, 0.655]]), detector, size=32, path="clip_without_face.avi"
+        )
+    assert isinstance(error.value, BadInputError) and "no face" in error.value.reason
+
+
+def test_detector_pickles_without_weights(detector):
+    detector.detect(np.full((1, 60, 80, 3), 128, np.uint8))  # builds the network
+    clone = pickle.loads(pickle.dumps(detector))
+    assert clone._mtcnn is None and clone.min_confidence == detector.min_confidence

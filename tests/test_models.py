@@ -1,0 +1,415 @@
+"""Model components and the three LightningModules, on CPU with random init and small sizes."""
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torchvision
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lightning_modules import AudioModule, FusionModule, VisualModule
+from lightning_modules.components import (
+    AttentionFusionHead,
+    FaceSequenceEncoder,
+    ModalityAttention,
+    VGGFeatureExtractor,
+    preprocess_uint8_images,
+)
+
+TINY_VGG = {"variant": "vgg11", "width": 0.125, "fc_dim": 64, "dropout": 0.0}
+FACE_SIZE = 32
+NUM_CLASSES = 3
+
+
+# ---------------------------------------------------------------- attention (Eq. 5-7)
+
+
+def test_modality_attention_matches_eq_5_to_7_by_hand():
+    torch.manual_seed(0)
+    attention = ModalityAttention(token_dim=8, attention_dim=5)
+    tokens = torch.randn(4, 3, 8)
+    attended, weights = attention(tokens)
+    assert attended.shape == (4, 8) and weights.shape == (4, 3)
+    assert torch.allclose(weights.sum(dim=1), torch.ones(4))
+    hidden = torch.tanh(tokens @ attention.projection.weight.T + attention.projection.bias)  # Eq. 5
+    expected_weights = torch.softmax(hidden @ attention.context, dim=1)  # Eq. 6
+    expected_attended = (expected_weights[:, :, None] * tokens).sum(dim=1)  # Eq. 7
+    assert torch.allclose(weights, expected_weights, atol=1e-6)
+    assert torch.allclose(attended, expected_attended, atol=1e-6)
+
+
+def test_attention_context_vector_is_trained():
+    attention = ModalityAttention(token_dim=4, attention_dim=3)
+    attended, _ = attention(torch.randn(2, 2, 4))
+    attended.sum().backward()
+    assert attention.context.grad is not None and attention.context.grad.abs().sum() > 0
+
+
+def test_fusion_head_two_tokens_are_the_modalities():
+    torch.manual_seed(0)
+    head = AttentionFusionHead(audio_dim=6, visual_dim=6, num_tokens=2, attention_dim=4, hidden_dims=[5],
+                               dropout=0.0, num_classes=NUM_CLASSES)
+    audio, visual = torch.randn(3, 6), torch.randn(3, 6)
+    logits, weights = head(audio, visual)
+    assert logits.shape == (3, NUM_CLASSES) and weights.shape == (3, 2)
+    attended, _ = head.attend(audio, visual)
+    assert attended.shape == (3, 6)  # the "reduced dimensionality": one modality's size
+    assert torch.allclose(attended, weights[:, :1] * audio + weights[:, 1:] * visual, atol=1e-6)
+    assert head.token_audio_fraction().tolist() == [1.0, 0.0]
+
+
+def test_fusion_head_finer_tokens_and_single_token():
+    head = AttentionFusionHead(audio_dim=6, visual_dim=2, num_tokens=4, attention_dim=4, hidden_dims=[],
+                               num_classes=NUM_CLASSES)
+    logits, weights = head(torch.randn(2, 6), torch.randn(2, 2))
+    assert logits.shape == (2, NUM_CLASSES) and weights.shape == (2, 4)
+    assert head.token_audio_fraction().tolist() == [1.0, 1.0, 1.0, 0.0]
+    concat = AttentionFusionHead(audio_dim=3, visual_dim=5, num_tokens=1, attention_dim=2, hidden_dims=[],
+                                 num_classes=NUM_CLASSES)
+    audio, visual = torch.randn(2, 3), torch.randn(2, 5)
+    attended, weights = concat.attend(audio, visual)
+    assert torch.equal(weights, torch.ones(2, 1)) and torch.equal(attended, torch.cat([audio, visual], 1))
+
+
+@pytest.mark.parametrize(
+    ("audio_dim", "visual_dim", "num_tokens", "message"),
+    [(4, 4, 3, "divisor"), (4, 4, 0, "divisor"), (6, 2, 2, "audio_dim == visual_dim")],
+)
+def test_fusion_head_rejects_bad_token_layouts(audio_dim, visual_dim, num_tokens, message):
+    with pytest.raises(ValueError, match=message):
+        AttentionFusionHead(audio_dim, visual_dim, num_tokens=num_tokens, attention_dim=2, num_classes=2)
+
+
+# ---------------------------------------------------------------- VGG fc7 extractor
+
+
+def test_preprocess_uint8_images_normalises_per_channel():
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    images[1] = 255
+    out = preprocess_uint8_images(images, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
+    assert out.dtype == torch.float32
+    assert out[0, :, 0, 0].tolist() == [-1.0, -1.0, 0.0]
+    assert out[1, :, 0, 0].tolist() == [1.0, 3.0, 1.0]
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess_uint8_images(images.float())
+    with pytest.raises(ValueError, match="channels"):
+        preprocess_uint8_images(torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
+
+
+def test_vgg_outputs_fc7_of_the_configured_size():
+    vgg = VGGFeatureExtractor(**TINY_VGG).eval()
+    assert vgg.out_dim == 64
+    features = vgg(torch.randn(2, 3, 64, 64))
+    assert features.shape == (2, 64)
+    assert (features >= 0).all()  # fc7 is taken after its ReLU
+    assert [type(layer) for layer in vgg.classifier] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU]
+
+
+def test_vgg_channels_last_gives_the_same_features():
+    vgg = VGGFeatureExtractor(**TINY_VGG).eval()
+    images = torch.randn(2, 3, 48, 48)
+    expected = vgg(images)
+    vgg.to(memory_format=torch.channels_last)
+    assert torch.allclose(vgg(images.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def vgg19_state_dict_file(tmp_path_factory):
+    """A torchvision VGG19 state dict on disk: how ImageNet weights reach an offline cluster."""
+    path = tmp_path_factory.mktemp("weights") / "vgg19.pth"
+    torch.save(torchvision.models.vgg19(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_vgg19_loads_a_torchvision_state_dict_file(vgg19_state_dict_file):
+    reference = torch.load(vgg19_state_dict_file, weights_only=True)
+    vgg = VGGFeatureExtractor("vgg19", weights=str(vgg19_state_dict_file))
+    assert vgg.out_dim == 4096
+    assert torch.equal(vgg.features[0].weight, reference["features.0.weight"])
+    assert torch.equal(vgg.features[34].weight, reference["features.34.weight"])
+    assert torch.equal(vgg.classifier[3].weight, reference["classifier.3.weight"])
+    assert not any(key.startswith("classifier.6") for key in vgg.state_dict())
+    with pytest.raises(ValueError, match="vgg19.pth: not a torchvision vgg16 state dict"):
+        VGGFeatureExtractor("vgg16", weights=str(vgg19_state_dict_file))
+
+
+def test_vgg_weights_file_errors_name_the_file(tmp_path):
+    not_a_state_dict = tmp_path / "garbage.pth"
+    not_a_state_dict.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="garbage.pth"):
+        VGGFeatureExtractor("vgg11", weights=str(not_a_state_dict))
+    wrong_keys = tmp_path / "wrong.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, wrong_keys)
+    with pytest.raises(ValueError, match="wrong.pth.*not a torchvision vgg11"):
+        VGGFeatureExtractor("vgg11", weights=str(wrong_keys))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        VGGFeatureExtractor("vgg11", weights=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("kwargs", [{"width": 0.5}, {"fc_dim": 1024}])
+def test_vgg_scaled_sizes_need_random_weights(kwargs):
+    with pytest.raises(ValueError, match="weights='none'"):
+        VGGFeatureExtractor("vgg19", weights="imagenet", **kwargs)
+
+
+def test_vgg_rejects_unknown_variant_and_freeze_mode():
+    with pytest.raises(ValueError, match="unknown VGG variant"):
+        VGGFeatureExtractor("vgg12")
+    with pytest.raises(ValueError, match="freeze"):
+        VGGFeatureExtractor(**TINY_VGG, freeze="classifier")
+
+
+def test_vgg_freeze_features_keeps_batchnorm_in_eval_and_without_grad():
+    vgg = VGGFeatureExtractor(**{**TINY_VGG, "dropout": 0.5}, batch_norm=True, freeze="features").train()
+    batch_norms = [m for m in vgg.features if isinstance(m, nn.BatchNorm2d)]
+    assert batch_norms and not any(bn.training for bn in batch_norms)
+    assert vgg.classifier.training
+    assert not any(p.requires_grad for p in vgg.features.parameters())
+    assert all(p.requires_grad for p in vgg.classifier.parameters())
+    running_mean = batch_norms[0].running_mean.clone()
+    vgg(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert torch.equal(batch_norms[0].running_mean, running_mean)
+    assert all(p.grad is None for p in vgg.features.parameters())
+    assert vgg.classifier[0].weight.grad is not None
+
+
+def test_vgg_freeze_all_is_deterministic_in_train_mode():
+    vgg = VGGFeatureExtractor(**{**TINY_VGG, "dropout": 0.5}, batch_norm=True, freeze="all").train()
+    assert not any(p.requires_grad for p in vgg.parameters())
+    assert not any(m.training for m in vgg.modules())
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(vgg(images), vgg(images))  # dropout inactive, BN statistics fixed
+
+
+# ---------------------------------------------------------------- face sequence encoder
+
+
+def test_face_sequence_encoder_shapes_and_chunking():
+    torch.manual_seed(0)
+    encoder = FaceSequenceEncoder(TINY_VGG, lstm_hidden=16, frames_per_chunk=7).eval()
+    faces = torch.randn(2, 20, 3, FACE_SIZE, FACE_SIZE)
+    features = encoder(faces)
+    assert features.shape == (2, 16) and encoder.out_dim == 16
+    unchunked = FaceSequenceEncoder(encoder.vgg, lstm_hidden=16, frames_per_chunk=40).eval()
+    unchunked.lstm.load_state_dict(encoder.lstm.state_dict())
+    assert torch.allclose(unchunked(faces), features, atol=1e-6)
+    # the segment feature is the LSTM's last hidden state over the 20 frame features
+    frame_features = encoder.vgg(faces.flatten(0, 1)).view(2, 20, -1)
+    outputs, _ = encoder.lstm(frame_features)
+    assert torch.allclose(outputs[:, -1], features, atol=1e-6)
+    with pytest.raises(ValueError, match="B, T, 3, S, S"):
+        encoder(faces[0])
+
+
+# ---------------------------------------------------------------- LightningModules
+
+
+def _segment_rows(n_clips: int = 4, segments_per_clip: int = 3, with_features: bool = False) -> list[dict]:
+    """Per-segment samples in the batch contract (random uint8 images, or fusion features)."""
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for clip in range(n_clips):
+        for segment in range(segments_per_clip):
+            row = {
+                "label": torch.tensor(clip % NUM_CLASSES),
+                "clip_index": torch.tensor(clip),
+                "segment_id": torch.tensor(100 * clip + segment),
+            }
+            if with_features:
+                row["audio_feat"] = torch.randn(8, generator=generator)
+                row["visual_feat"] = torch.randn(8, generator=generator)
+            else:
+                row["audio"] = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=generator)
+                row["faces"] = torch.randint(0, 256, (20, 3, FACE_SIZE, FACE_SIZE), dtype=torch.uint8,
+                                             generator=generator)
+            rows.append(row)
+    return rows
+
+
+def _loader(rows: list[dict], batch_size: int = 4) -> DataLoader:
+    return DataLoader(rows, batch_size=batch_size)
+
+
+def _trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
+                "enable_model_summary": False, "default_root_dir": tmp_path}
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def _audio_module(**kwargs) -> AudioModule:
+    return AudioModule(backbone=TINY_VGG, num_classes=NUM_CLASSES, class_names=["a", "b", "c"], **kwargs)
+
+
+def _visual_module(**kwargs) -> VisualModule:
+    return VisualModule(backbone=TINY_VGG, lstm_hidden=16, num_classes=NUM_CLASSES, **kwargs)
+
+
+def _fusion_module(**kwargs) -> FusionModule:
+    return FusionModule(audio_dim=8, visual_dim=8, attention_dim=4, hidden_dims=[8], num_classes=NUM_CLASSES,
+                        **kwargs)
+
+
+VAL_METRICS = {"val/loss", "val/seg_acc", "val/video_acc", "val/video_uar", "val/video_f1"}
+
+
+@pytest.mark.parametrize(
+    ("make_module", "with_features"), [(_audio_module, False), (_visual_module, False), (_fusion_module, True)]
+)
+def test_module_trains_and_validates_with_a_real_trainer(tmp_path, make_module, with_features):
+    torch.manual_seed(0)
+    module = make_module()
+    before = {name: p.detach().clone() for name, p in module.named_parameters()}
+    rows = _segment_rows(with_features=with_features)
+    trainer = _trainer(tmp_path, fast_dev_run=True)
+    trainer.fit(module, _loader(rows), DataLoader(rows, batch_size=len(rows)))
+    assert any(not torch.equal(p, before[name]) for name, p in module.named_parameters())
+    assert VAL_METRICS | {"train/loss", "train/acc"} <= set(trainer.callback_metrics)
+    result = module.last_eval["val"]
+    assert result["n_segments"] == 12 and result["n_clips"] == 4
+    assert trainer.callback_metrics["val/video_acc"].item() == pytest.approx(result["video"]["accuracy"])
+
+
+def test_fusion_test_logs_attention_per_modality(tmp_path):
+    torch.manual_seed(0)
+    module = _fusion_module()
+    trainer = _trainer(tmp_path)
+    trainer.test(module, _loader(_segment_rows(with_features=True)))
+    attn_audio = trainer.callback_metrics["test/attn_audio"].item()
+    attn_visual = trainer.callback_metrics["test/attn_visual"].item()
+    assert 0 < attn_audio < 1 and attn_audio + attn_visual == pytest.approx(1.0)
+    assert module.last_eval["test"]["extra"]["attn_audio"] == pytest.approx(attn_audio)
+    assert module.last_eval["test"]["n_segments"] == 12
+
+
+def test_visual_module_bf16_mixed_channels_last(tmp_path):
+    torch.manual_seed(0)
+    module = _visual_module(channels_last=True)
+    assert module.encoder.vgg.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    rows = _segment_rows(n_clips=2, segments_per_clip=2)
+    trainer = _trainer(tmp_path, fast_dev_run=True, precision="bf16-mixed")
+    trainer.fit(module, _loader(rows), _loader(rows))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    predictions = _trainer(tmp_path, precision="bf16-mixed").predict(module, _loader(rows))
+    assert predictions[0]["features"].dtype == torch.float32
+
+
+def test_predict_step_returns_features_with_segment_ids(tmp_path):
+    module = _audio_module()
+    rows = _segment_rows(n_clips=2, segments_per_clip=3)
+    predictions = _trainer(tmp_path).predict(module, _loader(rows, batch_size=4))
+    features = torch.cat([p["features"] for p in predictions])
+    segment_ids = torch.cat([p["segment_id"] for p in predictions])
+    assert features.shape == (6, 64)
+    assert segment_ids.tolist() == [row["segment_id"].item() for row in rows]
+    module.eval()
+    with torch.no_grad():
+        direct = module.extract_features({"audio": torch.stack([row["audio"] for row in rows])})
+    assert torch.allclose(features, direct, atol=1e-5)
+
+
+def test_audio_module_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    module = _audio_module()
+    rows = _segment_rows()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/video_acc", mode="max")
+    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=1, callbacks=[checkpoint])
+    trainer.fit(module, _loader(rows), DataLoader(rows, batch_size=len(rows)))
+    assert checkpoint.best_model_path
+    restored = AudioModule.load_from_checkpoint(checkpoint.best_model_path)
+    assert restored.class_names == ["a", "b", "c"]
+    module.eval()
+    restored.eval()
+    batch = {"audio": torch.stack([row["audio"] for row in rows])}
+    with torch.no_grad():
+        assert torch.equal(module(batch), restored(batch))
+
+
+@pytest.mark.slow
+def test_backbone_weights_are_not_reloaded_from_their_source(vgg19_state_dict_file):
+    module = AudioModule(backbone={"variant": "vgg19", "weights": str(vgg19_state_dict_file)}, num_classes=2)
+    assert module.hparams["backbone"]["weights"] == "none"
+    rebuilt = AudioModule(**module.hparams)  # what load_from_checkpoint does before loading the state dict
+    assert rebuilt.backbone.out_dim == 4096
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizers_only_see_trainable_parameters(name):
+    module = AudioModule(backbone={**TINY_VGG, "freeze": "features"}, num_classes=NUM_CLASSES, optimizer=name)
+    optimizer = module.configure_optimizers()
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in module.parameters() if p.requires_grad}
+    assert not optimised & {id(p) for p in module.backbone.features.parameters()}
+
+
+def test_cosine_and_plateau_schedulers_step(tmp_path):
+    rows = _segment_rows(with_features=True)
+    cosine = _fusion_module(scheduler="cosine", lr=1e-2)
+    _trainer(tmp_path, max_epochs=2, enable_checkpointing=False).fit(cosine, _loader(rows), _loader(rows))
+    assert cosine.optimizers().param_groups[0]["lr"] < 1e-2
+    plateau = _fusion_module(scheduler="plateau", scheduler_patience=0, lr=1e-2)
+    _trainer(tmp_path, max_epochs=3, enable_checkpointing=False).fit(plateau, _loader(rows), _loader(rows))
+    assert plateau.lr_schedulers().best < float("inf")
+
+
+def test_module_argument_validation():
+    with pytest.raises(ValueError, match="optimizer"):
+        _fusion_module(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="scheduler"):
+        _fusion_module(scheduler="step")
+    with pytest.raises(ValueError, match="class_names"):
+        _fusion_module(class_names=["a", "b"])
+
+
+class _SaveLastEvalPerRank(L.Callback):
+    """Writes pl_module.last_eval of every rank to <dirpath>/rank<N>.pt after validation."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {name: value.item() for name, value in trainer.callback_metrics.items()}
+        torch.save({"last_eval": pl_module.last_eval["val"], "metrics": metrics},
+                   f"{self.dirpath}/rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_two_process_validation_logs_the_single_process_metrics_on_every_rank(tmp_path):
+    torch.manual_seed(0)
+    module = _fusion_module()
+    rows = _segment_rows(with_features=True)[:11]  # odd: DistributedSampler pads one rank with a repeat
+    single = _trainer(tmp_path)
+    single.validate(module, _loader(rows, batch_size=3))
+    expected = module.last_eval["val"]
+    ddp = _trainer(tmp_path, devices=2, strategy="ddp_spawn", callbacks=[_SaveLastEvalPerRank(str(tmp_path))])
+    ddp.validate(module, _loader(rows, batch_size=3))
+    for rank in range(2):
+        saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert saved["last_eval"]["n_segments"] == 11
+        assert saved["last_eval"]["clips"] == expected["clips"]
+        assert saved["last_eval"]["video"] == expected["video"]
+        assert saved["metrics"]["val/loss"] == pytest.approx(expected["segment"]["loss"], rel=1e-5)
+        assert saved["metrics"]["val/video_acc"] == pytest.approx(expected["video"]["accuracy"])
+
+
+def test_modules_instantiate_from_hydra_configs_with_plain_hparams():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create({
+        "_target_": "lightning_modules.audio_module.AudioModule",
+        "backbone": {**TINY_VGG, "freeze": "features"},
+        "num_classes": NUM_CLASSES,
+        "class_names": ["a", "b", "c"],
+        "input_mean": [0.5, 0.5, 0.5],
+        "scheduler": "cosine",
+    })
+    module = instantiate(config)
+    assert isinstance(module, AudioModule) and module.backbone.freeze == "features"
+    assert type(module.hparams["backbone"]) is dict and type(module.hparams["input_mean"]) is list
+    assert type(module.hparams["class_names"]) is list
+    fusion = instantiate({"_target_": "lightning_modules.fusion_module.FusionModule", "audio_dim": 8,
+                          "visual_dim": 8, "hidden_dims": OmegaConf.create([4, 4]), "num_classes": 2})
+    assert type(fusion.hparams["hidden_dims"]) is list

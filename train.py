@@ -1,0 +1,28 @@
+"""Train the paper's stages on subject-independent folds.
+
+    python train.py stage=fusion fold=3 experiment=demo
+    python train.py experiment=paper_rml_loso data.root=/data/rml stage=all fold=all trainer=gpu
+
+Follow it: configs/train.yaml -> lightning_modules/cross_validation.py (run, train_stage)
+-> datamodules/datamodule.py (data) and lightning_modules/{audio,visual,fusion}_module.py (loss).
+"""
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from lightning_modules.cross_validation import run
+
+    summaries = run(cfg)
+    last = summaries[list(summaries)[-1]]
+    return last["mean"]["video_accuracy"]
+
+
+if __name__ == "__main__":
+    main()
