@@ -112,8 +112,9 @@ class EmotionDataModule(L.LightningDataModule):
             indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name,
             workers=self.preprocess_workers, index_skipped=indexed.skipped,
         )
+        if prepared.report["clips_processed_now"] or not self.report:  # every fit calls prepare_data
+            print(format_report(prepared.report))
         self.report = prepared.report
-        print(format_report(prepared.report))
         return prepared
 
     def setup(self, stage: str | None = None) -> None:

@@ -7,7 +7,6 @@ span found on the audio (VAD, MFCC segments) selects the matching video frames d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -39,14 +38,10 @@ class DecodedClip:
     duration_s: float  # len(audio) / sample_rate
 
 
-def _seconds(pts: int | None, time_base: Fraction | None) -> float | None:
-    if pts is None or time_base is None:
-        return None
-    return float(pts * time_base)
-
-
 def _declared_duration_s(stream: av.stream.Stream) -> float | None:
-    return _seconds(stream.duration, stream.time_base)
+    if stream.duration is None or stream.time_base is None:
+        return None
+    return float(stream.duration * stream.time_base)
 
 
 def decode_clip(path: str | Path, sample_rate: int = 16000, with_video: bool = True) -> DecodedClip:
@@ -106,19 +101,17 @@ def decode_clip(path: str | Path, sample_rate: int = 16000, with_video: bool = T
             return DecodedClip(audio, sample_rate, None, None, None, duration_s)
         if not frames:
             raise BadInputError(path, "video stream has no decodable frames")
-        frame_times = np.asarray(frame_pts_s, dtype=np.float64) - (audio_start_s or 0.0)
-        if np.isnan(frame_times).any():
+        frame_times = np.asarray(frame_pts_s, dtype=np.float64)
+        if np.isnan(frame_times).any():  # frames without timestamps: nominal rate from the audio's start
             frame_times = _times_from_rate(path, len(frames), video_stream)
-        order = np.argsort(frame_times, kind="stable")
+        else:
+            frame_times -= audio_start_s
+        video = np.stack(frames)
+        if np.any(np.diff(frame_times) < 0):
+            order = np.argsort(frame_times, kind="stable")
+            video, frame_times = video[order], frame_times[order]
         fps = float(video_stream.average_rate) if video_stream.average_rate else None
-        return DecodedClip(
-            audio=audio,
-            sample_rate=sample_rate,
-            frames=np.stack(frames)[order],
-            frame_times=frame_times[order],
-            fps=fps,
-            duration_s=duration_s,
-        )
+        return DecodedClip(audio, sample_rate, video, frame_times, fps, duration_s)
 
 
 def _times_from_rate(path: Path, n_frames: int, video_stream: av.video.stream.VideoStream) -> np.ndarray:

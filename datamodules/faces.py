@@ -196,10 +196,10 @@ def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int, margin: float =
 
 @dataclass
 class FaceTrack:
-    """The face crops of one clip's segments; ``face_frames[face_index]`` is ``[K, 20, 3, S, S]``."""
+    """The face crops of one clip's segments; ``face_frames[face_index]`` is ``[K, 20, 3, S, S]`` (the paper's n = 20)."""
 
     face_frames: torch.Tensor  # uint8 [F, 3, S, S], distinct crops
-    face_index: torch.Tensor  # int64 [K, 20], rows into face_frames
+    face_index: torch.Tensor  # int64 [K, frames_per_segment], rows into face_frames
     source_frames: np.ndarray  # int64 [F], the video frame each crop was cut from
     boxes: np.ndarray  # float [F, 4], the crop's face box (x1, y1, x2, y2) in that frame
     detected_frames: int  # frames used by some segment in which a face was detected
@@ -215,6 +215,7 @@ def build_face_track(
     margin: float = 0.0,
     fallback: Literal["none", "center"] = "none",
     path: str | Path = "<frames>",
+    frames_per_segment: int = FRAMES_PER_SEGMENT,
 ) -> FaceTrack:
     """Face track for segments ``[K, 2]`` (start, end seconds on the same axis as ``frame_times``).
 
@@ -224,8 +225,12 @@ def build_face_track(
     """
     if fallback not in ("none", "center"):
         raise ValueError(f"fallback must be 'none' or 'center', got {fallback!r}")
-    segment_times = np.asarray(segment_times, dtype=np.float64)
-    per_segment = np.stack([segment_frame_indices(frame_times, start, end) for start, end in segment_times])
+    segment_times = np.asarray(segment_times, dtype=np.float64).reshape(-1, 2)
+    if segment_times.shape[0] == 0:
+        raise ValueError(f"{path}: no segments to build a face track for")
+    per_segment = np.stack(
+        [segment_frame_indices(frame_times, start, end, frames_per_segment) for start, end in segment_times]
+    )
     used = np.unique(per_segment)
     used_boxes = detector.detect(frames[used])
     has_face = ~np.isnan(used_boxes[:, 0])

@@ -90,6 +90,7 @@ def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | None) -> dic
         track = build_face_track(
             decoded.frames, decoded.frame_times, segment_times, detector,
             size=faces["size"], margin=faces["margin"], fallback=faces["fallback"], path=clip.path,
+            frames_per_segment=faces["frames_per_segment"],
         )
         record["face_frames"] = track.face_frames
         record["face_index"] = track.face_index
@@ -111,7 +112,8 @@ def _init_worker(cfg: dict, torch_threads: int) -> None:
     if cfg["video"]:
         faces = cfg["faces"]
         _worker_detector = FaceDetector(
-            min_confidence=faces["min_confidence"], detect_max_side=faces["detect_max_side"]
+            min_confidence=faces["min_confidence"], detect_max_side=faces["detect_max_side"],
+            min_face_size=faces["min_face_size"],
         )
 
 

@@ -160,16 +160,17 @@ def detect_speech_span(
 
 
 def plot_vad(audio: np.ndarray | torch.Tensor, sample_rate: int, result: VadResult, path: str | Path) -> Path:
-    """Save a PNG of the waveform, the per-window speech ratio and energy, the threshold and the kept span."""
-    import matplotlib
+    """Save a PNG of the waveform, the per-window speech ratio and energy, the threshold and the kept span.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Draws on a bare ``Figure`` (Agg canvas), so it neither needs a display nor touches pyplot's state.
+    """
+    from matplotlib.figure import Figure
 
     signal = np.asarray(audio, dtype=np.float32)
     times = np.arange(signal.size) / sample_rate
     centres = result.window_times + result.window_s / 2
-    fig, (ax_wave, ax_ratio) = plt.subplots(2, 1, sharex=True, figsize=(10, 5))
+    fig = Figure(figsize=(10, 5))
+    ax_wave, ax_ratio = fig.subplots(2, 1, sharex=True)
     ax_wave.plot(times, signal, linewidth=0.5, color="0.2")
     ax_wave.set_ylabel("amplitude")
     ax_ratio.plot(centres, result.ratios, label="speech-band ratio SR", color="tab:blue")
@@ -195,5 +196,4 @@ def plot_vad(audio: np.ndarray | torch.Tensor, sample_rate: int, result: VadResu
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -1,13 +1,19 @@
 """What ``python train.py stage=<stage> fold=<K|all>`` does: train stages on folds, test, summarise.
 
 Each (stage, fold) run writes ``<run_dir>/<stage>/fold_<K>/`` with ``config.yaml``,
-``checkpoints/best.ckpt`` (chosen on validation clips from training subjects only) and ``metrics.json``;
-``fold=all`` adds ``<run_dir>/<stage>/summary.json``.
+``checkpoints/best.ckpt`` (chosen on validation clips from training subjects only), ``metrics.json``,
+``plots/*_confusion.png`` and, with W&B, its run under ``wandb/``; ``fold=all`` adds
+``<run_dir>/<stage>/summary.json``, ``fold_accuracy.png``, ``pooled_*_confusion.png``, a W&B
+cv-summary run and a row per stage in ``<output_dir>/<corpus>/<cv>/results.csv``.
+
+Under DDP every rank runs this same sequence of folds and stages (Lightning re-launches the script on
+each rank), so the trainers meet; files and W&B runs are written by rank zero only.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +22,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks import build_callbacks
+from callbacks.fold_accuracy import log_cv_summary_run, save_cv_summary_plots
+from callbacks.loggers import AgentRun, build_logger, detach_agent_run, finish_logger
+from callbacks.results_table import append_result, format_results_table, read_results, results_row
 from datamodules.datamodule import EmotionDataModule
 from datamodules.features import FeatureDataModule
 from datamodules.preprocess import atomic_write_text
@@ -37,8 +47,10 @@ def best_checkpoint(cfg: DictConfig, stage: str, fold: int) -> Path:
 
 
 def upstream_checkpoints(cfg: DictConfig, fold: int, overrides: list[str] | None = None) -> tuple[Path, Path]:
-    """The best audio and visual checkpoints of ``fold``, or an error naming the commands to run first."""
-    paths = {stage: best_checkpoint(cfg, stage, fold) for stage in ("audio", "visual")}
+    """The best audio and visual checkpoints of ``fold`` under ``paths.upstream_dir`` (default: the run
+    folder), or an error naming the commands to run first."""
+    upstream = Path(cfg.paths.get("upstream_dir") or cfg.paths.run_dir)
+    paths = {stage: upstream / stage / f"fold_{fold}" / "checkpoints" / "best.ckpt" for stage in ("audio", "visual")}
     missing = [stage for stage, path in paths.items() if not path.exists()]
     if missing:
         kept = [o for o in overrides or [] if not o.startswith(("stage=", "fold="))]
@@ -58,12 +70,48 @@ def _task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def run_tag(cfg: DictConfig, agent: AgentRun | None) -> str:
+    """The run's ``tag`` (its outputs go to ``<corpus>/<cv>/<tag>/``): ``cfg.tag`` when set, else
+    ``sweep-<sweep id>/<run id>`` under a W&B agent, ``multirun-<date>_<time>/<job number>`` in a Hydra
+    multirun job, else "" (the plain ``<corpus>/<cv>/`` layout). Parallel jobs thus never share a folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if cfg.get("tag"):
+        return str(cfg.tag)
+    if agent is not None:
+        return f"sweep-{agent.sweep_id}/{agent.run_id}"
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        hydra = HydraConfig.get()
+        return f"multirun-{'_'.join(Path(hydra.sweep.dir).parts[-2:])}/{hydra.job.num}"
+    return ""
+
+
+def checkpoint_best_score(path: Path) -> float | None:
+    """The monitored validation score ModelCheckpoint recorded in ``path`` (None if it holds none)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for callback_state in state.get("callbacks", {}).values():
+        score = callback_state.get("best_model_score") if isinstance(callback_state, dict) else None
+        if score is not None:
+            return float(score)
+    return None
+
+
 def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule) -> dict:
-    """Train ``stage`` on ``fold``, test its best checkpoint on the held-out clips, write metrics.json."""
+    """Train ``stage`` on ``fold``, test its best checkpoint on the held-out clips, write metrics.json.
+
+    With ``test_only=true`` the fold's existing best.ckpt is tested without training (for instance on
+    another number of devices: the metrics are the same).
+    """
     out = fold_dir(cfg, stage, fold)
-    if rank_zero_only.rank == 0:
+    test_only = bool(cfg.get("test_only"))
+    if test_only and not best_checkpoint(cfg, stage, fold).exists():
+        raise FileNotFoundError(
+            f"test_only=true: stage={stage} fold={fold} has no checkpoint {best_checkpoint(cfg, stage, fold)}"
+        )
+    if rank_zero_only.rank == 0:  # a test-only run keeps the training run's config.yaml
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "config.yaml")
+        atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / ("test_config.yaml" if test_only else "config.yaml"))
     L.seed_everything(cfg.seed + fold, workers=True)
     stage_cfg = cfg.model[stage]
     datamodule.fold = fold
@@ -79,36 +127,46 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
     module = instantiate(
         stage_cfg.module, _convert_="all", num_classes=len(datamodule.classes), class_names=list(datamodule.classes)
     )
-    callbacks = [
-        instantiate(node, dirpath=str(out / "checkpoints")) if name == "model_checkpoint" else instantiate(node)
-        for name, node in cfg.callbacks.items()
-        if node is not None
-    ]
-    logger = instantiate(cfg.logger, save_dir=str(out)) if cfg.get("logger") else False
+    test_ids = set(datamodule.current_fold.test)
+    test_subjects = sorted({c.subject for c in datamodule.index().clips if c.clip_id in test_ids})
+    logger = build_logger(cfg, stage=stage, fold=fold, out_dir=out)
+    context = {"dirpath": str(out / "checkpoints"), "out_dir": str(out), "stage": stage, "fold": fold,
+               "test_subjects": test_subjects}
+    callbacks = build_callbacks(cfg.callbacks, context, has_logger=logger is not False)
     trainer: L.Trainer = instantiate(
         cfg.trainer, **stage_cfg.get("trainer", {}), callbacks=callbacks, logger=logger, default_root_dir=str(out)
     )
-    trainer.fit(module, datamodule=data)
-    checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    if best and Path(best).name != "best.ckpt":
-        raise RuntimeError(f"checkpoint saved as {best}; expected {out / 'checkpoints' / 'best.ckpt'}")
-    trainer.test(module, datamodule=data, ckpt_path="best" if best else None)
+    failed = True
+    try:
+        if test_only:
+            best = str(best_checkpoint(cfg, stage, fold))
+            trainer.test(module, datamodule=data, ckpt_path=best)
+            best_score = checkpoint_best_score(Path(best))
+        else:
+            trainer.fit(module, datamodule=data)
+            checkpoint = trainer.checkpoint_callback
+            best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+            if best and Path(best).name != "best.ckpt":
+                raise RuntimeError(f"checkpoint saved as {best}; expected {out / 'checkpoints' / 'best.ckpt'}")
+            trainer.test(module, datamodule=data, ckpt_path="best" if best else None)
+            best_score = float(checkpoint.best_model_score) if best else None
+        failed = False
+    finally:
+        finish_logger(logger, failed)
     test = module.last_eval["test"]
-    current = datamodule.current_fold
     metrics = {
         "corpus": datamodule.name,
         "cv": cfg.cv.name,
         "stage": stage,
         "fold": fold,
-        "test_subjects": sorted({c.subject for c in datamodule.clips if c.clip_id in set(current.test)}),
+        "test_subjects": test_subjects,
         "class_names": list(datamodule.classes),
         "n_test_clips": test["n_clips"],
         "n_test_segments": test["n_segments"],
         "segment": test["segment"],
         "video": test["video"],
         "best_checkpoint": best,
-        "best_val_video_acc": float(checkpoint.best_model_score) if best else None,
+        "best_val_video_acc": best_score,
     }
     if trainer.is_global_zero:
         atomic_write_text(json.dumps(metrics, indent=2), out / "metrics.json")
@@ -167,12 +225,26 @@ def format_summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def finish_cross_validation(cfg: DictConfig, summary: dict, agent: AgentRun | None, is_last: bool) -> None:
+    """After ``fold=all`` of one stage (rank zero): summary.json, its plots, the W&B cv-summary run (the
+    agent's run when ``is_last`` under ``wandb agent``) and a results.csv row."""
+    stage_dir = Path(cfg.paths.run_dir) / summary["stage"]
+    atomic_write_text(json.dumps(summary, indent=2), stage_dir / "summary.json")
+    plots = save_cv_summary_plots(summary, stage_dir)
+    log_cv_summary_run(cfg, summary, plots, stage_dir, agent if is_last else None)
+    results = Path(cfg.paths.output_dir) / summary["corpus"] / summary["cv"] / "results.csv"
+    append_result(results, results_row(summary, str(cfg.tag), _task_overrides(), Path(cfg.paths.run_dir)))
+    print(f"\n{results}:\n" + format_results_table(read_results(results), stage=summary["stage"]))
+
+
 def run(cfg: DictConfig) -> dict:
     """Run ``cfg.stage`` (one stage or ``all``) on ``cfg.fold`` (one fold or ``all``)."""
     stages = STAGES if cfg.stage == "all" else (cfg.stage,)
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"stage={cfg.stage}: expected one of {', '.join(STAGES)} or all")
+    agent = detach_agent_run(os.environ)
+    cfg.tag = run_tag(cfg, agent)
     datamodule: EmotionDataModule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
     n_folds = len(datamodule.folds)
     if str(cfg.fold) == "all":
@@ -191,7 +263,7 @@ def run(cfg: DictConfig) -> dict:
         summaries[stage] = summary
         if rank_zero_only.rank != 0:
             continue
-        if str(cfg.fold) == "all":
-            atomic_write_text(json.dumps(summary, indent=2), Path(cfg.paths.run_dir) / stage / "summary.json")
         print("\n" + format_summary_table(summary))
+        if str(cfg.fold) == "all":
+            finish_cross_validation(cfg, summary, agent, is_last=stage == stages[-1])
     return summaries

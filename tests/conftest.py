@@ -23,3 +23,28 @@ def ravdess_av_clip() -> Path:
 @pytest.fixture(scope="session")
 def ravdess_speech_root() -> Path:
     return shared_path("ravdess-speech-16k")
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> list[str]:
+    """Hydra overrides for a small generated demo corpus (3 subjects x 6 emotions x 1 clip), prepared once."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    os.environ.setdefault("AVER_ROOT", str(REPO))
+    base = tmp_path_factory.mktemp("tiny_demo")
+    overrides = [
+        f"paths.data_dir={base / 'data'}",
+        f"paths.cache_dir={base / 'cache'}",
+        f"paths.output_dir={base / 'outputs'}",
+        "+data.generator.subjects=3",
+        "+data.generator.clips_per_emotion=1",
+        "+data.generator.seconds=[1.9,2.2]",
+        "data.preprocess.faces.size=32",
+        "data.preprocess.faces.detect_max_side=160",
+        "callbacks.progress_bar=null",
+    ]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    instantiate(cfg.data).prepare_data()
+    return overrides

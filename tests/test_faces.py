@@ -80,12 +80,12 @@ def av_clip(ravdess_av_clip):
 
 @pytest.fixture(scope="module")
 def real_track(av_clip, detector, ravdess_av_clip):
-    """Face track of the first three speech segments, on the clip's time axis."""
+    """Face track of the first two speech segments, on the clip's time axis."""
     span = detect_speech_span(av_clip.audio, av_clip.sample_rate)
     first = round(span.start_s * av_clip.sample_rate)
     last = round(span.end_s * av_clip.sample_rate)
     _, times = mfcc_images(av_clip.audio[first:last], av_clip.sample_rate)
-    segment_times = times[:3].double() + span.start_s
+    segment_times = times[:2].double() + span.start_s
     track = build_face_track(
         av_clip.frames, av_clip.frame_times, segment_times, detector, size=CROP, margin=0.2, path=ravdess_av_clip
     )
@@ -93,14 +93,15 @@ def real_track(av_clip, detector, ravdess_av_clip):
 
 
 @pytest.mark.shared
+@pytest.mark.slow  # 4 s on an idle 2-core CPU, 20 s when the cores are shared
 def test_face_track_on_real_clip(real_track, av_clip):
     track, segment_times = real_track
     n_used = track.face_frames.shape[0]
     assert track.face_frames.dtype == torch.uint8 and track.face_frames.shape[1:] == (3, CROP, CROP)
-    assert track.face_index.dtype == torch.int64 and track.face_index.shape == (3, 20)
+    assert track.face_index.dtype == torch.int64 and track.face_index.shape == (2, 20)
     assert int(track.face_index.max()) < n_used
-    # the segments span 0.655 + 2 * 0.3 s, about 38 frames at 29.97 fps, all with a detected face
-    assert 35 <= n_used <= 40
+    # the two segments span 0.655 + 0.3 s, about 29 frames at 29.97 fps
+    assert 27 <= n_used <= 30
     assert track.detected_frames >= 0.95 * n_used and track.fallback_frames == 0
     # each segment's 20 frames are its own consecutive frames, in time order
     for row, (start, end) in zip(track.face_index, segment_times.tolist()):
@@ -115,15 +116,27 @@ def test_face_track_on_real_clip(real_track, av_clip):
 
 
 @pytest.mark.shared
+@pytest.mark.slow  # 4 s on an idle 2-core CPU, 20 s when the cores are shared
 def test_crops_are_centred_on_the_face(real_track, detector):
     track, _ = real_track
-    crops = track.face_frames[::8].permute(0, 2, 3, 1).numpy()
+    crops = track.face_frames[::6].permute(0, 2, 3, 1).numpy()
     boxes = detector.detect(crops)
     assert not np.isnan(boxes).any(), "a face must be found again inside every crop"
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     assert np.all(np.abs(centres - CROP / 2) < 0.15 * CROP)
     sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     assert np.all((sides > 0.5 * CROP) & (sides < 1.1 * CROP))  # margin 0.2: the face fills ~1/1.2 of the crop
+
+
+@pytest.mark.shared
+def test_frames_without_face_take_the_nearest_face(av_clip, detector):
+    frames = av_clip.frames[30:50].copy()  # one segment's 20 frames
+    frames[[3, 4, 5]] = 128  # no face in these three
+    track = build_face_track(frames, np.arange(20) / 30.0, np.array([[0.0, 20 / 30]]), detector, size=32)
+    assert track.detected_frames == 17 and track.fallback_frames == 0
+    assert track.source_frames.tolist() == [0, 1, 2] + list(range(6, 20))
+    sources = track.source_frames[track.face_index[0].numpy()]
+    assert sources.tolist() == [0, 1, 2, 2, 2, 6] + list(range(6, 20))  # 4 ties between 2 and 6: the earlier
 
 
 def test_flat_grey_frames_use_centre_fallback(detector):

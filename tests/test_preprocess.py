@@ -1,0 +1,131 @@
+"""The per-clip pipeline, the content-keyed cache and the report, on real recordings."""
+import copy
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from datamodules.clips import Clip
+from datamodules.corpora import ravdess
+from datamodules.preprocess import atomic_save, cache_folder, cache_key, load_clip, prepare_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preprocess" / "paper.yaml"))
+
+
+def audio_cfg() -> dict:
+    cfg = copy.deepcopy(PAPER)
+    cfg["video"] = False
+    return cfg
+
+
+def speech_clips(root: Path, n: int = 4) -> list[Clip]:
+    clips = ravdess.index(root, modality="audio").clips
+    return [c for c in clips if c.subject in ("actor_01", "actor_02")][:n]
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise pickle.PicklingError("interrupted mid-write")
+
+
+def test_cache_key_follows_every_parameter():
+    cfg = audio_cfg()
+    assert cache_key(cfg) == cache_key(copy.deepcopy(cfg))
+    changed = copy.deepcopy(cfg)
+    changed["vad"]["ratio_threshold"] += 0.01
+    assert cache_key(changed) != cache_key(cfg)
+    changed = copy.deepcopy(cfg)
+    changed["mfcc"]["scale"] = "utterance"
+    assert cache_key(changed) != cache_key(cfg)
+
+
+def test_interrupted_write_leaves_no_file(tmp_path):
+    target = tmp_path / "clip.pt"
+    with pytest.raises(pickle.PicklingError):
+        atomic_save({"audio": torch.zeros(3), "meta": Unpicklable()}, target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_writes_skips_and_rekeys(tmp_path, ravdess_speech_root):
+    clips = speech_clips(ravdess_speech_root)
+    cfg = audio_cfg()
+    first = prepare_corpus(clips, cfg, tmp_path, corpus="ravdess", workers=1, progress=False)
+    folder = cache_folder(tmp_path, "ravdess", cfg)
+    assert first.report["clips_prepared"] == len(clips) and first.report["clips_processed_now"] == len(clips)
+    record = load_clip(folder / f"{clips[0].clip_id}.pt")
+    assert record["audio"].dtype == torch.uint8 and record["audio"].shape[1:] == (3, 64, 64)
+    assert record["segment_times"].shape == (record["audio"].shape[0], 2)
+    assert "face_frames" not in record
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")}
+
+    (folder / f".{clips[1].clip_id}.pt.999.tmp").write_bytes(b"half a file")  # a killed run's leftover
+    again = prepare_corpus(clips, cfg, tmp_path, corpus="ravdess", workers=1, progress=False)
+    assert again.report["clips_processed_now"] == 0 and again.report["clips_prepared"] == len(clips)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")} == stamps
+    assert not list(folder.glob(".*.tmp"))
+
+    changed = audio_cfg()
+    changed["vad"]["pre_s"] = 0.1
+    rekeyed = prepare_corpus(clips[:1], changed, tmp_path, corpus="ravdess", workers=1, progress=False)
+    assert cache_folder(tmp_path, "ravdess", changed) != folder
+    assert rekeyed.report["clips_processed_now"] == 1
+
+
+def test_bad_input_is_reported_and_the_run_goes_on(tmp_path, ravdess_speech_root):
+    good = speech_clips(ravdess_speech_root, n=1)
+    corrupt = tmp_path / "corpus" / "03-01-05-01-01-01-01.flac"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"\x00not a flac file" * 100)
+    truncated = tmp_path / "corpus" / "03-01-04-01-01-01-01.flac"
+    data = good[0].path.read_bytes()
+    truncated.write_bytes(data[:200])
+    clips = good + [
+        Clip("broken", corrupt, "actor_01", "anger"),
+        Clip("truncated", truncated, "actor_01", "sadness"),
+    ]
+    prepared = prepare_corpus(clips, audio_cfg(), tmp_path / "cache", corpus="ravdess", workers=2, progress=False)
+    assert [c.clip_id for c in prepared.clips] == [good[0].clip_id]
+    assert set(prepared.report["dropped"]) == {"broken", "truncated"}
+    assert str(corrupt) in prepared.report["dropped"]["broken"]
+    assert str(truncated) in prepared.report["dropped"]["truncated"]
+    folder = cache_folder(tmp_path / "cache", "ravdess", audio_cfg())
+    assert sorted(p.name for p in folder.glob("*.pt")) == [f"{good[0].clip_id}.pt"]
+
+
+def test_audio_visual_clip_gives_aligned_face_segments(tmp_path, ravdess_av_clip):
+    cfg = copy.deepcopy(PAPER)
+    cfg["faces"]["size"] = 64
+    clip = Clip("av", ravdess_av_clip, "actor_01", "disgust")
+    prepared = prepare_corpus([clip], cfg, tmp_path, corpus="ravdess", workers=1, progress=False)
+    record = load_clip(prepared.files["av"])
+    k = record["audio"].shape[0]
+    assert record["face_index"].shape == (k, 20) and record["face_index"].dtype == torch.int64
+    assert record["face_frames"].dtype == torch.uint8 and record["face_frames"].shape[1:] == (3, 64, 64)
+    assert int(record["face_index"].max()) < record["face_frames"].shape[0]
+    assert prepared.report["face_detection_rate"] >= 0.95
+    start, end = record["meta"]["vad_span_s"]
+    assert 0 < start and end <= record["meta"]["duration_s"]
+    assert float(record["segment_times"][0, 0]) == pytest.approx(start, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_prepare_cli_on_ravdess_speech(tmp_path, ravdess_speech_root):
+    """The issue's command: all 960 six-class clips of actors 1-20, with the printed report."""
+    result = subprocess.run(
+        [sys.executable, "prepare.py", "data=ravdess", f"data.root={ravdess_speech_root}",
+         f"paths.cache_dir={tmp_path}", f"paths.output_dir={tmp_path / 'outputs'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "clips: 960 prepared of 960 indexed" in result.stdout
+    report = next(tmp_path.glob("ravdess/*/report.json"))
+    counts = OmegaConf.load(report)
+    assert len(counts.clips_per_subject) == 20 and set(counts.clips_per_class.values()) == {160}
+    assert counts.segments > 960
+    shutil.rmtree(tmp_path / "ravdess")
