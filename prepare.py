@@ -8,6 +8,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from datamodules.preprocess import plot_vad_spans
+
 os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
 
 
@@ -16,6 +18,10 @@ def main(cfg: DictConfig) -> None:
     datamodule = hydra.utils.instantiate(cfg.data)
     prepared = datamodule.prepare_data()
     print(f"report: {prepared.report['cache']}/report.json")
+    if cfg.vad_plots:
+        out = Path(prepared.report["cache"]) / "vad_plots"
+        plot_vad_spans(prepared.clips[: cfg.vad_plots], datamodule.preprocess_cfg, out)
+        print(f"VAD plots of {min(cfg.vad_plots, len(prepared.clips))} clips: {out}")
 
 
 if __name__ == "__main__":

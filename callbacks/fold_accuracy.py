@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
-from callbacks.confusion_matrix import LEVELS, confusion_pairs, wandb_logger_of
+from callbacks.confusion_matrix import LEVELS, wandb_confusion_matrix, wandb_logger_of
 from callbacks.loggers import AgentRun, agent_run_environment, is_wandb, wandb_init_kwargs
 from callbacks.plots import confusion_matrix_figure, fold_accuracy_figure, save_figure
 
@@ -39,21 +39,19 @@ class FoldAccuracyLogger(L.Callback):
     """After the test of a fold: its accuracy row as the W&B table ``test/fold_accuracy`` (rank zero).
 
     The same numbers are in the fold's metrics.json and, after ``fold=all``, in summary.json and the
-    cv-summary run's table. ``self.row`` keeps the last row.
+    cv-summary run's table.
     """
 
     def __init__(self, stage: str, fold: int, test_subjects: Sequence[str] = ()) -> None:
         self.stage, self.fold, self.test_subjects = stage, fold, list(test_subjects)
-        self.row: dict | None = None
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         result = getattr(pl_module, "last_eval", {}).get("test")
-        if result is None or not trainer.is_global_zero:
-            return
-        self.row = fold_accuracy_row(self.stage, self.fold, self.test_subjects, result)
         logger = wandb_logger_of(trainer)
-        if logger is not None:
-            logger.log_table("test/fold_accuracy", columns=list(FOLD_COLUMNS), data=[[self.row[c] for c in FOLD_COLUMNS]])
+        if result is None or logger is None or not trainer.is_global_zero:
+            return
+        row = fold_accuracy_row(self.stage, self.fold, self.test_subjects, result)
+        logger.log_table("test/fold_accuracy", columns=list(FOLD_COLUMNS), data=[[row[c] for c in FOLD_COLUMNS]])
 
 
 def save_cv_summary_plots(summary: dict, out_dir: Path) -> dict[str, Path]:
@@ -61,7 +59,10 @@ def save_cv_summary_plots(summary: dict, out_dir: Path) -> dict[str, Path]:
     title = f"{summary['corpus']} / {summary['cv']} / {summary['stage']}"
     plots = {
         "fold_accuracy": save_figure(
-            fold_accuracy_figure(summary["folds"], summary["mean"], summary["std"], title), out_dir / "fold_accuracy.png"
+            fold_accuracy_figure(
+                summary["folds"], summary["mean"], summary["std"], title, chance=1 / len(summary["class_names"])
+            ),
+            out_dir / "fold_accuracy.png",
         )
     }
     for level in LEVELS:
@@ -100,12 +101,11 @@ def log_cv_summary_run(
         kwargs["config"]["summary_stage"] = stage
         run = wandb.init(**kwargs)
         try:
+            columns = [c for c in FOLD_COLUMNS if c != "n_test_segments"]  # not in summary.json's rows
             rows = [
-                [stage, row["fold"], ",".join(row["test_subjects"]), row["n_test_clips"]]
-                + [row[f"{level}_{metric}"] for level in LEVELS for metric in METRICS]
+                [{**row, "stage": stage, "test_subjects": ",".join(row["test_subjects"])}[c] for c in columns]
                 for row in summary["folds"]
             ]
-            columns = [c for c in FOLD_COLUMNS if c != "n_test_segments"]
             table = wandb.Table(columns=columns, data=rows)
             bars = wandb.Table(
                 columns=["fold", "video_accuracy"],
@@ -114,16 +114,16 @@ def log_cv_summary_run(
             )
             log: dict = {
                 "cv/fold_accuracy": table,
-                "cv/fold_video_accuracy": wandb.plot.bar(bars, "fold", "video_accuracy", title="test video accuracy per fold"),
+                "cv/fold_video_accuracy": wandb.plot.bar(
+                    bars, "fold", "video_accuracy", title="test video accuracy per fold"
+                ),
                 "cv/fold_accuracy_plot": wandb.Image(str(plots["fold_accuracy"])),
             }
             for level in LEVELS:
-                y_true, y_pred = confusion_pairs(summary["pooled"][level]["confusion_matrix"])
-                log[f"cv/pooled_{level}_confusion_matrix"] = wandb.plot.confusion_matrix(
-                    y_true=y_true, preds=y_pred, class_names=list(summary["class_names"]),
-                    title=f"{stage} {level}-level, pooled over folds",
+                log |= wandb_confusion_matrix(
+                    f"cv/pooled_{level}_confusion_matrix", summary["pooled"][level]["confusion_matrix"],
+                    summary["class_names"], f"{stage} {level}-level, pooled over folds", plots[f"pooled_{level}"],
                 )
-                log[f"cv/pooled_{level}_confusion_matrix_heatmap"] = wandb.Image(str(plots[f"pooled_{level}"]))
             run.log({**log, **cv_summary_metrics(summary)})
             run_id = run.id
         except BaseException:

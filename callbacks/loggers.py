@@ -91,6 +91,7 @@ def run_group(cfg: DictConfig) -> str:
 
 
 def is_wandb(logger_cfg: DictConfig | None) -> bool:
+    """Whether the ``logger`` config node builds a W&B logger."""
     return bool(logger_cfg) and "_target_" in logger_cfg and issubclass(get_class(logger_cfg._target_), WandbLogger)
 
 
@@ -139,7 +140,9 @@ def build_logger(cfg: DictConfig, *, stage: str, fold: int, out_dir: Path) -> Lo
         return instantiate(logger_cfg, save_dir=str(out_dir))
     kwargs = wandb_init_kwargs(cfg, name=f"fold_{fold}", job_type=stage, out_dir=out_dir)
     log_model = bool(logger_cfg.get("log_model")) and kwargs["mode"] == "online"
-    return get_class(logger_cfg._target_)(save_dir=kwargs.pop("dir"), log_model=log_model, **kwargs)
+    logger = get_class(logger_cfg._target_)(save_dir=kwargs.pop("dir"), log_model=log_model, **kwargs)
+    logger._wandb_init.pop("anonymous", None)  # deprecated in wandb, which warns whenever it is passed
+    return logger
 
 
 def finish_logger(logger: Logger | bool, failed: bool) -> None:

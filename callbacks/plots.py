@@ -43,9 +43,10 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequen
 
 def fold_accuracy_figure(
     folds: Sequence[dict], mean: dict, std: dict, title: str,
-    metrics: Sequence[str] = ("segment_accuracy", "video_accuracy"),
+    metrics: Sequence[str] = ("segment_accuracy", "video_accuracy"), chance: float | None = None,
 ) -> Figure:
-    """Grouped bars of each fold's test accuracies (rows as in summary.json), with the mean ± std over folds."""
+    """Grouped bars of each fold's test accuracies (rows as in summary.json), with the mean ± std over
+    folds (dashed line and band) and the chance level (dotted) when given."""
     labels = [f"{row['fold']}\n{','.join(row['test_subjects'])[:12]}" for row in folds]
     x = np.arange(len(folds))
     width = 0.8 / len(metrics)
@@ -57,6 +58,8 @@ def fold_accuracy_figure(
         ax.bar(x + (k - (len(metrics) - 1) / 2) * width, values, width, color=colour, label=metric.replace("_", " "))
         ax.axhline(mean[metric], color=colour, linestyle="--", linewidth=1.0)
         ax.axhspan(mean[metric] - std[metric], mean[metric] + std[metric], color=colour, alpha=0.12)
+    if chance is not None:
+        ax.axhline(chance, color="0.3", linestyle=":", linewidth=1.0, label=f"chance {chance:.3f}")
     ax.set_xticks(x, labels=labels, fontsize=8)
     ax.set_xlabel("fold (test subjects)")
     ax.set_ylabel("test accuracy")

@@ -156,3 +156,21 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
 def find_offline_runs(root: str | Path) -> list[Path]:
     """Every ``offline-run-*`` folder below ``root``, oldest first."""
     return sorted(Path(root).rglob("offline-run-*"), key=lambda p: p.name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m callbacks.wandb_offline outputs/demo/loso``: one line per offline run below a folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("root", type=Path, help="a folder holding offline-run-* folders at any depth")
+    args = parser.parse_args(argv)
+    keys = ("cv/video_accuracy_mean", "cv/video_accuracy_std", "test/video_acc", "test/seg_acc")
+    for path in find_offline_runs(args.root):
+        run = read_offline_run(path)
+        values = "  ".join(f"{key}={run.summary[key]:.3f}" for key in keys if key in run.summary)
+        print(f"{run.job_type:<11} {run.name:<20} {run.group:<28} {values}  {path}")
+
+
+if __name__ == "__main__":
+    main()

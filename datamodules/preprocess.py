@@ -23,7 +23,7 @@ from datamodules.clips import Clip
 from datamodules.decode import BadInputError, decode_clip
 from datamodules.faces import FaceDetector, build_face_track
 from datamodules.mfcc import mfcc_images
-from datamodules.vad import detect_speech_span
+from datamodules.vad import detect_speech_span, plot_vad
 
 PIPELINE_VERSION = 1  # bump when the code changes what a cache file holds
 
@@ -281,3 +281,14 @@ def format_report(report: dict) -> str:
         lines.append(f"skipped by the indexer: {len(report['index_skipped'])}")
         lines += [f"  {path}: {reason}" for path, reason in report["index_skipped"][:20]]
     return "\n".join(lines)
+
+
+def plot_vad_spans(clips: list[Clip], cfg: dict, out_dir: Path) -> list[Path]:
+    """A VAD plot (waveform, speech-band ratio, energy, kept span) per clip, to check the VAD by eye."""
+    paths = []
+    vad_cfg = {k: v for k, v in cfg["vad"].items() if k != "enabled"}
+    for clip in clips:
+        audio = decode_clip(clip.path, sample_rate=cfg["sample_rate"], with_video=False).audio
+        result = detect_speech_span(audio, cfg["sample_rate"], **vad_cfg)
+        paths.append(plot_vad(audio, cfg["sample_rate"], result, Path(out_dir) / f"{clip.clip_id}.png"))
+    return paths

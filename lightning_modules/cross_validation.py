@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks import build_callbacks
 from callbacks.fold_accuracy import log_cv_summary_run, save_cv_summary_plots
-from callbacks.loggers import AgentRun, build_logger, detach_agent_run, finish_logger
+from callbacks.loggers import AgentRun, build_logger, detach_agent_run, finish_logger, is_wandb
 from callbacks.results_table import append_result, format_results_table, read_results, results_row
 from datamodules.datamodule import EmotionDataModule
 from datamodules.features import FeatureDataModule
@@ -111,7 +111,8 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
         )
     if rank_zero_only.rank == 0:  # a test-only run keeps the training run's config.yaml
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / ("test_config.yaml" if test_only else "config.yaml"))
+        config_name = "test_config.yaml" if test_only else "config.yaml"
+        atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / config_name)
     L.seed_everything(cfg.seed + fold, workers=True)
     stage_cfg = cfg.model[stage]
     datamodule.fold = fold
@@ -244,6 +245,12 @@ def run(cfg: DictConfig) -> dict:
     if unknown:
         raise ValueError(f"stage={cfg.stage}: expected one of {', '.join(STAGES)} or all")
     agent = detach_agent_run(os.environ)
+    if agent is not None and (str(cfg.fold) != "all" or not is_wandb(cfg.get("logger"))):
+        raise ValueError(
+            f"under wandb agent (sweep {agent.sweep_id}) a run must be fold=all with logger=wandb: the sweep's "
+            f"objective is the cross-validated mean, logged by the cv-summary run (got fold={cfg.fold}, "
+            f"logger={(cfg.get('logger') or {}).get('_target_', 'none')})"
+        )
     cfg.tag = run_tag(cfg, agent)
     datamodule: EmotionDataModule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
     n_folds = len(datamodule.folds)
