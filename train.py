@@ -7,12 +7,14 @@ Follow it: configs/train.yaml -> lightning_modules/cross_validation.py (run, tra
 -> datamodules/datamodule.py (data) and lightning_modules/{audio,visual,fusion}_module.py (loss).
 """
 import os
+import warnings
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

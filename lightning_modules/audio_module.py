@@ -24,7 +24,7 @@ class AudioModule(EmotionModule):
         head_dropout: dropout on fc7 before the classification layer (torchvision VGG's classifier.5).
         input_mean, input_std: per-channel normalisation after scaling to [0, 1] (ImageNet's by default,
             matching the ImageNet-pretrained VGG the paper fine-tunes).
-        The remaining arguments are EmotionModule's.
+        training: EmotionModule's arguments (class_names, optimizer, lr, weight_decay, ...).
 
     The saved hparams record backbone weights "none" (see checkpoint_backbone_kwargs), so
     `AudioModule.load_from_checkpoint(path)` rebuilds the network without downloading anything.
@@ -37,24 +37,14 @@ class AudioModule(EmotionModule):
         head_dropout: float = 0.5,
         input_mean: Sequence[float] = IMAGENET_MEAN,
         input_std: Sequence[float] = IMAGENET_STD,
-        class_names: Sequence[str] | None = None,
-        optimizer: str = "adam",
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        scheduler: str = "none",
-        scheduler_patience: int = 5,
-        label_smoothing: float = 0.0,
-        channels_last: bool = False,
+        **training: Any,
     ) -> None:
         # plain containers, so that hparams.yaml and checkpoints hold no tuples or OmegaConf objects
         backbone = dict(backbone or {})
         input_mean, input_std = list(input_mean), list(input_std)
-        class_names = list(class_names) if class_names is not None else None
-        super().__init__(
-            num_classes, class_names, optimizer, lr, weight_decay, momentum,
-            scheduler, scheduler_patience, label_smoothing, channels_last,
-        )
+        if training.get("class_names") is not None:
+            training["class_names"] = list(training["class_names"])
+        super().__init__(num_classes, **training)
         self.save_hyperparameters()
         self.hparams["backbone"] = checkpoint_backbone_kwargs(backbone)
         self.input_mean, self.input_std = input_mean, input_std

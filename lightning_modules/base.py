@@ -1,6 +1,7 @@
 """Training, evaluation and optimisation shared by the audio, visual and fusion LightningModules."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 import lightning as L
@@ -13,6 +14,10 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 SCHEDULERS: tuple[str, ...] = ("none", "cosine", "plateau")
 EVAL_STAGES: tuple[str, ...] = ("val", "test")
 Batch = dict[str, torch.Tensor]
+
+# Evaluation metrics are computed on predictions already gathered from every rank, so they are logged
+# without sync_dist (which would average identical values); Lightning's advice to sync does not apply.
+warnings.filterwarnings("ignore", message=r".*sync_dist=True\)` when logging on epoch level.*")
 
 
 def checkpoint_backbone_kwargs(backbone: Mapping[str, Any]) -> dict[str, Any]:

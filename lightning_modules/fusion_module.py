@@ -1,7 +1,7 @@
 """Fusion network, §3.4: precomputed audio and visual segment features -> attention DNN (Eq. 5-7)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -19,7 +19,7 @@ class FusionModule(EmotionModule):
     Args:
         audio_dim, visual_dim, num_tokens, attention_dim, hidden_dims, dropout, num_classes:
             AttentionFusionHead's.
-        The remaining arguments are EmotionModule's (channels_last has no effect: no convolutions).
+        training: EmotionModule's arguments (class_names, optimizer, lr, ...; channels_last has no effect here).
     """
 
     def __init__(
@@ -31,23 +31,13 @@ class FusionModule(EmotionModule):
         hidden_dims: Sequence[int] = (1024,),
         dropout: float = 0.5,
         num_classes: int = 6,
-        class_names: Sequence[str] | None = None,
-        optimizer: str = "adam",
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        scheduler: str = "none",
-        scheduler_patience: int = 5,
-        label_smoothing: float = 0.0,
-        channels_last: bool = False,
+        **training: Any,
     ) -> None:
         # plain containers, so that hparams.yaml and checkpoints hold no tuples or OmegaConf objects
         hidden_dims = list(hidden_dims)
-        class_names = list(class_names) if class_names is not None else None
-        super().__init__(
-            num_classes, class_names, optimizer, lr, weight_decay, momentum,
-            scheduler, scheduler_patience, label_smoothing, channels_last,
-        )
+        if training.get("class_names") is not None:
+            training["class_names"] = list(training["class_names"])
+        super().__init__(num_classes, **training)
         self.save_hyperparameters()
         self.head = AttentionFusionHead(
             audio_dim, visual_dim, num_tokens, attention_dim, hidden_dims, dropout, num_classes
