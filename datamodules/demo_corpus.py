@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from datamodules.corpora.rml import EMOTION_CODES
+from datamodules.corpora import EMOTION_CODES
 
 CLIP_SUFFIX = ".mp4"
 MANIFEST_NAME = "demo_corpus.json"

@@ -21,6 +21,16 @@ _UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 Problem = tuple[Path, str]  # (offending path, reason)
 
+# The two-letter emotion codes of RML and eNTERFACE'05 file names.
+EMOTION_CODES: dict[str, str] = {
+    "an": "anger",
+    "di": "disgust",
+    "fe": "fear",
+    "ha": "happiness",
+    "sa": "sadness",
+    "su": "surprise",
+}
+
 
 def get_indexer(corpus: str) -> Callable[..., IndexResult]:
     """The ``index`` function of the corpus module named ``corpus`` (one of ``CORPORA``)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from datamodules.clips import PAPER_EMOTIONS, Clip, IndexResult
 from datamodules.corpora import (
+    EMOTION_CODES,
     Problem,
     check_on_error,
     finish_index,
@@ -27,14 +28,6 @@ from datamodules.corpora import (
 
 logger = logging.getLogger(__name__)
 
-EMOTION_CODES: dict[str, str] = {
-    "an": "anger",
-    "di": "disgust",
-    "fe": "fear",
-    "ha": "happiness",
-    "sa": "sadness",
-    "su": "surprise",
-}
 _EMOTION_FOLDERS: dict[str, str] = {
     **{label: label for label in PAPER_EMOTIONS},
     "angry": "anger",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from datamodules.clips import Clip, IndexResult
 from datamodules.corpora import (
+    EMOTION_CODES,
     Problem,
     check_on_error,
     finish_index,
@@ -22,14 +23,6 @@ from datamodules.corpora import (
     safe_id,
 )
 
-EMOTION_CODES: dict[str, str] = {
-    "an": "anger",
-    "di": "disgust",
-    "fe": "fear",
-    "ha": "happiness",
-    "sa": "sadness",
-    "su": "surprise",
-}
 _SPEAKER_FOLDER = re.compile(r"s(\d+)", re.IGNORECASE)
 _FILE_STEM = re.compile(r"(an|di|fe|ha|sa|su)(\d+)", re.IGNORECASE)
 
