@@ -1,6 +1,7 @@
 """The LightningDataModule: index a corpus, prepare it (once, on rank zero), split it by subject or clip."""
 from __future__ import annotations
 
+import os
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,13 +72,15 @@ class EmotionDataModule(L.LightningDataModule):
         inputs: Sequence[str] = ("audio",),
         batch_size: int = 32,
         num_workers: int = 0,
-        preprocess_workers: int = 2,
+        preprocess_workers: int | None = None,
     ) -> None:
         super().__init__()
         self.name, self.root, self.indexer, self.classes = name, Path(root), indexer, list(classes)
         self.preprocess_cfg, self.cache_dir, self.cv, self.fold = preprocess, cache_dir, cv, fold
         self.generator, self.inputs = generator, tuple(inputs)
-        self.batch_size, self.num_workers, self.preprocess_workers = batch_size, num_workers, preprocess_workers
+        self.batch_size, self.num_workers = batch_size, num_workers
+        # torch already spreads one clip's work over 2 threads: more processes than cores/2 only compete
+        self.preprocess_workers = preprocess_workers or max(1, (os.cpu_count() or 2) // 2)
         self.clips: list[Clip] = []
         self.report: dict = {}
         self._indexed: IndexResult | None = None
