@@ -36,6 +36,17 @@ def timed_prepare(clips: list[Clip], cfg: dict, workers: int) -> tuple[float, Pr
         return time.perf_counter() - start, prepared
 
 
+def compare_workers(title: str, clips: list[Clip], cfg: dict, media: str) -> None:
+    """Prepare ``clips`` with 1 worker (the baseline) and with 2, and print both speeds."""
+    one_s, _ = timed_prepare(clips, cfg, workers=1)
+    two_s, prepared = timed_prepare(clips, cfg, workers=2)
+    media_s = sum(m["duration_s"] for m in prepared.metas.values())
+    print(f"{title}: {len(clips)} clips, {media_s:.0f} s of {media}, {prepared.report['segments']} segments")
+    print(f"  1 worker : {len(clips) / one_s:7.2f} clips/s, {media_s / one_s:7.2f} s of {media} per s (baseline)")
+    print(f"  2 workers: {len(clips) / two_s:7.2f} clips/s, {media_s / two_s:7.2f} s of {media} per s "
+          f"({one_s / two_s:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
@@ -45,24 +56,14 @@ def main() -> None:
     speech = ravdess.index(args.shared / "ravdess-speech-16k", modality="audio").clips[: args.clips]
     audio_cfg = copy.deepcopy(PAPER)
     audio_cfg["video"] = False
-    one_s, _ = timed_prepare(speech, audio_cfg, workers=1)
-    two_s, prepared = timed_prepare(speech, audio_cfg, workers=2)
-    audio_s = sum(m["duration_s"] for m in prepared.metas.values())
-    print(f"RAVDESS speech: {len(speech)} clips, {audio_s:.0f} s of audio, {prepared.report['segments']} segments")
-    print(f"  1 worker : {len(speech) / one_s:7.1f} clips/s, {audio_s / one_s:7.1f} s of audio per s (baseline)")
-    print(f"  2 workers: {len(speech) / two_s:7.1f} clips/s, {audio_s / two_s:7.1f} s of audio per s ({one_s / two_s:.2f}x)")
+    compare_workers("RAVDESS speech", speech, audio_cfg, "audio")
 
     with tempfile.TemporaryDirectory() as root:
         generate_demo_corpus(Path(root), subjects=1, clips_per_emotion=2)
         videos = demo.index(root).clips
         video_cfg = copy.deepcopy(PAPER)
         video_cfg["faces"]["fallback"] = "center"
-        one_s, _ = timed_prepare(videos, video_cfg, workers=1)
-        two_s, prepared = timed_prepare(videos, video_cfg, workers=2)
-    video_s = sum(m["duration_s"] for m in prepared.metas.values())
-    print(f"Demo videos: {len(videos)} clips, {video_s:.0f} s of 320x240 video, 227-px faces")
-    print(f"  1 worker : {len(videos) / one_s:7.2f} clips/s, {video_s / one_s:5.2f} s of video per s (baseline)")
-    print(f"  2 workers: {len(videos) / two_s:7.2f} clips/s, {video_s / two_s:5.2f} s of video per s ({one_s / two_s:.2f}x)")
+        compare_workers("Demo videos (320x240, 227-px faces)", videos, video_cfg, "video")
 
     av_path = args.shared / "ravdess-av" / "01-01-07-02-02-01-01.mp4"
     clip = Clip("av", av_path, "actor_01", "disgust")
