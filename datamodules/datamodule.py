@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_right
+from itertools import accumulate
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,9 +29,8 @@ class SegmentDataset(Dataset):
     ) -> None:
         self.records, self.clip_indices, self.labels = records, clip_indices, labels
         self.first_segment_ids, self.inputs = first_segment_ids, tuple(inputs)
-        counts = [int(r["audio"].shape[0]) for r in records]
-        self.starts = [sum(counts[:i]) for i in range(len(counts))]
-        self.length = sum(counts)
+        self.starts = [0, *accumulate(int(r["audio"].shape[0]) for r in records)]
+        self.length = self.starts.pop()
 
     def __len__(self) -> int:
         return self.length
@@ -82,7 +82,7 @@ class EmotionDataModule(L.LightningDataModule):
         # torch already spreads one clip's work over 2 threads: more processes than cores/2 only compete
         self.preprocess_workers = preprocess_workers or max(1, (os.cpu_count() or 2) // 2)
         self.clips: list[Clip] = []
-        self.report: dict = {}
+        self._prepared: PreparedCorpus | None = None
         self._indexed: IndexResult | None = None
         self._folds: list[Fold] | None = None
 
@@ -109,16 +109,18 @@ class EmotionDataModule(L.LightningDataModule):
         return self._folds
 
     def prepare_data(self) -> PreparedCorpus:
-        """Index and preprocess the corpus into the clip cache; prints and returns the report."""
-        indexed = self.index()
-        prepared = prepare_corpus(
-            indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name,
-            workers=self.preprocess_workers, index_skipped=indexed.skipped,
-        )
-        if prepared.report["clips_processed_now"] or not self.report:  # every fit calls prepare_data
-            print(format_report(prepared.report))
-        self.report = prepared.report
-        return prepared
+        """Index and preprocess the corpus into the clip cache; prints and returns the report.
+
+        Every fit calls this; after the first call in a process the cache is known to be complete.
+        """
+        if self._prepared is None:
+            indexed = self.index()
+            self._prepared = prepare_corpus(
+                indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name,
+                workers=self.preprocess_workers, index_skipped=indexed.skipped,
+            )
+            print(format_report(self._prepared.report))
+        return self._prepared
 
     def setup(self, stage: str | None = None) -> None:
         if self.clips:
@@ -128,21 +130,21 @@ class EmotionDataModule(L.LightningDataModule):
         if not self.clips:
             raise RuntimeError(f"no prepared clips for {self.name} in {folder}: run prepare_data first")
         self.records = [load_clip(folder / f"{c.clip_id}.pt") for c in self.clips]
-        counts = [int(r["audio"].shape[0]) for r in self.records]
-        self.first_segment_ids = [sum(counts[:i]) for i in range(len(counts))]
+        self.first_segment_ids = [0, *accumulate(int(r["audio"].shape[0]) for r in self.records)][:-1]
 
     @property
     def current_fold(self) -> Fold:
         return self.folds[self.fold]
 
-    def dataset(self, clip_ids: Sequence[str]) -> SegmentDataset:
-        """The segments of the prepared clips among ``clip_ids`` (clips dropped in preprocessing vanish)."""
+    def dataset(self, clip_ids: Sequence[str], inputs: Sequence[str] | None = None) -> SegmentDataset:
+        """The segments of the prepared clips among ``clip_ids`` (clips dropped in preprocessing vanish),
+        carrying ``inputs`` (default: the module's)."""
         wanted = set(clip_ids)
         positions = [i for i, c in enumerate(self.clips) if c.clip_id in wanted]
         return SegmentDataset(
             [self.records[i] for i in positions], positions,
             [self.classes.index(self.clips[i].label) for i in positions],
-            [self.first_segment_ids[i] for i in positions], self.inputs,
+            [self.first_segment_ids[i] for i in positions], inputs or self.inputs,
         )
 
     def _loader(self, clip_ids: Sequence[str], shuffle: bool) -> DataLoader:

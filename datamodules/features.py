@@ -70,8 +70,7 @@ class FeatureDataModule(L.LightningDataModule):
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         audio = AudioModule.load_from_checkpoint(self.audio_checkpoint, map_location=device).eval()
         visual = VisualModule.load_from_checkpoint(self.visual_checkpoint, map_location=device).eval()
-        dataset = self.segments.dataset([c.clip_id for c in self.segments.clips])
-        dataset.inputs = ("audio", "faces")
+        dataset = self.segments.dataset([c.clip_id for c in self.segments.clips], inputs=("audio", "faces"))
         loader = DataLoader(dataset, batch_size=self.extract_batch_size, num_workers=self.segments.num_workers)
         autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("audio", "visual", "label", "clip_index", "segment_id")}
@@ -95,13 +94,10 @@ class FeatureDataModule(L.LightningDataModule):
         self.features = {k: v for k, v in cached.items() if k != "key"}
         self.segments.setup()
 
-    @property
-    def feature_dims(self) -> tuple[int, int]:
-        return self.features["audio"].shape[1], self.features["visual"].shape[1]
-
     def _loader(self, clip_ids: Sequence[str], shuffle: bool) -> DataLoader:
-        wanted = {i for i, c in enumerate(self.segments.clips) if c.clip_id in set(clip_ids)}
-        rows = torch.tensor([i for i, c in enumerate(self.features["clip_index"].tolist()) if c in wanted])
+        ids = set(clip_ids)
+        wanted = torch.tensor([i for i, c in enumerate(self.segments.clips) if c.clip_id in ids])
+        rows = torch.isin(self.features["clip_index"], wanted).nonzero().flatten()
         return DataLoader(FeatureDataset(self.features, rows), batch_size=self.batch_size, shuffle=shuffle)
 
     def train_dataloader(self) -> DataLoader:
