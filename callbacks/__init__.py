@@ -10,9 +10,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
 from callbacks.confusion_matrix import ConfusionMatrixLogger
-from callbacks.fold_accuracy import SWEEP_OBJECTIVE, FoldAccuracyLogger
+from callbacks.fold_accuracy import FoldAccuracyLogger, cv_objective_key
 
-__all__ = ["ConfusionMatrixLogger", "FoldAccuracyLogger", "SWEEP_OBJECTIVE", "build_callbacks"]
+__all__ = ["ConfusionMatrixLogger", "FoldAccuracyLogger", "cv_objective_key", "build_callbacks"]
 
 
 def build_callbacks(callbacks_cfg: DictConfig, context: dict[str, Any], has_logger: bool) -> list[L.Callback]:

@@ -2,8 +2,9 @@
 
 After ``fold=all`` each stage gets ``<run_dir>/<stage>/fold_accuracy.png`` (bars per fold, mean ± std)
 and ``pooled_<level>_confusion.png``, and with W&B a run with ``job_type=cv-summary`` holding the
-per-fold table, ``cv/<metric>_mean`` / ``cv/<metric>_std`` (the sweep objective is
-``cv/video_accuracy_mean``), a per-fold bar chart and the pooled confusion matrices.
+per-fold table, ``cv/<split>/<metric>_mean`` / ``cv/<split>/<metric>_std`` for the val and test blocks (a sweep's
+objective is the validation one, ``cv_objective_key(objective.metric)``, e.g. ``cv/val/video_uar_mean``;
+``cv/objective`` holds its value too), a per-fold bar chart and the pooled test confusion matrices.
 """
 from __future__ import annotations
 
@@ -16,13 +17,19 @@ from omegaconf import DictConfig
 from callbacks.confusion_matrix import LEVELS, wandb_confusion_matrix, wandb_logger_of
 from callbacks.loggers import AgentRun, agent_run_environment, is_wandb, wandb_init_kwargs
 from callbacks.plots import confusion_matrix_figure, fold_accuracy_figure, save_figure
+from lightning_modules.cv_summary import SPLITS, check_objective
 
 METRICS = ("accuracy", "uar", "macro_f1")
 FOLD_COLUMNS = (
     "stage", "fold", "test_subjects", "n_test_clips", "n_test_segments",
     *(f"{level}_{metric}" for level in LEVELS for metric in METRICS),
 )
-SWEEP_OBJECTIVE = "cv/video_accuracy_mean"
+
+
+def cv_objective_key(metric: str) -> str:
+    """The cv-summary run's key of an objective's cross-validated mean: val/video_uar -> cv/val/video_uar_mean."""
+    summary_name, _ = check_objective({"metric": metric, "mode": "max"})
+    return f"cv/val/{summary_name}_mean"
 
 
 def fold_accuracy_row(stage: str, fold: int, test_subjects: Sequence[str], result: dict) -> dict:
@@ -57,29 +64,32 @@ class FoldAccuracyLogger(L.Callback):
 def save_cv_summary_plots(summary: dict, out_dir: Path) -> dict[str, Path]:
     """The per-fold bar chart and the pooled confusion heatmaps of a summary.json, as PNGs in ``out_dir``."""
     title = f"{summary['corpus']} / {summary['cv']} / {summary['stage']}"
+    test = summary["test"]
     plots = {
         "fold_accuracy": save_figure(
-            fold_accuracy_figure(
-                summary["folds"], summary["mean"], summary["std"], title, chance=1 / len(summary["class_names"])
-            ),
+            fold_accuracy_figure(test["folds"], test["mean"], test["std"], title, chance=1 / len(summary["class_names"])),
             out_dir / "fold_accuracy.png",
         )
     }
     for level in LEVELS:
         figure = confusion_matrix_figure(
-            summary["pooled"][level]["confusion_matrix"], summary["class_names"],
-            f"{title}: {level}-level, pooled over {len(summary['folds'])} folds",
+            test["pooled"][level]["confusion_matrix"], summary["class_names"],
+            f"{title}: {level}-level, pooled over {len(test['folds'])} folds",
         )
         plots[f"pooled_{level}"] = save_figure(figure, out_dir / f"pooled_{level}_confusion.png")
     return plots
 
 
 def cv_summary_metrics(summary: dict) -> dict[str, float]:
-    """``cv/<metric>_mean``, ``cv/<metric>_std`` and ``cv/pooled_<level>_accuracy`` of a summary.json."""
-    metrics = {f"cv/{name}_mean": float(value) for name, value in summary["mean"].items()}
-    metrics.update({f"cv/{name}_std": float(value) for name, value in summary["std"].items()})
-    metrics.update({f"cv/pooled_{level}_accuracy": float(summary["pooled"][level]["accuracy"]) for level in LEVELS})
-    metrics["cv/n_folds"] = len(summary["folds"])
+    """``cv/<split>/<metric>_mean`` and ``_std`` for val and test, ``cv/test/pooled_<level>_accuracy`` and
+    ``cv/objective`` (the validation objective's mean over folds) of a summary.json."""
+    metrics: dict[str, float] = {"cv/objective": float(summary["objective"]["mean"])}
+    for split in SPLITS:
+        for stat in ("mean", "std"):
+            metrics.update({f"cv/{split}/{name}_{stat}": float(v) for name, v in summary[split][stat].items()})
+    pooled = summary["test"]["pooled"]
+    metrics.update({f"cv/test/pooled_{level}_accuracy": float(pooled[level]["accuracy"]) for level in LEVELS})
+    metrics["cv/n_folds"] = len(summary["test"]["folds"])
     return metrics
 
 
@@ -101,16 +111,20 @@ def log_cv_summary_run(
         kwargs["config"]["summary_stage"] = stage
         run = wandb.init(**kwargs)
         try:
-            columns = [c for c in FOLD_COLUMNS if c != "n_test_segments"]  # not in summary.json's rows
+            objective_key, _ = check_objective(summary["objective"])
+            metric_columns = [c for c in FOLD_COLUMNS if c.startswith(LEVELS)]
+            columns = ["stage", "fold", "test_subjects", "n_test_clips", summary["objective"]["metric"],
+                       *metric_columns]
             rows = [
-                [{**row, "stage": stage, "test_subjects": ",".join(row["test_subjects"])}[c] for c in columns]
-                for row in summary["folds"]
+                [stage, row["fold"], ",".join(row["subjects"]), row["n_clips"], val_row[objective_key],
+                 *(row[c] for c in metric_columns)]
+                for val_row, row in zip(summary["val"]["folds"], summary["test"]["folds"])
             ]
             table = wandb.Table(columns=columns, data=rows)
             bars = wandb.Table(
                 columns=["fold", "video_accuracy"],
-                data=[[f"fold {row['fold']} ({','.join(row['test_subjects'])})", row["video_accuracy"]]
-                      for row in summary["folds"]],
+                data=[[f"fold {row['fold']} ({','.join(row['subjects'])})", row["video_accuracy"]]
+                      for row in summary["test"]["folds"]],
             )
             log: dict = {
                 "cv/fold_accuracy": table,
@@ -121,7 +135,7 @@ def log_cv_summary_run(
             }
             for level in LEVELS:
                 log |= wandb_confusion_matrix(
-                    f"cv/pooled_{level}_confusion_matrix", summary["pooled"][level]["confusion_matrix"],
+                    f"cv/pooled_{level}_confusion_matrix", summary["test"]["pooled"][level]["confusion_matrix"],
                     summary["class_names"], f"{stage} {level}-level, pooled over folds", plots[f"pooled_{level}"],
                 )
             run.log({**log, **cv_summary_metrics(summary)})

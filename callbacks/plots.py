@@ -47,7 +47,7 @@ def fold_accuracy_figure(
 ) -> Figure:
     """Grouped bars of each fold's test accuracies (rows as in summary.json), with the mean ± std over
     folds (dashed line and band) and the chance level (dotted) when given."""
-    labels = [f"{row['fold']}\n{','.join(row['test_subjects'])[:12]}" for row in folds]
+    labels = [f"{row['fold']}\n{','.join(row['subjects'])[:12]}" for row in folds]
     x = np.arange(len(folds))
     width = 0.8 / len(metrics)
     fig = Figure(figsize=(max(5.0, 0.7 * len(folds) + 3.0), 4.0), layout="constrained")

@@ -1,7 +1,8 @@
 """One table of cross-validated results across runs, sweeps and Hydra multirun jobs: ``results.csv``.
 
-Every ``fold=all`` run appends one row per stage (its overrides, tag, mean ± std over folds) to
-``<output_dir>/<corpus>/<cv>/results.csv``. Rows are appended under an exclusive file lock, so parallel
+Every ``fold=all`` run appends one row per stage (its overrides, tag, the validation objective and the
+test metrics, mean ± std over folds) to ``<output_dir>/<corpus>/<cv>/results.csv``, ranked by the
+validation objective. Rows are appended under an exclusive file lock, so parallel
 jobs on one machine (or on a shared filesystem with working locks) never interleave.
 """
 from __future__ import annotations
@@ -13,24 +14,31 @@ import time
 from pathlib import Path
 
 RESULT_COLUMNS = (
-    "finished", "tag", "stage", "n_folds",
-    "video_accuracy_mean", "video_accuracy_std", "video_uar_mean", "video_uar_std",
-    "segment_accuracy_mean", "segment_accuracy_std", "pooled_video_accuracy",
+    "finished", "tag", "stage", "seed", "n_folds",
+    "objective", "objective_mode", "objective_mean", "objective_std",
+    "test_video_accuracy_mean", "test_video_accuracy_std", "test_video_uar_mean", "test_video_uar_std",
+    "test_segment_accuracy_mean", "test_segment_accuracy_std", "test_pooled_video_accuracy",
     "overrides", "run_dir",
 )
 
 
 def results_row(summary: dict, tag: str, overrides: list[str], run_dir: Path) -> dict:
-    """The results.csv row of one stage's summary.json."""
-    mean, std = summary["mean"], summary["std"]
+    """The results.csv row of one stage's summary.json: the validation objective it is ranked by, then
+    the test metrics it reports."""
+    objective, test = summary["objective"], summary["test"]
     return {
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "tag": tag,
         "stage": summary["stage"],
-        "n_folds": len(summary["folds"]),
-        **{f"{name}_mean": f"{mean[name]:.4f}" for name in ("video_accuracy", "video_uar", "segment_accuracy")},
-        **{f"{name}_std": f"{std[name]:.4f}" for name in ("video_accuracy", "video_uar", "segment_accuracy")},
-        "pooled_video_accuracy": f"{summary['pooled']['video']['accuracy']:.4f}",
+        "seed": summary.get("seed"),
+        "n_folds": len(test["folds"]),
+        "objective": objective["metric"],
+        "objective_mode": objective["mode"],
+        "objective_mean": f"{objective['mean']:.4f}",
+        "objective_std": f"{objective['std']:.4f}",
+        **{f"test_{name}_mean": f"{test['mean'][name]:.4f}" for name in ("video_accuracy", "video_uar", "segment_accuracy")},
+        **{f"test_{name}_std": f"{test['std'][name]:.4f}" for name in ("video_accuracy", "video_uar", "segment_accuracy")},
+        "test_pooled_video_accuracy": f"{test['pooled']['video']['accuracy']:.4f}",
         "overrides": " ".join(overrides),
         "run_dir": str(run_dir),
     }
@@ -56,17 +64,24 @@ def read_results(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def objective_rank(row: dict) -> float:
+    """Sort key, best first: the validation objective, negated when it is maximised."""
+    value = float(row["objective_mean"])
+    return -value if row["objective_mode"] == "max" else value
+
+
 def format_results_table(rows: list[dict], stage: str | None = None) -> str:
-    """The rows (optionally of one stage), best video accuracy first, as a text table."""
-    rows = [row for row in rows if stage is None or row["stage"] == stage]
-    rows.sort(key=lambda row: float(row["video_accuracy_mean"]), reverse=True)
-    header = f"{'video acc':>15} {'video UAR':>15} {'seg acc':>15} {'folds':>5} {'stage':<7} {'tag':<28} overrides"
+    """The rows (optionally of one stage), best validation objective first, as a text table; test
+    metrics are shown beside it, never used for the order."""
+    rows = sorted((row for row in rows if stage is None or row["stage"] == stage), key=objective_rank)
+    header = (f"{'objective (val)':>24} {'test video acc':>15} {'test video UAR':>15} {'folds':>5} {'stage':<7} "
+              f"{'tag':<28} overrides")
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
-            f"{row['video_accuracy_mean']:>7} ± {row['video_accuracy_std']:<5} "
-            f"{row['video_uar_mean']:>7} ± {row['video_uar_std']:<5} "
-            f"{row['segment_accuracy_mean']:>7} ± {row['segment_accuracy_std']:<5} "
+            f"{row['objective'].removeprefix('val/'):>10} {row['objective_mean']:>6} ± {row['objective_std']:<5}"
+            f" {row['test_video_accuracy_mean']:>7} ± {row['test_video_accuracy_std']:<5} "
+            f"{row['test_video_uar_mean']:>7} ± {row['test_video_uar_std']:<5} "
             f"{row['n_folds']:>5} {row['stage']:<7} {row['tag'] or '-':<28} {row['overrides']}"
         )
     return "\n".join(lines)

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("root", type=Path, help="a folder holding offline-run-* folders at any depth")
     args = parser.parse_args(argv)
-    keys = ("cv/video_accuracy_mean", "cv/video_accuracy_std", "test/video_acc", "test/seg_acc")
+    keys = ("cv/objective", "cv/test/video_accuracy_mean", "cv/test/video_accuracy_std", "test/video_acc", "test/seg_acc")
     for path in find_offline_runs(args.root):
         run = read_offline_run(path)
         values = "  ".join(f"{key}={run.summary[key]:.3f}" for key in keys if key in run.summary)

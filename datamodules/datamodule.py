@@ -108,6 +108,16 @@ class EmotionDataModule(L.LightningDataModule):
             self._folds = self.cv(self.index().clips)
         return self._folds
 
+    @property
+    def source(self) -> str:
+        """The corpus's resolved root (symlinks followed): part of the clip cache key."""
+        return str(self.root.resolve())
+
+    @property
+    def cache_folder(self) -> Path:
+        """Where this corpus's prepared clips are cached (``<cache_dir>/<name>/<key>``)."""
+        return cache_folder(self.cache_dir, self.name, self.preprocess_cfg, self.source)
+
     def prepare_data(self) -> PreparedCorpus:
         """Index and preprocess the corpus into the clip cache; prints and returns the report.
 
@@ -116,7 +126,7 @@ class EmotionDataModule(L.LightningDataModule):
         if self._prepared is None:
             indexed = self.index()
             self._prepared = prepare_corpus(
-                indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name,
+                indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name, source=self.source,
                 workers=self.preprocess_workers, index_skipped=indexed.skipped,
             )
             print(format_report(self._prepared.report))
@@ -125,7 +135,7 @@ class EmotionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.clips:
             return
-        folder = cache_folder(self.cache_dir, self.name, self.preprocess_cfg)
+        folder = self.cache_folder
         self.clips = [c for c in self.index().clips if (folder / f"{c.clip_id}.pt").exists()]
         if not self.clips:
             raise RuntimeError(f"no prepared clips for {self.name} in {folder}: run prepare_data first")

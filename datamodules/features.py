@@ -5,6 +5,8 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
+import hashlib
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -14,10 +16,14 @@ from datamodules.datamodule import EmotionDataModule
 from datamodules.preprocess import atomic_save
 
 
-def checkpoint_identity(path: Path) -> str:
-    """Cheap identity of a checkpoint file (a retrained extractor invalidates the feature cache)."""
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content: a retrained extractor invalidates the feature cache, a copied or
+    touched one does not."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class FeatureDataset(Dataset):
@@ -42,22 +48,29 @@ class FeatureDataModule(L.LightningDataModule):
     """The fold's segments as (audio feature, visual feature) pairs for the fusion network.
 
     ``prepare_data`` (rank zero) runs the best audio and visual checkpoints of the fold, frozen, over
-    every prepared segment and caches the features in ``cache_path``; ``setup`` reads that cache.
+    every prepared segment and caches the features in ``cache_path``; ``setup`` reads that cache. The
+    cache is keyed by both checkpoints' content, the fold's ``fold_hash`` and the extraction precision
+    (``precision``: the trainer's; "16-mixed" and "bf16-mixed" extract under autocast, others in fp32).
     """
 
     def __init__(
         self, segments: EmotionDataModule, audio_checkpoint: Path, visual_checkpoint: Path, cache_path: Path,
-        batch_size: int = 64, extract_batch_size: int = 16,
+        fold_hash: str, precision: str = "32-true", batch_size: int = 64, extract_batch_size: int = 16,
     ) -> None:
         super().__init__()
         self.segments, self.cache_path = segments, Path(cache_path)
         self.audio_checkpoint, self.visual_checkpoint = Path(audio_checkpoint), Path(visual_checkpoint)
+        self.fold_hash, self.precision = fold_hash, str(precision)
         self.batch_size, self.extract_batch_size = batch_size, extract_batch_size
         self.features: dict[str, torch.Tensor] = {}
+        self._key: str | None = None
 
     @property
     def key(self) -> str:
-        return checkpoint_identity(self.audio_checkpoint) + "|" + checkpoint_identity(self.visual_checkpoint)
+        if self._key is None:
+            digests = [file_digest(path) for path in (self.audio_checkpoint, self.visual_checkpoint)]
+            self._key = "|".join([*digests, self.fold_hash, self.precision])
+        return self._key
 
     def prepare_data(self) -> None:
         if self.cache_path.exists() and torch.load(self.cache_path, mmap=True)["key"] == self.key:
@@ -72,7 +85,8 @@ class FeatureDataModule(L.LightningDataModule):
         visual = VisualModule.load_from_checkpoint(self.visual_checkpoint, map_location=device).eval()
         dataset = self.segments.dataset([c.clip_id for c in self.segments.clips], inputs=("audio", "faces"))
         loader = DataLoader(dataset, batch_size=self.extract_batch_size, num_workers=self.segments.num_workers)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("audio", "visual", "label", "clip_index", "segment_id")}
         with torch.inference_mode(), autocast:
             for batch in tqdm(loader, desc="fusion features", unit="batch"):

@@ -29,9 +29,10 @@ from datamodules.vad import detect_speech_span, plot_vad
 PIPELINE_VERSION = 1  # bump when the code changes what a cache file holds
 
 
-def cache_key(preprocess_cfg: dict) -> str:
-    """Short hash of the preprocessing config (and the pipeline version)."""
-    blob = json.dumps({"version": PIPELINE_VERSION, "preprocess": preprocess_cfg}, sort_keys=True)
+def cache_key(preprocess_cfg: dict, source: str | None = None) -> str:
+    """Short hash of the preprocessing config, the pipeline version and the corpus ``source`` (its resolved
+    root), so that two corpora whose clip ids coincide never share cache files."""
+    blob = json.dumps({"version": PIPELINE_VERSION, "preprocess": preprocess_cfg, "source": source}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -143,8 +144,8 @@ def load_clip(path: Path) -> dict:
     return torch.load(path, mmap=True, weights_only=True)
 
 
-def cache_folder(cache_root: str | Path, corpus: str, cfg: dict) -> Path:
-    return Path(cache_root) / corpus / cache_key(cfg)
+def cache_folder(cache_root: str | Path, corpus: str, cfg: dict, source: str | None = None) -> Path:
+    return Path(cache_root) / corpus / cache_key(cfg, source)
 
 
 def prepare_corpus(
@@ -153,14 +154,18 @@ def prepare_corpus(
     cache_root: Path,
     *,
     corpus: str,
+    source: str | None = None,
     workers: int = 2,
     index_skipped: list[tuple[str, str]] | None = None,
     progress: bool = True,
 ) -> PreparedCorpus:
-    """Prepare every clip not yet in the cache, in parallel worker processes, and write the report."""
+    """Prepare every clip not yet in the cache, in parallel worker processes, and write the report.
+
+    ``source`` (the corpus's resolved root) is part of the cache key: see ``cache_key``.
+    """
     start = time.perf_counter()
-    key = cache_key(cfg)
-    folder = cache_folder(cache_root, corpus, cfg)
+    key = cache_key(cfg, source)
+    folder = cache_folder(cache_root, corpus, cfg, source)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".*.tmp"):  # left by a killed run; never a finished clip
         stale.unlink(missing_ok=True)

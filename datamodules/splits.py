@@ -5,6 +5,8 @@ no clip in two parts, and for subject-independent folds no test subject in train
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,12 @@ class Fold:
     val: list[str]
     test: list[str]
     test_subjects: list[str] = field(default_factory=list)
+
+    @property
+    def content_hash(self) -> str:
+        """Short hash of the sorted train, val and test clip ids: equal hashes, equal splits."""
+        parts = {part: sorted(getattr(self, part)) for part in ("train", "val", "test")}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def subjects_of(clips: Sequence[Clip]) -> list[str]:

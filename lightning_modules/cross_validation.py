@@ -1,8 +1,9 @@
 """What ``python train.py stage=<stage> fold=<K|all>`` does: train stages on folds, test, summarise.
 
 Each (stage, fold) run writes ``<run_dir>/<stage>/fold_<K>/`` with ``config.yaml``,
-``checkpoints/best.ckpt`` (chosen on validation clips from training subjects only), ``metrics.json``,
-``plots/*_confusion.png`` and, with W&B, its run under ``wandb/``; ``fold=all`` adds
+``fold.json`` (what it was trained on), ``checkpoints/best.ckpt`` (chosen on ``objective.metric`` over
+validation clips from training subjects only), ``metrics.json`` (the chosen checkpoint's ``val`` and
+``test`` metrics), ``plots/*_confusion.png`` and, with W&B, its run under ``wandb/``; ``fold=all`` adds
 ``<run_dir>/<stage>/summary.json``, ``fold_accuracy.png``, ``pooled_*_confusion.png``, a W&B
 cv-summary run and a row per stage in ``<output_dir>/<corpus>/<cv>/results.csv``.
 
@@ -12,12 +13,10 @@ each rank), so the trainers meet; files and W&B runs are written by rank zero on
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +27,17 @@ from callbacks.loggers import AgentRun, build_logger, detach_agent_run, finish_l
 from callbacks.results_table import append_result, format_results_table, read_results, results_row
 from datamodules.datamodule import EmotionDataModule
 from datamodules.features import FeatureDataModule
+from datamodules.corpora import natural_key
 from datamodules.preprocess import atomic_write_text
+from lightning_modules.cv_summary import (
+    check_objective,
+    format_seeds_table,
+    format_summary_table,
+    metric_row,
+    split_metrics,
+    summarize_folds,
+    summarize_seeds,
+)
 
 STAGES = ("audio", "visual", "fusion")
 STAGE_INPUTS = {"audio": ("audio",), "visual": ("faces",)}
@@ -36,6 +45,10 @@ STAGE_INPUTS = {"audio": ("audio",), "visual": ("faces",)}
 
 class MissingCheckpointError(FileNotFoundError):
     """The fusion stage was asked for before the extractors it builds on were trained."""
+
+
+class MismatchedCheckpointError(ValueError):
+    """An extractor checkpoint was trained on another fold split, preprocessing or class list."""
 
 
 def fold_dir(cfg: DictConfig, stage: str, fold: int) -> Path:
@@ -87,20 +100,56 @@ def run_tag(cfg: DictConfig, agent: AgentRun | None) -> str:
     return ""
 
 
-def checkpoint_best_score(path: Path) -> float | None:
-    """The monitored validation score ModelCheckpoint recorded in ``path`` (None if it holds none)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    for callback_state in state.get("callbacks", {}).values():
-        score = callback_state.get("best_model_score") if isinstance(callback_state, dict) else None
-        if score is not None:
-            return float(score)
-    return None
+def write_fold_provenance(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule) -> dict:
+    """What a (stage, fold) was trained on, as ``fold.json`` in its folder (rank zero writes it).
+
+    ``fold_hash`` identifies the fold's train/val/test clip ids; ``preprocess_key`` the clip cache (the
+    preprocessing config and the corpus root). The fusion stage refuses extractors whose values differ.
+    """
+    split = datamodule.current_fold
+    provenance = {
+        "stage": stage,
+        "fold": fold,
+        "corpus": datamodule.name,
+        "root": datamodule.source,
+        "cv": OmegaConf.to_container(cfg.cv, resolve=True),
+        "fold_hash": split.content_hash,
+        "preprocess_key": datamodule.cache_folder.name,
+        "class_names": list(datamodule.classes),
+        "seed": int(cfg.seed),
+    }
+    if rank_zero_only.rank == 0:
+        atomic_write_text(json.dumps(provenance, indent=2), fold_dir(cfg, stage, fold) / "fold.json")
+    return provenance
+
+
+def check_upstream_provenance(own: dict, checkpoints: dict[str, Path], overrides: list[str]) -> None:
+    """Refuse extractor checkpoints trained on another fold split, preprocessing or class list than ``own``."""
+    kept = " ".join(o for o in overrides if not o.startswith(("stage=", "fold=")))
+    for stage, checkpoint in checkpoints.items():
+        record = checkpoint.parent.parent / "fold.json"
+        retrain = f"python train.py stage={stage} fold={own['fold']} {kept}".rstrip()
+        if not record.exists():
+            raise MismatchedCheckpointError(
+                f"stage=fusion fold={own['fold']}: {checkpoint} has no {record.name} beside it, so what it was "
+                f"trained on is unknown; retrain it:\n  {retrain}"
+            )
+        theirs = json.loads(record.read_text())
+        for key in ("fold_hash", "preprocess_key", "class_names"):
+            if theirs.get(key) != own[key]:
+                raise MismatchedCheckpointError(
+                    f"stage=fusion fold={own['fold']}: the {stage} extractor {checkpoint} was trained with "
+                    f"{key}={theirs.get(key)} but this run has {key}={own[key]} (another fold split, "
+                    f"preprocessing or corpus). Retrain it with this configuration:\n  {retrain}"
+                )
 
 
 def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule) -> dict:
-    """Train ``stage`` on ``fold``, test its best checkpoint on the held-out clips, write metrics.json.
+    """Train ``stage`` on ``fold``, choose its checkpoint on validation clips, test it, write metrics.json.
 
-    With ``test_only=true`` the fold's existing best.ckpt is tested without training (for instance on
+    The checkpoint is chosen on ``objective.metric`` over the validation subjects; it is then validated
+    once more (the ``val`` block of metrics.json) and tested on the held-out clips (the ``test`` block).
+    With ``test_only=true`` the fold's existing best.ckpt is evaluated without training (for instance on
     another number of devices: the metrics are the same).
     """
     out = fold_dir(cfg, stage, fold)
@@ -113,26 +162,28 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
         out.mkdir(parents=True, exist_ok=True)
         config_name = "test_config.yaml" if test_only else "config.yaml"
         atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / config_name)
-    L.seed_everything(cfg.seed + fold, workers=True)
     stage_cfg = cfg.model[stage]
     datamodule.fold = fold
+    provenance = write_fold_provenance(cfg, stage, fold, datamodule)
     if stage == "fusion":
         audio_ckpt, visual_ckpt = upstream_checkpoints(cfg, fold, _task_overrides())
+        check_upstream_provenance(provenance, {"audio": audio_ckpt, "visual": visual_ckpt}, _task_overrides())
         data: L.LightningDataModule = FeatureDataModule(
-            datamodule, audio_ckpt, visual_ckpt, out / "features.pt", batch_size=stage_cfg.batch_size
+            datamodule, audio_ckpt, visual_ckpt, out / "features.pt", fold_hash=provenance["fold_hash"],
+            precision=str(cfg.trainer.precision), batch_size=stage_cfg.batch_size,
         )
     else:
         datamodule.inputs = STAGE_INPUTS[stage]
         datamodule.batch_size = stage_cfg.batch_size
         data = datamodule
+    L.seed_everything(cfg.seed + fold, workers=True)
     module = instantiate(
         stage_cfg.module, _convert_="all", num_classes=len(datamodule.classes), class_names=list(datamodule.classes)
     )
-    test_ids = set(datamodule.current_fold.test)
-    test_subjects = sorted({c.subject for c in datamodule.index().clips if c.clip_id in test_ids})
+    subjects = subjects_of_fold(datamodule)
     logger = build_logger(cfg, stage=stage, fold=fold, out_dir=out)
     context = {"dirpath": str(out / "checkpoints"), "out_dir": str(out), "stage": stage, "fold": fold,
-               "test_subjects": test_subjects}
+               "test_subjects": subjects["test"]}
     callbacks = build_callbacks(cfg.callbacks, context, has_logger=logger is not False)
     trainer: L.Trainer = instantiate(
         cfg.trainer, **stage_cfg.get("trainer", {}), callbacks=callbacks, logger=logger, default_root_dir=str(out)
@@ -140,90 +191,45 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
     failed = True
     try:
         if test_only:
-            best = str(best_checkpoint(cfg, stage, fold))
-            trainer.test(module, datamodule=data, ckpt_path=best)
-            best_score = checkpoint_best_score(Path(best))
+            best: str | None = str(best_checkpoint(cfg, stage, fold))
         else:
             trainer.fit(module, datamodule=data)
             checkpoint = trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
             if best and Path(best).name != "best.ckpt":
                 raise RuntimeError(f"checkpoint saved as {best}; expected {out / 'checkpoints' / 'best.ckpt'}")
-            trainer.test(module, datamodule=data, ckpt_path="best" if best else None)
-            best_score = float(checkpoint.best_model_score) if best else None
+        trainer.validate(module, datamodule=data, ckpt_path=best)
+        trainer.test(module, datamodule=data, ckpt_path=best)
         failed = False
     finally:
         finish_logger(logger, failed)
-    test = module.last_eval["test"]
+    summary_name, _ = check_objective(cfg.objective)
+    val, test = split_metrics(module.last_eval["val"]), split_metrics(module.last_eval["test"])
     metrics = {
         "corpus": datamodule.name,
         "cv": cfg.cv.name,
         "stage": stage,
         "fold": fold,
-        "test_subjects": test_subjects,
+        "seed": int(cfg.seed),
+        "fold_hash": provenance["fold_hash"],
+        "val_subjects": subjects["val"],
+        "test_subjects": subjects["test"],
         "class_names": list(datamodule.classes),
-        "n_test_clips": test["n_clips"],
-        "n_test_segments": test["n_segments"],
-        "segment": test["segment"],
-        "video": test["video"],
+        "objective": {**OmegaConf.to_container(cfg.objective), "value": metric_row(val)[summary_name]},
+        "val": val,
+        "test": test,
         "best_checkpoint": best,
-        "best_val_video_acc": best_score,
     }
     if trainer.is_global_zero:
         atomic_write_text(json.dumps(metrics, indent=2), out / "metrics.json")
     return metrics
 
 
-def summarize_folds(per_fold: list[dict]) -> dict:
-    """Per-fold test metrics, their mean ± sample std over folds, and the pooled confusion matrices."""
-    summary: dict = {"folds": [], "mean": {}, "std": {}, "pooled": {}}
-    names = ("accuracy", "uar", "macro_f1")
-    for m in per_fold:
-        row = {"fold": m["fold"], "test_subjects": m["test_subjects"], "n_test_clips": m["n_test_clips"]}
-        for level in ("segment", "video"):
-            row.update({f"{level}_{n}": m[level][n] for n in names})
-        summary["folds"].append(row)
-    for key in summary["folds"][0]:
-        if key.startswith(("segment_", "video_")):
-            values = [row[key] for row in summary["folds"]]
-            mean = sum(values) / len(values)
-            summary["mean"][key] = mean
-            summary["std"][key] = (
-                math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-            )
-    for level in ("segment", "video"):
-        pooled = torch.tensor([m[level]["confusion_matrix"] for m in per_fold]).sum(0)
-        summary["pooled"][level] = {
-            "confusion_matrix": pooled.tolist(),
-            "accuracy": float(pooled.trace() / pooled.sum()) if pooled.sum() else 0.0,
-        }
-    first = per_fold[0]
-    summary.update(corpus=first["corpus"], cv=first["cv"], stage=first["stage"], class_names=first["class_names"])
-    return summary
-
-
-def format_summary_table(summary: dict) -> str:
-    """The per-fold table a researcher reads at the end of a cross-validation."""
-    header = f"{'fold':>6} {'test subjects':<20} {'clips':>5} {'seg acc':>8} {'video acc':>9} {'video UAR':>9}"
-    lines = [f"{summary['corpus']} / {summary['cv']} / {summary['stage']}", header, "-" * len(header)]
-    for row in summary["folds"]:
-        subjects = ",".join(row["test_subjects"])
-        lines.append(
-            f"{row['fold']:>6} {subjects[:20]:<20} {row['n_test_clips']:>5} {row['segment_accuracy']:>8.3f} "
-            f"{row['video_accuracy']:>9.3f} {row['video_uar']:>9.3f}"
-        )
-    mean, std = summary["mean"], summary["std"]
-    lines.append("-" * len(header))
-    lines.append(
-        f"{'mean':>6} {'± std over folds':<20} {'':>5} {mean['segment_accuracy']:>8.3f} "
-        f"{mean['video_accuracy']:>9.3f} {mean['video_uar']:>9.3f}"
-    )
-    lines.append(
-        f"{'':>6} {'':<20} {'':>5} {std['segment_accuracy']:>8.3f} {std['video_accuracy']:>9.3f} "
-        f"{std['video_uar']:>9.3f}"
-    )
-    lines.append(f"pooled video accuracy {summary['pooled']['video']['accuracy']:.3f}")
-    return "\n".join(lines)
+def subjects_of_fold(datamodule: EmotionDataModule) -> dict[str, list[str]]:
+    """The subjects of the current fold's validation and test clips."""
+    subject_of = {clip.clip_id: clip.subject for clip in datamodule.index().clips}
+    fold = datamodule.current_fold
+    return {part: sorted({subject_of[c] for c in getattr(fold, part)}, key=natural_key) for part in ("val", "test")}
 
 
 def finish_cross_validation(cfg: DictConfig, summary: dict, agent: AgentRun | None, is_last: bool) -> None:
@@ -238,35 +244,28 @@ def finish_cross_validation(cfg: DictConfig, summary: dict, agent: AgentRun | No
     print(f"\n{results}:\n" + format_results_table(read_results(results), stage=summary["stage"]))
 
 
-def run(cfg: DictConfig) -> dict:
-    """Run ``cfg.stage`` (one stage or ``all``) on ``cfg.fold`` (one fold or ``all``)."""
-    stages = STAGES if cfg.stage == "all" else (cfg.stage,)
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise ValueError(f"stage={cfg.stage}: expected one of {', '.join(STAGES)} or all")
-    agent = detach_agent_run(os.environ)
-    if agent is not None and (str(cfg.fold) != "all" or not is_wandb(cfg.get("logger"))):
-        raise ValueError(
-            f"under wandb agent (sweep {agent.sweep_id}) a run must be fold=all with logger=wandb: the sweep's "
-            f"objective is the cross-validated mean, logged by the cv-summary run (got fold={cfg.fold}, "
-            f"logger={(cfg.get('logger') or {}).get('_target_', 'none')})"
-        )
-    cfg.tag = run_tag(cfg, agent)
-    datamodule: EmotionDataModule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
+def resolve_folds(cfg: DictConfig, datamodule: EmotionDataModule) -> list[int]:
+    """The fold indices ``fold=`` names (one index or all), or an error naming the valid range."""
     n_folds = len(datamodule.folds)
     if str(cfg.fold) == "all":
-        folds = list(range(n_folds))
-    elif str(cfg.fold).isdigit() and int(cfg.fold) < n_folds:
-        folds = [int(cfg.fold)]
-    else:
-        raise ValueError(f"fold={cfg.fold}: {datamodule.name} has folds 0..{n_folds - 1} under cv={cfg.cv.name}")
+        return list(range(n_folds))
+    if str(cfg.fold).isdigit() and int(cfg.fold) < n_folds:
+        return [int(cfg.fold)]
+    raise ValueError(f"fold={cfg.fold}: {datamodule.name} has folds 0..{n_folds - 1} under cv={cfg.cv.name}")
+
+
+def cross_validate(
+    cfg: DictConfig, stages: tuple[str, ...], datamodule: EmotionDataModule, agent: AgentRun | None
+) -> dict[str, dict]:
+    """Every requested (fold, stage) with ``cfg.seed``; the summary of each stage (summary.json etc. for
+    ``fold=all``)."""
     results: dict[str, list[dict]] = {stage: [] for stage in stages}
-    for fold in folds:
+    for fold in resolve_folds(cfg, datamodule):
         for stage in stages:
             results[stage].append(train_stage(cfg, stage, fold, datamodule))
     summaries = {}
     for stage in stages:
-        summary = summarize_folds(results[stage])
+        summary = summarize_folds(results[stage], cfg.objective)
         summaries[stage] = summary
         if rank_zero_only.rank != 0:
             continue
@@ -274,3 +273,44 @@ def run(cfg: DictConfig) -> dict:
         if str(cfg.fold) == "all":
             finish_cross_validation(cfg, summary, agent, is_last=stage == stages[-1])
     return summaries
+
+
+def run(cfg: DictConfig) -> dict[str, dict]:
+    """Run ``cfg.stage`` (one stage or ``all``) on ``cfg.fold`` (one fold or ``all``), once with ``seed`` or
+    once per seed of ``seeds``; returns per stage its summary (one seed) or its seeds summary.
+
+    With ``seeds=[a,b,...]`` each seed's run goes to ``<run_dir>/seed_<s>/`` (the fusion stage reads that
+    seed's extractors) and ``fold=all`` adds ``<run_dir>/<stage>/seeds_summary.json``: per seed the fold
+    means, and the spread over seeds beside the spread over folds.
+    """
+    stages = STAGES if cfg.stage == "all" else (cfg.stage,)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"stage={cfg.stage}: expected one of {', '.join(STAGES)} or all")
+    check_objective(cfg.objective)
+    seeds = [int(seed) for seed in cfg.get("seeds") or []]
+    agent = detach_agent_run(os.environ)
+    if agent is not None and (str(cfg.fold) != "all" or not is_wandb(cfg.get("logger")) or seeds):
+        raise ValueError(
+            f"under wandb agent (sweep {agent.sweep_id}) a run must be fold=all with logger=wandb and one seed: "
+            f"the sweep's objective is the cross-validated mean, logged by the cv-summary run (got "
+            f"fold={cfg.fold}, logger={(cfg.get('logger') or {}).get('_target_', 'none')}, seeds={seeds or None})"
+        )
+    cfg.tag = run_tag(cfg, agent)
+    datamodule: EmotionDataModule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
+    if not seeds:
+        return cross_validate(cfg, stages, datamodule, agent)
+    base_tag, base_run_dir = str(cfg.tag), Path(cfg.paths.run_dir)
+    per_seed: dict[str, list[dict]] = {stage: [] for stage in stages}
+    for seed in seeds:
+        cfg.seed, cfg.tag = seed, f"{base_tag}/seed_{seed}" if base_tag else f"seed_{seed}"
+        for stage, summary in cross_validate(cfg, stages, datamodule, agent).items():
+            per_seed[stage].append(summary)
+    seeds_summaries = {stage: summarize_seeds(per_seed[stage]) for stage in stages}
+    if rank_zero_only.rank == 0:
+        for stage, seeds_summary in seeds_summaries.items():
+            print("\n" + format_seeds_table(seeds_summary))
+            if str(cfg.fold) == "all":
+                (base_run_dir / stage).mkdir(parents=True, exist_ok=True)
+                atomic_write_text(json.dumps(seeds_summary, indent=2), base_run_dir / stage / "seeds_summary.json")
+    return seeds_summaries

@@ -42,7 +42,7 @@ def test_two_process_test_of_a_checkpoint_equals_the_one_process_test(tiny_demo,
     single = json.loads((fold_dir / "metrics.json").read_text())
     shutil.copy(fold_dir / "metrics.json", tmp_path / "single_process_metrics.json")
     checkpoint_bytes = (fold_dir / "checkpoints" / "best.ckpt").read_bytes()
-    assert single["n_test_segments"] % 2 == 1, "the 2-rank split must need DistributedSampler padding"
+    assert single["test"]["n_segments"] % 2 == 1, "the 2-rank split must need DistributedSampler padding"
 
     result = train_py([*common, "test_only=true", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                        "trainer.precision=32-true", "trainer.sync_batchnorm=false"])
@@ -52,14 +52,15 @@ def test_two_process_test_of_a_checkpoint_equals_the_one_process_test(tiny_demo,
     assert (fold_dir / "checkpoints" / "best.ckpt").read_bytes() == checkpoint_bytes  # tested, not retrained
     assert (fold_dir / "test_config.yaml").exists()
 
-    assert double["n_test_segments"] == single["n_test_segments"]  # the padded duplicate was dropped
-    assert double["n_test_clips"] == single["n_test_clips"]
-    for level in ("segment", "video"):
-        assert double[level]["confusion_matrix"] == single[level]["confusion_matrix"]
-        for name in ("accuracy", "uar", "macro_f1"):
-            assert double[level][name] == single[level][name]
-    assert double["segment"]["loss"] == pytest.approx(single["segment"]["loss"], rel=1e-5)
-    assert double["best_val_video_acc"] == pytest.approx(single["best_val_video_acc"])
+    for split in ("val", "test"):
+        assert double[split]["n_segments"] == single[split]["n_segments"]  # the padded duplicate was dropped
+        assert double[split]["n_clips"] == single[split]["n_clips"]
+        for level in ("segment", "video"):
+            assert double[split][level]["confusion_matrix"] == single[split][level]["confusion_matrix"]
+            for name in ("accuracy", "uar", "macro_f1"):
+                assert double[split][level][name] == single[split][level][name]
+        assert double[split]["segment"]["loss"] == pytest.approx(single[split]["segment"]["loss"], rel=1e-5)
+    assert double["objective"]["value"] == pytest.approx(single["objective"]["value"])
 
     # rank zero alone logged: one W&B run for the training, one for the 2-process test, same matrices
     runs = [read_offline_run(path) for path in find_offline_runs(fold_dir / "wandb")]

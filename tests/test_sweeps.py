@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 from wandb.sdk.lib.config_util import save_config_file_from_dict
 
-from callbacks.fold_accuracy import SWEEP_OBJECTIVE
+from callbacks.fold_accuracy import cv_objective_key
 from callbacks.results_table import read_results
 from callbacks.wandb_offline import find_offline_runs, read_offline_run
 from lightning_modules.cross_validation import STAGES, run
@@ -80,8 +80,13 @@ def test_sweep_spec_is_a_cross_validated_wandb_sweep_over_real_config_keys(path)
     assert spec["program"] == "train.py" and (REPO / spec["program"]).is_file()
     assert spec["command"] == COMMAND
     assert spec["method"] in ("grid", "random", "bayes")
-    assert spec["metric"] == {"name": SWEEP_OBJECTIVE, "goal": "maximize"}
     parameters = spec["parameters"]
+    # the objective is the validation objective the runs select checkpoints on, never a test metric
+    first_values = {name: {"value": sample_values(p)[0]} for name, p in parameters.items()}
+    cfg = compose_train(create_sweep_command_args({"args": first_values})["args_no_hyphens"])
+    assert spec["metric"]["name"] == cv_objective_key(cfg.objective.metric)
+    assert spec["metric"]["name"].startswith("cv/val/") and "test" not in spec["metric"]["name"]
+    assert spec["metric"]["goal"] == {"max": "maximize", "min": "minimize"}[cfg.objective.mode]
     assert parameters["fold"] == {"value": "all"}, "the objective is the cross-validated mean, never one fold"
     stage = parameters["stage"]["value"]
     searched = [name for name, p in parameters.items() if "value" not in p]
@@ -131,10 +136,11 @@ def test_an_agent_run_is_a_cross_validation_whose_summary_run_is_the_agents_run(
 
     run_dir = tmp_path / "demo" / "loso" / "sweep-swp123" / "agentrun1" / "audio"
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert [row["fold"] for row in summary["folds"]] == [0, 1, 2]
+    assert [row["fold"] for row in summary["test"]["folds"]] == [0, 1, 2]
     (agent_run,) = [read_offline_run(p) for p in find_offline_runs(run_dir / "wandb")]
     assert agent_run.run_id == "agentrun1" and agent_run.job_type == "cv-summary"
-    assert agent_run.summary[SWEEP_OBJECTIVE] == pytest.approx(summary["mean"]["video_accuracy"])
+    assert agent_run.summary[spec["metric"]["name"]] == pytest.approx(summary["val"]["mean"]["video_uar"])
+    assert agent_run.summary[spec["metric"]["name"]] == pytest.approx(summary["objective"]["mean"])
     assert agent_run.config["model.audio.module.lr"] == 0.002  # the sweep's parameters, as W&B loads them
     assert agent_run.config["model"]["audio"]["module"]["lr"] == 0.002
     fold_runs = [read_offline_run(p) for k in range(3) for p in find_offline_runs(run_dir / f"fold_{k}" / "wandb")]

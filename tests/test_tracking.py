@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from callbacks import ConfusionMatrixLogger, FoldAccuracyLogger, build_callbacks
 from callbacks.confusion_matrix import confusion_pairs
-from callbacks.fold_accuracy import SWEEP_OBJECTIVE
+from callbacks.fold_accuracy import cv_objective_key
 from callbacks.loggers import build_logger
 from callbacks.results_table import read_results
 from callbacks.wandb_offline import find_offline_runs, read_offline_run, read_records
@@ -79,21 +79,24 @@ def test_each_fold_is_a_wandb_run_holding_its_confusion_matrices_and_accuracy_ro
         assert run.config["paths"]["run_dir"].rstrip("/").endswith("demo/loso")
         for level in ("segment", "video"):
             columns, rows = run.table(f"test/{level}_confusion_matrix_table")
-            assert matrix_from_chart_table(columns, rows, classes) == metrics[level]["confusion_matrix"]
+            assert matrix_from_chart_table(columns, rows, classes) == metrics["test"][level]["confusion_matrix"]
             assert run.media_path(f"test/{level}_confusion_matrix_heatmap").read_bytes()[:8] == PNG_MAGIC
             assert (fold_dir / "plots" / f"test_{level}_confusion.png").read_bytes()[:8] == PNG_MAGIC
-            assert len(run.values(f"val/{level}_confusion_matrix_table")) == EPOCHS  # one per validation epoch
+            # one per validation epoch, and one more: the chosen checkpoint validated for metrics.json
+            assert len(run.values(f"val/{level}_confusion_matrix_table")) == EPOCHS + 1
             assert 1 <= len(run.values(f"val/{level}_confusion_matrix_heatmap")) <= EPOCHS  # at new best ones
             assert (fold_dir / "plots" / f"val_{level}_confusion.png").read_bytes()[:8] == PNG_MAGIC
         columns, rows = run.table("test/fold_accuracy")
         row = dict(zip(columns, rows[0]))
         assert len(rows) == 1 and row["fold"] == fold and row["stage"] == "audio"
         assert row["test_subjects"] == ",".join(metrics["test_subjects"])
-        assert row["n_test_clips"] == metrics["n_test_clips"] and row["n_test_segments"] == metrics["n_test_segments"]
+        test = metrics["test"]
+        assert row["n_test_clips"] == test["n_clips"] and row["n_test_segments"] == test["n_segments"]
         for level in ("segment", "video"):
             for name in ("accuracy", "uar", "macro_f1"):
-                assert row[f"{level}_{name}"] == pytest.approx(metrics[level][name], abs=1e-9)
-        assert run.summary["test/video_acc"] == pytest.approx(metrics["video"]["accuracy"], abs=1e-6)
+                assert row[f"{level}_{name}"] == pytest.approx(test[level][name], abs=1e-9)
+        assert run.summary["test/video_acc"] == pytest.approx(test["video"]["accuracy"], abs=1e-6)
+        assert run.summary["val/video_uar"] == pytest.approx(metrics["val"]["video"]["uar"], abs=1e-6)
         assert "lr-Adam" in run.summary  # the learning-rate monitor
 
 
@@ -104,23 +107,31 @@ def test_fold_all_adds_a_cv_summary_run_with_mean_std_bars_and_pooled_confusion(
     fold_runs = [the_run(audio_cv / f"fold_{k}" / "wandb") for k in range(3)]
     assert (run.job_type, run.group, run.name) == ("cv-summary", "demo-loso-demo", "audio-cv-summary")
     assert len({run.run_id, *(r.run_id for r in fold_runs)}) == 4
-    assert run.summary[SWEEP_OBJECTIVE] == pytest.approx(summary["mean"]["video_accuracy"])
+    test, val = summary["test"], summary["val"]
+    assert summary["objective"] == {"metric": "val/video_uar", "mode": "max", "mean": val["mean"]["video_uar"],
+                                    "std": val["std"]["video_uar"]}
+    assert run.summary[cv_objective_key("val/video_uar")] == pytest.approx(val["mean"]["video_uar"])
+    assert run.summary["cv/objective"] == pytest.approx(val["mean"]["video_uar"])
     for name in ("video_accuracy", "segment_accuracy", "video_uar"):
-        assert run.summary[f"cv/{name}_mean"] == pytest.approx(summary["mean"][name])
-        assert run.summary[f"cv/{name}_std"] == pytest.approx(summary["std"][name])
+        for split in ("val", "test"):
+            assert run.summary[f"cv/{split}/{name}_mean"] == pytest.approx(summary[split]["mean"][name])
+            assert run.summary[f"cv/{split}/{name}_std"] == pytest.approx(summary[split]["std"][name])
     columns, rows = run.table("cv/fold_accuracy")
     assert [dict(zip(columns, r))["fold"] for r in rows] == [0, 1, 2]
     assert [dict(zip(columns, r))["video_accuracy"] for r in rows] == pytest.approx(
-        [f["video_accuracy"] for f in summary["folds"]]
+        [f["video_accuracy"] for f in test["folds"]]
+    )
+    assert [dict(zip(columns, r))["val/video_uar"] for r in rows] == pytest.approx(
+        [f["video_uar"] for f in val["folds"]]
     )
     _, bars = run.table("cv/fold_video_accuracy_table")
-    assert [value for _, value in bars] == pytest.approx([f["video_accuracy"] for f in summary["folds"]])
+    assert [value for _, value in bars] == pytest.approx([f["video_accuracy"] for f in test["folds"]])
     for level in ("segment", "video"):
         columns, cells = run.table(f"cv/pooled_{level}_confusion_matrix_table")
         pooled = matrix_from_chart_table(columns, cells, summary["class_names"])
-        assert pooled == summary["pooled"][level]["confusion_matrix"]
+        assert pooled == test["pooled"][level]["confusion_matrix"]
         assert sum(map(sum, pooled)) == sum(
-            sum(map(sum, json.loads((audio_cv / f"fold_{k}" / "metrics.json").read_text())[level]["confusion_matrix"]))
+            sum(map(sum, json.loads((audio_cv / f"fold_{k}" / "metrics.json").read_text())["test"][level]["confusion_matrix"]))
             for k in range(3)
         )
         assert (audio_cv / f"pooled_{level}_confusion.png").read_bytes()[:8] == PNG_MAGIC
@@ -128,7 +139,9 @@ def test_fold_all_adds_a_cv_summary_run_with_mean_std_bars_and_pooled_confusion(
     assert (audio_cv / "fold_accuracy.png").read_bytes()[:8] == PNG_MAGIC
     (row,) = read_results(audio_cv.parent / "results.csv")
     assert row["stage"] == "audio" and row["n_folds"] == "3" and "stage=audio" in row["overrides"]
-    assert float(row["video_accuracy_mean"]) == pytest.approx(summary["mean"]["video_accuracy"], abs=1e-4)
+    assert row["objective"] == "val/video_uar" and row["objective_mode"] == "max"
+    assert float(row["objective_mean"]) == pytest.approx(val["mean"]["video_uar"], abs=1e-4)
+    assert float(row["test_video_accuracy_mean"]) == pytest.approx(test["mean"]["video_accuracy"], abs=1e-4)
 
 
 def compose_train(overrides: list[str]):
@@ -164,7 +177,13 @@ def test_csv_and_none_loggers_and_the_callbacks_they_get(tmp_path):
     kinds = {type(c) for c in callbacks}
     assert {ModelCheckpoint, LearningRateMonitor, ConfusionMatrixLogger, FoldAccuracyLogger} <= kinds
     checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
-    assert checkpoint.dirpath == str(tmp_path / "checkpoints") and checkpoint.monitor == "val/video_acc"
+    assert checkpoint.dirpath == str(tmp_path / "checkpoints") and checkpoint.monitor == "val/video_uar"
+    stopping = next(c for c in callbacks if isinstance(c, EarlyStopping))
+    assert (stopping.monitor, stopping.mode) == (checkpoint.monitor, checkpoint.mode) == ("val/video_uar", "max")
+    selected = build_callbacks(compose_train(["objective.metric=val/loss", "objective.mode=min"]).callbacks,
+                               fold_context(tmp_path), has_logger=True)
+    assert {(c.monitor, c.mode) for c in selected if isinstance(c, (ModelCheckpoint, EarlyStopping))} == {
+        ("val/loss", "min")}
     accuracy = next(c for c in callbacks if isinstance(c, FoldAccuracyLogger))
     assert (accuracy.stage, accuracy.fold, accuracy.test_subjects) == ("audio", 1, ["s02"])
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lightning_modules.cross_validation import MissingCheckpointError, run, summarize_folds
+from lightning_modules.cross_validation import MissingCheckpointError, run
+from lightning_modules.cv_summary import summarize_folds, summarize_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODELS = [
@@ -27,10 +28,13 @@ def test_fast_dev_run_of_each_extractor(tiny_demo):
     for stage in ("audio", "visual"):
         cfg = compose_train([*tiny_demo, *TINY_MODELS, f"stage={stage}", "fold=1", "+trainer.fast_dev_run=true"])
         summary = run(cfg)[stage]
-        assert summary["folds"][0]["n_test_clips"] > 0
+        assert summary["test"]["folds"][0]["n_clips"] > 0
         metrics = json.loads((Path(cfg.paths.run_dir) / stage / "fold_1" / "metrics.json").read_text())
-        assert metrics["test_subjects"] == ["s02"] and metrics["class_names"] == list(cfg.data.classes)
-        assert len(metrics["video"]["confusion_matrix"]) == 6
+        assert metrics["test_subjects"] == ["s02"] and metrics["val_subjects"] == ["s03"]
+        assert metrics["class_names"] == list(cfg.data.classes)
+        assert len(metrics["test"]["video"]["confusion_matrix"]) == 6
+        assert metrics["objective"] == {"metric": "val/video_uar", "mode": "max",
+                                        "value": metrics["val"]["video"]["uar"]}
 
 
 def test_fusion_refuses_to_start_without_upstream_checkpoints(tiny_demo, tmp_path):
@@ -53,30 +57,50 @@ def test_fusion_trains_on_the_frozen_extractors_features(tiny_demo, tmp_path):
     fold_dir = tmp_path / "demo" / "loso" / "fusion" / "fold_0"
     features = fold_dir / "features.pt"
     assert features.exists() and (fold_dir / "metrics.json").exists()
-    assert summary["folds"][0]["test_subjects"] == ["s01"]
+    assert summary["test"]["folds"][0]["subjects"] == ["s01"]
     stamp = features.stat().st_mtime_ns
     run(cfg)  # the second run reuses the feature cache
     assert features.stat().st_mtime_ns == stamp
 
 
 def test_cv_summary_arithmetic():
-    def fold(k, video_cm, seg_acc):
+    def block(video_cm, seg_acc, val_uar=0.0):
         n = sum(map(sum, video_cm))
         acc = sum(video_cm[i][i] for i in range(2)) / n
         return {
-            "corpus": "rml", "cv": "loso", "stage": "fusion", "fold": k, "test_subjects": [f"s{k}"],
-            "class_names": ["a", "b"], "n_test_clips": n,
-            "segment": {"accuracy": seg_acc, "uar": seg_acc, "macro_f1": seg_acc, "confusion_matrix": [[1, 0], [0, 1]]},
-            "video": {"accuracy": acc, "uar": acc, "macro_f1": acc, "confusion_matrix": video_cm},
+            "n_clips": n, "n_segments": 2 * n,
+            "segment": {"accuracy": seg_acc, "uar": seg_acc, "macro_f1": seg_acc, "loss": 1.0,
+                        "confusion_matrix": [[1, 0], [0, 1]]},
+            "video": {"accuracy": acc, "uar": val_uar or acc, "macro_f1": acc, "confusion_matrix": video_cm},
         }
 
-    summary = summarize_folds([fold(0, [[2, 0], [0, 2]], 0.5), fold(1, [[1, 1], [1, 1]], 0.7)])
-    assert summary["mean"]["video_accuracy"] == pytest.approx(0.75)
-    assert summary["std"]["video_accuracy"] == pytest.approx(0.3535533906)  # sample std of (1.0, 0.5)
-    assert summary["mean"]["segment_accuracy"] == pytest.approx(0.6)
-    assert summary["pooled"]["video"]["confusion_matrix"] == [[3, 1], [1, 3]]
-    assert summary["pooled"]["video"]["accuracy"] == pytest.approx(0.75)
-    assert [row["fold"] for row in summary["folds"]] == [0, 1]
+    def fold(k, video_cm, seg_acc, val_uar):
+        return {
+            "corpus": "rml", "cv": "loso", "stage": "fusion", "fold": k, "seed": 3, "class_names": ["a", "b"],
+            "test_subjects": [f"s{k}"], "val_subjects": [f"s{k + 1}"],
+            "test": block(video_cm, seg_acc), "val": block([[1, 0], [0, 1]], 0.9, val_uar),
+        }
+
+    objective = {"metric": "val/video_uar", "mode": "max"}
+    summary = summarize_folds([fold(0, [[2, 0], [0, 2]], 0.5, 0.4), fold(1, [[1, 1], [1, 1]], 0.7, 0.8)], objective)
+    test = summary["test"]
+    assert test["mean"]["video_accuracy"] == pytest.approx(0.75)
+    assert test["std"]["video_accuracy"] == pytest.approx(0.3535533906)  # sample std of (1.0, 0.5)
+    assert test["mean"]["segment_accuracy"] == pytest.approx(0.6)
+    assert test["pooled"]["video"]["confusion_matrix"] == [[3, 1], [1, 3]]
+    assert test["pooled"]["video"]["accuracy"] == pytest.approx(0.75)
+    assert [row["fold"] for row in test["folds"]] == [0, 1]
+    assert [row["subjects"] for row in summary["val"]["folds"]] == [["s1"], ["s2"]]
+    # the objective comes from the validation block, never from the test block
+    assert summary["objective"] == {"metric": "val/video_uar", "mode": "max", "mean": pytest.approx(0.6),
+                                    "std": pytest.approx(0.2828427125)}
+    assert summary["seed"] == 3
+
+
+def test_a_test_metric_is_refused_as_objective(tiny_demo):
+    for metric in ("test/video_acc", "video_uar", "val/attn_audio"):
+        with pytest.raises(ValueError, match="model selection must use a validation metric"):
+            run(compose_train([*tiny_demo, f"objective.metric={metric}", "fold=0", "stage=audio"]))
 
 
 def test_every_experiment_composes():
@@ -87,3 +111,38 @@ def test_every_experiment_composes():
         if path.stem.startswith("paper_"):
             assert cfg.model.audio.module.backbone.variant == "vgg19"
             assert cfg.data.preprocess.faces.size == 227 and cfg.model.visual.module.lstm_hidden == 4096
+
+
+def test_seeds_summary_separates_the_spread_over_seeds_from_the_spread_over_folds():
+    def seed_summary(seed, fold_means, fold_std):
+        names = ("segment_loss", "segment_accuracy", "segment_uar", "segment_macro_f1", "video_accuracy",
+                 "video_uar", "video_macro_f1")
+        block = {"mean": dict.fromkeys(names, fold_means), "std": dict.fromkeys(names, fold_std)}
+        return {"corpus": "demo", "cv": "loso", "stage": "audio", "class_names": ["a"], "seed": seed,
+                "objective": {"metric": "val/video_uar", "mode": "max", "mean": fold_means}, "val": block,
+                "test": block}
+
+    summary = summarize_seeds([seed_summary(0, 0.6, 0.1), seed_summary(1, 0.8, 0.3), seed_summary(2, 0.7, 0.2)])
+    assert summary["seeds"] == [0, 1, 2]
+    assert summary["test"]["mean"]["video_accuracy"] == pytest.approx(0.7)
+    assert summary["test"]["std_over_seeds"]["video_accuracy"] == pytest.approx(0.1)
+    assert summary["test"]["std_over_folds"]["video_accuracy"] == pytest.approx(0.2)
+    assert summary["objective"]["mean"] == pytest.approx(0.7)
+    assert [row["seed"] for row in summary["val"]["per_seed"]] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_seeds_run_the_cross_validation_once_per_seed(tiny_demo, tmp_path):
+    cfg = compose_train([*tiny_demo, *TINY_MODELS, f"paths.output_dir={tmp_path}", "stage=audio", "fold=all",
+                         "seeds=[0,1]", "model.audio.trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+                         "logger=none"])
+    returned = run(cfg)["audio"]
+    run_dir = tmp_path / "demo" / "loso"
+    per_seed = [json.loads((run_dir / f"seed_{s}" / "audio" / "summary.json").read_text()) for s in (0, 1)]
+    assert [s["seed"] for s in per_seed] == [0, 1]
+    assert json.loads((run_dir / "seed_1" / "audio" / "fold_2" / "metrics.json").read_text())["seed"] == 1
+    seeds_summary = json.loads((run_dir / "audio" / "seeds_summary.json").read_text())
+    assert seeds_summary == returned and seeds_summary["seeds"] == [0, 1]
+    assert seeds_summary["objective"]["mean"] == pytest.approx(sum(s["objective"]["mean"] for s in per_seed) / 2)
+    means = [s["test"]["mean"]["video_accuracy"] for s in per_seed]
+    assert seeds_summary["test"]["mean"]["video_accuracy"] == pytest.approx(sum(means) / 2)

@@ -1,0 +1,186 @@
+"""Cross-validation bookkeeping: per-fold metrics -> summary.json, the objective, the multi-seed summary.
+
+Model selection (checkpoints, early stopping, sweeps, Hydra multirun, the order of results.csv) reads a
+*validation* metric only: ``objective.metric`` (default ``val/video_uar``), named as the LightningModules
+log it. Test metrics are reported beside it and never optimised.
+
+``summary.json`` of one stage::
+
+    {"corpus", "cv", "stage", "seed", "class_names",
+     "objective": {"metric", "mode", "mean", "std"},      # over folds, from the val block
+     "val":  {"folds": [row, ...], "mean": {...}, "std": {...}},
+     "test": {"folds": [row, ...], "mean": {...}, "std": {...}, "pooled": {level: {confusion_matrix, accuracy}}}}
+
+A row holds ``fold``, the subjects and clip counts of its split and the metrics of SUMMARY_METRICS.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+LEVELS: tuple[str, ...] = ("segment", "video")
+SPLITS: tuple[str, ...] = ("val", "test")
+# name logged by EmotionModule (val/<name>, test/<name>) -> name in summary.json, metrics.json and results.csv
+SUMMARY_METRICS: dict[str, str] = {
+    "loss": "segment_loss",
+    "seg_acc": "segment_accuracy",
+    "seg_uar": "segment_uar",
+    "seg_f1": "segment_macro_f1",
+    "video_acc": "video_accuracy",
+    "video_uar": "video_uar",
+    "video_f1": "video_macro_f1",
+}
+OBJECTIVE_MODES: tuple[str, ...] = ("max", "min")
+
+
+def check_objective(objective: Mapping) -> tuple[str, str]:
+    """(summary metric name, mode) of ``objective`` = {metric: "val/<logged name>", mode: max|min}.
+
+    Raises ValueError for a test metric, or any metric that is not a validation metric: model selection
+    must never see the test fold.
+    """
+    metric, mode = str(objective["metric"]), str(objective["mode"])
+    split, _, name = metric.partition("/")
+    if split != "val" or name not in SUMMARY_METRICS:
+        raise ValueError(
+            f"objective.metric={metric}: model selection must use a validation metric, one of "
+            f"{', '.join('val/' + n for n in SUMMARY_METRICS)} (test metrics are reported, never optimised)"
+        )
+    if mode not in OBJECTIVE_MODES:
+        raise ValueError(f"objective.mode={mode}: expected max or min")
+    return SUMMARY_METRICS[name], mode
+
+
+def split_metrics(result: Mapping) -> dict:
+    """The metrics.json block of one evaluated split (an EmotionModule ``last_eval`` entry)."""
+    return {
+        "n_clips": result["n_clips"],
+        "n_segments": result["n_segments"],
+        "segment": result["segment"],
+        "video": result["video"],
+    }
+
+
+def metric_row(block: Mapping) -> dict[str, float]:
+    """SUMMARY_METRICS values of a metrics.json split block."""
+    row = {f"{level}_{name}": float(block[level][name]) for level in LEVELS for name in ("accuracy", "uar", "macro_f1")}
+    row["segment_loss"] = float(block["segment"]["loss"])
+    return row
+
+
+def _mean_std(rows: Sequence[Mapping[str, float]], keys: Sequence[str]) -> tuple[dict, dict]:
+    """Mean and sample standard deviation (0 for a single row) of each key over rows."""
+    mean, std = {}, {}
+    for key in keys:
+        values = [float(row[key]) for row in rows]
+        mean[key] = sum(values) / len(values)
+        std[key] = math.sqrt(sum((v - mean[key]) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def summarize_folds(per_fold: Sequence[Mapping], objective: Mapping) -> dict:
+    """summary.json of one stage from its folds' metrics.json: val and test blocks (rows, mean ± sample
+    std over folds), the pooled test confusion matrices, and the objective's mean ± std over folds."""
+    summary_name, mode = check_objective(objective)
+    metric_keys = list(SUMMARY_METRICS.values())
+    summary: dict = {}
+    for split in SPLITS:
+        rows = [
+            {"fold": m["fold"], "subjects": m[f"{split}_subjects"], "n_clips": m[split]["n_clips"],
+             **metric_row(m[split])}
+            for m in per_fold
+        ]
+        mean, std = _mean_std(rows, metric_keys)
+        summary[split] = {"folds": rows, "mean": mean, "std": std}
+    pooled = {}
+    for level in LEVELS:
+        matrix = torch.tensor([m["test"][level]["confusion_matrix"] for m in per_fold]).sum(0)
+        pooled[level] = {
+            "confusion_matrix": matrix.tolist(),
+            "accuracy": float(matrix.trace() / matrix.sum()) if matrix.sum() else 0.0,
+        }
+    summary["test"]["pooled"] = pooled
+    first = per_fold[0]
+    return {
+        "corpus": first["corpus"], "cv": first["cv"], "stage": first["stage"], "seed": first.get("seed"),
+        "class_names": first["class_names"],
+        "objective": {
+            "metric": str(objective["metric"]), "mode": mode,
+            "mean": summary["val"]["mean"][summary_name], "std": summary["val"]["std"][summary_name],
+        },
+        **summary,
+    }
+
+
+def summarize_seeds(per_seed: Sequence[Mapping]) -> dict:
+    """seeds_summary.json of one stage from its summary.json per seed: each seed's fold means, and for
+    every metric the spread over seeds (std of the fold means) beside the mean spread over folds."""
+    metric_keys = list(SUMMARY_METRICS.values())
+    result: dict = {
+        "corpus": per_seed[0]["corpus"], "cv": per_seed[0]["cv"], "stage": per_seed[0]["stage"],
+        "class_names": per_seed[0]["class_names"], "seeds": [s["seed"] for s in per_seed],
+    }
+    for split in SPLITS:
+        seed_means = [s[split]["mean"] for s in per_seed]
+        mean, std_over_seeds = _mean_std(seed_means, metric_keys)
+        std_over_folds = {k: sum(s[split]["std"][k] for s in per_seed) / len(per_seed) for k in metric_keys}
+        result[split] = {
+            "per_seed": [{"seed": s["seed"], **s[split]["mean"]} for s in per_seed],
+            "mean": mean, "std_over_seeds": std_over_seeds, "std_over_folds": std_over_folds,
+        }
+    objective_means = [s["objective"]["mean"] for s in per_seed]
+    obj_mean, obj_std = _mean_std([{"v": v} for v in objective_means], ["v"])
+    result["objective"] = {
+        "metric": per_seed[0]["objective"]["metric"], "mode": per_seed[0]["objective"]["mode"],
+        "mean": obj_mean["v"], "std_over_seeds": obj_std["v"],
+    }
+    return result
+
+
+def format_summary_table(summary: Mapping) -> str:
+    """The per-fold table a researcher reads at the end of a cross-validation: the validation objective
+    that selected each fold's checkpoint, then the test metrics."""
+    objective = summary["objective"]
+    objective_key, _ = check_objective(objective)
+    header = (f"{'fold':>6} {'test subjects':<20} {'clips':>5} {objective['metric']:>14} {'seg acc':>8} "
+              f"{'video acc':>9} {'video UAR':>9}")
+    seed = f" / seed {summary['seed']}" if summary.get("seed") is not None else ""
+    lines = [f"{summary['corpus']} / {summary['cv']} / {summary['stage']}{seed}", header, "-" * len(header)]
+    for val_row, row in zip(summary["val"]["folds"], summary["test"]["folds"]):
+        lines.append(
+            f"{row['fold']:>6} {','.join(row['subjects'])[:20]:<20} {row['n_clips']:>5} "
+            f"{val_row[objective_key]:>14.3f} {row['segment_accuracy']:>8.3f} {row['video_accuracy']:>9.3f} "
+            f"{row['video_uar']:>9.3f}"
+        )
+    lines.append("-" * len(header))
+    for label, stats, val_stats in (("mean", summary["test"]["mean"], summary["val"]["mean"]),
+                                    ("± std", summary["test"]["std"], summary["val"]["std"])):
+        lines.append(
+            f"{label:>6} {'over folds':<20} {'':>5} {val_stats[objective_key]:>14.3f} "
+            f"{stats['segment_accuracy']:>8.3f} {stats['video_accuracy']:>9.3f} {stats['video_uar']:>9.3f}"
+        )
+    lines.append(
+        f"selected on {objective['metric']} ({objective['mode']}); test is reported, never optimised. "
+        f"Pooled test video accuracy {summary['test']['pooled']['video']['accuracy']:.3f}"
+    )
+    return "\n".join(lines)
+
+
+def format_seeds_table(seeds_summary: Mapping) -> str:
+    """Per seed the fold means, then mean ± std over seeds and the mean std over folds."""
+    objective_key, _ = check_objective(seeds_summary["objective"])
+    keys = ("video_accuracy", "video_uar", "segment_accuracy")
+    header = f"{'seed':>8} {seeds_summary['objective']['metric'] + ' (val)':>18} " + " ".join(
+        f"{'test ' + k:>22}" for k in keys
+    )
+    title = f"{seeds_summary['corpus']} / {seeds_summary['cv']} / {seeds_summary['stage']}: fold means per seed"
+    lines = [title, header, "-" * len(header)]
+    for val_row, row in zip(seeds_summary["val"]["per_seed"], seeds_summary["test"]["per_seed"]):
+        lines.append(f"{row['seed']:>8} {val_row[objective_key]:>18.3f} " + " ".join(f"{row[k]:>22.3f}" for k in keys))
+    lines.append("-" * len(header))
+    test, val = seeds_summary["test"], seeds_summary["val"]
+    for label, part in (("mean", "mean"), ("±seeds", "std_over_seeds"), ("±folds", "std_over_folds")):
+        lines.append(f"{label:>8} {val[part][objective_key]:>18.3f} " + " ".join(f"{test[part][k]:>22.3f}" for k in keys))
+    return "\n".join(lines)
