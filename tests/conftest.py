@@ -15,6 +15,16 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+SHARED_FIXTURES = frozenset({"ravdess_av_clip", "ravdess_speech_root"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test whose fixtures read ../shared carries the ``shared`` marker (``-m "not shared"`` skips them)."""
+    for item in items:
+        if SHARED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared)
+
+
 @pytest.fixture(scope="session")
 def ravdess_av_clip() -> Path:
     return shared_path("ravdess-av", "01-01-07-02-02-01-01.mp4")
