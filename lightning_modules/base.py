@@ -8,10 +8,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from lightning_modules.components.augment import mix_tensor
 from lightning_modules.evaluation import SegmentPredictions, evaluate
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
-SCHEDULERS: tuple[str, ...] = ("none", "cosine", "plateau")
+SCHEDULERS: tuple[str, ...] = ("none", "cosine", "onecycle", "plateau")
 EVAL_STAGES: tuple[str, ...] = ("val", "test")
 Batch = dict[str, torch.Tensor]
 
@@ -41,9 +42,13 @@ class EmotionModule(L.LightningModule):
         class_names: names in class-index order (defaults to "0", "1", ...).
         optimizer: "adam", "adamw" or "sgd"; only parameters with requires_grad are optimised.
         lr, weight_decay: optimiser settings; momentum is used by "sgd" only.
-        scheduler: "none", "cosine" (per epoch over trainer.max_epochs) or "plateau" (x0.1 when
+        scheduler: "none", "cosine" (per epoch over trainer.max_epochs), "onecycle" (per step: warm-up
+            to lr over the first 30 % of the training steps, then cosine decay) or "plateau" (x0.1 when
             val/loss has not improved for scheduler_patience epochs).
         label_smoothing: cross-entropy label smoothing in training (validation loss never smooths).
+        mixup_alpha: > 0 trains on mixup batches (Zhang et al., 2018): the tensors named by the module's
+            ``input_keys`` are mixed with a shuffled copy of the batch by a weight ~ Beta(alpha, alpha),
+            and the loss is the same mix of the two labels' losses.
         channels_last: run convolutions on channels-last tensors (faster on tensor-core GPUs).
     """
 
@@ -58,6 +63,7 @@ class EmotionModule(L.LightningModule):
         scheduler: str = "none",
         scheduler_patience: int = 5,
         label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
@@ -74,9 +80,14 @@ class EmotionModule(L.LightningModule):
         self.optimizer_name, self.lr, self.weight_decay, self.momentum = optimizer, lr, weight_decay, momentum
         self.scheduler_name, self.scheduler_patience = scheduler, scheduler_patience
         self.label_smoothing = label_smoothing
+        if mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
+        self.mixup_alpha = mixup_alpha
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.last_eval: dict[str, dict] = {}
         self._predictions = {stage: SegmentPredictions() for stage in EVAL_STAGES}
+
+    input_keys: tuple[str, ...] = ()  # the batch tensors the network reads (mixed by mixup)
 
     def _finish_init(self) -> None:
         """Convert conv weights to the configured memory format; subclasses call this last in __init__."""
@@ -94,9 +105,18 @@ class EmotionModule(L.LightningModule):
         return self.segment_outputs(batch)[0]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        logits, _ = self.segment_outputs(batch)
         labels = batch["label"]
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        if self.mixup_alpha > 0:
+            weight = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
+            permutation = torch.randperm(labels.shape[0], device=labels.device)
+            mixed = {key: mix_tensor(batch[key], permutation, weight) for key in self.input_keys}
+            logits, _ = self.segment_outputs({**batch, **mixed})
+            loss = weight * F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing) + (
+                1.0 - weight
+            ) * F.cross_entropy(logits.float(), labels[permutation], label_smoothing=self.label_smoothing)
+        else:
+            logits, _ = self.segment_outputs(batch)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
         batch_size = labels.shape[0]
         self.log(
@@ -176,6 +196,11 @@ class EmotionModule(L.LightningModule):
                 raise ValueError("scheduler='cosine' needs trainer.max_epochs >= 1")
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if self.scheduler_name == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=self.lr, total_steps=int(self.trainer.estimated_stepping_batches), pct_start=0.3
+            )
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         if self.scheduler_name == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=0.1, patience=self.scheduler_patience

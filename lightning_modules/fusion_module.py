@@ -22,6 +22,8 @@ class FusionModule(EmotionModule):
         training: EmotionModule's arguments (class_names, optimizer, lr, ...; channels_last has no effect here).
     """
 
+    input_keys = ("audio_feat", "visual_feat")
+
     def __init__(
         self,
         audio_dim: int = 4096,

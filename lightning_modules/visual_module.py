@@ -28,6 +28,8 @@ class VisualModule(EmotionModule):
         training: EmotionModule's arguments (class_names, optimizer, lr, weight_decay, ...).
     """
 
+    input_keys = ("faces",)
+
     def __init__(
         self,
         backbone: Mapping[str, Any] | None = None,

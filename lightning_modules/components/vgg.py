@@ -13,6 +13,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 VGG_CONFIGS: dict[str, str] = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
 FREEZE_MODES: tuple[str, ...] = ("none", "features", "all")
+POOLS: dict[str, int] = {"7x7": 7, "global": 1}  # output side of the adaptive average pool before fc6
 FULL_FC_DIM = 4096
 
 
@@ -124,6 +125,8 @@ class VGGFeatureExtractor(nn.Module):
         dropout: dropout after fc6 (torchvision's classifier.2); fc7 is returned before its dropout.
         freeze: "none", "features" (the conv stack) or "all". Frozen parameters get
             requires_grad=False and frozen parts stay in eval mode (BatchNorm statistics, dropout).
+        pool: "7x7" (torchvision's adaptive pool, fc6 sees 7x7 positions) or "global" (average over
+            all positions: fc6 has 49x fewer weights and no position-specific ones; needs weights="none").
     """
 
     def __init__(
@@ -135,16 +138,19 @@ class VGGFeatureExtractor(nn.Module):
         fc_dim: int = FULL_FC_DIM,
         dropout: float = 0.5,
         freeze: str = "none",
+        pool: str = "7x7",
     ) -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {sorted(POOLS)}, got {pool!r}")
         if variant not in VGG_CONFIGS:
             raise ValueError(f"unknown VGG variant {variant!r}; expected one of {sorted(VGG_CONFIGS)}")
         if freeze not in FREEZE_MODES:
             raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {freeze!r}")
-        if weights != "none" and (width != 1.0 or fc_dim != FULL_FC_DIM):
+        if weights != "none" and (width != 1.0 or fc_dim != FULL_FC_DIM or pool != "7x7"):
             raise ValueError(
-                f"weights={weights!r} needs the torchvision layer sizes (width=1.0, fc_dim={FULL_FC_DIM}); "
-                f"got width={width}, fc_dim={fc_dim}. Use weights='none' for a scaled-down VGG."
+                f"weights={weights!r} needs the torchvision layer sizes (width=1.0, fc_dim={FULL_FC_DIM}, "
+                f"pool=7x7); got width={width}, fc_dim={fc_dim}, pool={pool}. Use weights='none' for another VGG."
             )
         state_dict = _read_weights(weights, variant, batch_norm)
         config = _scaled_config(variant, width)
@@ -152,9 +158,10 @@ class VGGFeatureExtractor(nn.Module):
         self.variant, self.batch_norm, self.freeze = variant, batch_norm, freeze
         self.out_dim = fc_dim
         self.features = tv_vgg.make_layers(config, batch_norm=batch_norm)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        side = POOLS[pool]
+        self.avgpool = nn.AdaptiveAvgPool2d((side, side))
         self.classifier = nn.Sequential(
-            nn.Linear(last_channels * 7 * 7, fc_dim),
+            nn.Linear(last_channels * side * side, fc_dim),
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
             nn.Linear(fc_dim, fc_dim),

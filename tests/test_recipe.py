@@ -1,0 +1,78 @@
+"""The audio recipe's switches: SpecAugment, mixup, the globally pooled VGG head, the one-cycle schedule."""
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from test_models import _audio_module, _fusion_module, _loader, _segment_rows, _trainer
+
+from lightning_modules.components.augment import SpecAugment, mix_tensor
+from lightning_modules.components.vgg import VGGFeatureExtractor
+
+
+def test_spec_augment_masks_whole_rows_and_frames_shared_by_the_channels():
+    torch.manual_seed(0)
+    images = torch.randn(16, 3, 64, 64) + 10.0  # no value is the fill value 0
+    augment = SpecAugment(freq_masks=2, freq_width=8, time_masks=2, time_width=10)
+    masked = augment.train()(images) == 0
+    assert masked.any()
+    assert torch.equal(masked[:, 0], masked[:, 1]) and torch.equal(masked[:, 0], masked[:, 2])
+    for example in masked[:, 0]:
+        rows, frames = example.all(dim=1), example.all(dim=0)
+        assert torch.equal(example, rows[:, None] | frames[None, :])  # bands only, no scattered cells
+        assert rows.sum() <= 16 and frames.sum() <= 20
+    assert torch.equal(augment.eval()(images), images)
+    assert torch.equal(SpecAugment().train()(images), images)
+
+
+def test_mixup_mixes_inputs_and_labels_by_the_same_weight():
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    permutation = torch.tensor([1, 0, 3, 2])
+    assert torch.equal(mix_tensor(images, permutation, 1.0), images)
+    mixed = mix_tensor(images, permutation, 0.25)
+    assert mixed.dtype == torch.uint8
+    expected = (0.25 * images.float() + 0.75 * images[permutation].float()).round()
+    assert torch.equal(mixed.float(), expected)
+
+    batch = next(iter(_loader(_segment_rows(), batch_size=6)))
+    torch.manual_seed(3)
+    module = _audio_module(mixup_alpha=0.4).eval()  # eval: no dropout, so the loss is a pure function of the mix
+    torch.manual_seed(4)
+    loss = module.training_step(batch, 0)
+    torch.manual_seed(4)
+    weight = float(torch.distributions.Beta(0.4, 0.4).sample())
+    permutation = torch.randperm(6)
+    logits = module({**batch, "audio": mix_tensor(batch["audio"], permutation, weight)})
+    labels = batch["label"]
+    expected = weight * F.cross_entropy(logits, labels) + (1 - weight) * F.cross_entropy(logits, labels[permutation])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    module.mixup_alpha = 0.0
+    assert module.training_step(batch, 0).item() == pytest.approx(F.cross_entropy(module(batch), labels).item())
+    assert module.training_step(batch, 0).item() != pytest.approx(loss.item())
+
+
+def test_globally_pooled_vgg_has_a_small_fc6_and_the_same_output():
+    pooled = VGGFeatureExtractor("vgg11", batch_norm=True, width=0.125, fc_dim=32, pool="global")
+    full = VGGFeatureExtractor("vgg11", batch_norm=True, width=0.125, fc_dim=32)
+    assert pooled.classifier[0].in_features * 49 == full.classifier[0].in_features
+    assert pooled(torch.randn(2, 3, 64, 64)).shape == (2, 32)
+    with pytest.raises(ValueError, match="pool"):
+        VGGFeatureExtractor("vgg11", pool="none")
+    with pytest.raises(ValueError, match="pool=global"):
+        VGGFeatureExtractor("vgg11", weights="imagenet", pool="global")
+
+
+def test_one_cycle_warms_up_then_decays_per_step(tmp_path):
+    rows = _segment_rows(with_features=True)
+    module = _fusion_module(scheduler="onecycle", lr=1e-2)
+    seen = []
+
+    class RecordLr(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    _trainer(tmp_path, max_epochs=4, enable_checkpointing=False, callbacks=[RecordLr()]).fit(
+        module, _loader(rows), _loader(rows)
+    )
+    peak = seen.index(max(seen))
+    assert len(seen) == 12 and 0 < peak < len(seen) - 1
+    assert max(seen) == pytest.approx(1e-2, rel=0.05) and seen[0] < 1e-3 and seen[-1] < 1e-3
