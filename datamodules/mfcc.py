@@ -64,6 +64,7 @@ def mfcc_frames(
     f_max: float = F_MAX_HZ,
     window_ms: float = WINDOW_MS,
     hop_ms: float = HOP_MS,
+    representation: Literal["mfcc", "logmel"] = "mfcc",
 ) -> torch.Tensor:
     """Static MFCC, delta and delta-delta of a whole utterance: float32 ``[3, n_mfcc, T]``.
 
@@ -71,15 +72,22 @@ def mfcc_frames(
     (dB, floored ``TOP_DB`` below the utterance maximum), DCT-II (orthonormal). Deltas by Eq. 4 with
     N = 2 on the utterance-level static MFCC (edges replicated); delta-delta is the delta of the delta.
     Audio shorter than one window is zero-padded to one window (one frame).
+    ``representation="logmel"`` skips the DCT: the static channel is the log-mel spectrogram itself
+    ``[n_mels, T]`` (an alternative input to the paper's MFCCs; ``n_mfcc`` is then unused).
     """
+    if representation not in ("mfcc", "logmel"):
+        raise ValueError(f"representation must be 'mfcc' or 'logmel', got {representation!r}")
     signal = torch.as_tensor(np.asarray(audio), dtype=torch.float32).reshape(-1)
     n_fft, hop = _samples(sample_rate, window_ms), _samples(sample_rate, hop_ms)
     if signal.numel() < n_fft:
         signal = torch.nn.functional.pad(signal, (0, n_fft - signal.numel()))
     mel_power = _mel_spectrogram(sample_rate, n_fft, hop, n_mels, f_min, f_max)(signal) / n_fft
     log_mel = torchaudio.functional.amplitude_to_DB(mel_power, multiplier=10.0, amin=1e-10, db_multiplier=0.0, top_db=TOP_DB)
-    dct = torchaudio.functional.create_dct(n_mfcc, n_mels, norm="ortho")  # [n_mels, n_mfcc]
-    static = (log_mel.transpose(-1, -2) @ dct).transpose(-1, -2)  # [n_mfcc, T]
+    if representation == "logmel":
+        static = log_mel  # [n_mels, T]
+    else:
+        dct = torchaudio.functional.create_dct(n_mfcc, n_mels, norm="ortho")  # [n_mels, n_mfcc]
+        static = (log_mel.transpose(-1, -2) @ dct).transpose(-1, -2)  # [n_mfcc, T]
     delta = torchaudio.functional.compute_deltas(static, win_length=2 * DELTA_N + 1)
     delta_delta = torchaudio.functional.compute_deltas(delta, win_length=2 * DELTA_N + 1)
     return torch.stack([static, delta, delta_delta])

@@ -5,6 +5,7 @@ import av
 import numpy as np
 import pytest
 import torch
+import torchaudio
 
 from datamodules.decode import BadInputError, decode_clip
 from datamodules.mfcc import frame_count, mfcc_frames, mfcc_images, num_segments, segment_mfcc
@@ -253,3 +254,15 @@ def test_silence_and_short_audio_give_finite_images():
     padded = segment_mfcc(features)[0]
     assert torch.equal(padded[..., -1], features[..., -1]) and torch.equal(padded[..., 23], features[..., -1])
     assert torch.isfinite(mfcc_frames(np.zeros(100, np.float32), SR)).all()
+
+
+def test_logmel_representation_is_the_mfcc_before_its_dct():
+    torch.manual_seed(0)
+    audio = torch.randn(16000).numpy()
+    mfcc, logmel = mfcc_frames(audio, 16000), mfcc_frames(audio, 16000, representation="logmel", n_mels=40)
+    assert logmel.shape == (3, 40, mfcc.shape[-1])
+    paper_logmel = mfcc_frames(audio, 16000, representation="logmel")
+    dct = torchaudio.functional.create_dct(64, 64, norm="ortho")
+    assert torch.allclose((paper_logmel[0].T @ dct).T, mfcc[0], atol=1e-3)
+    with pytest.raises(ValueError, match="representation"):
+        mfcc_frames(audio, 16000, representation="cqt")
