@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
@@ -97,6 +99,38 @@ def checkpoint_best_score(path: Path) -> float | None:
     return None
 
 
+class TrainFromSeededState(L.Callback):
+    """Training starts from the random state the run had just before ``fit``, whatever ran in between.
+
+    ``fit`` prepares the data before it trains: on a cold cache that builds MTCNN to preprocess the
+    clips (in this process when ``preprocess_workers`` is 1, the default on 2 cores) or loads the
+    frozen extractors to compute the fusion features; both initialise networks from the global
+    generator, which a warm cache skips. ``capture`` before ``fit`` and the restore at ``on_fit_start``
+    (after ``prepare_data`` and ``setup``) make shuffling, dropout and augmentation draw the same numbers
+    in the first run of an experiment and in every rerun, and on every rank.
+    """
+
+    def __init__(self) -> None:
+        self.states: dict | None = None
+
+    def capture(self) -> None:
+        self.states = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        }
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.states is None:
+            raise RuntimeError("TrainFromSeededState.capture() must be called before fit")
+        random.setstate(self.states["python"])
+        np.random.set_state(self.states["numpy"])
+        torch.set_rng_state(self.states["torch"])
+        if self.states["cuda"] is not None:
+            torch.cuda.set_rng_state_all(self.states["cuda"])
+
+
 def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule) -> dict:
     """Train ``stage`` on ``fold``, test its best checkpoint on the held-out clips, write metrics.json.
 
@@ -113,7 +147,6 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
         out.mkdir(parents=True, exist_ok=True)
         config_name = "test_config.yaml" if test_only else "config.yaml"
         atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / config_name)
-    L.seed_everything(cfg.seed + fold, workers=True)
     stage_cfg = cfg.model[stage]
     datamodule.fold = fold
     if stage == "fusion":
@@ -125,6 +158,7 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
         datamodule.inputs = STAGE_INPUTS[stage]
         datamodule.batch_size = stage_cfg.batch_size
         data = datamodule
+    L.seed_everything(cfg.seed + fold, workers=True)  # the module's initial weights
     module = instantiate(
         stage_cfg.module, _convert_="all", num_classes=len(datamodule.classes), class_names=list(datamodule.classes)
     )
@@ -133,7 +167,8 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
     logger = build_logger(cfg, stage=stage, fold=fold, out_dir=out)
     context = {"dirpath": str(out / "checkpoints"), "out_dir": str(out), "stage": stage, "fold": fold,
                "test_subjects": test_subjects}
-    callbacks = build_callbacks(cfg.callbacks, context, has_logger=logger is not False)
+    seeded_state = TrainFromSeededState()
+    callbacks = [*build_callbacks(cfg.callbacks, context, has_logger=logger is not False), seeded_state]
     trainer: L.Trainer = instantiate(
         cfg.trainer, **stage_cfg.get("trainer", {}), callbacks=callbacks, logger=logger, default_root_dir=str(out)
     )
@@ -144,6 +179,7 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
             trainer.test(module, datamodule=data, ckpt_path=best)
             best_score = checkpoint_best_score(Path(best))
         else:
+            seeded_state.capture()
             trainer.fit(module, datamodule=data)
             checkpoint = trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
