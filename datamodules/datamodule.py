@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.clips import Clip, IndexResult
@@ -122,13 +123,16 @@ class EmotionDataModule(L.LightningDataModule):
         """Index and preprocess the corpus into the clip cache; prints and returns the report.
 
         Every fit calls this; after the first call in a process the cache is known to be complete.
+        The global random state is left as it was (building MTCNN draws from it), so a run that fills
+        the cache trains exactly like one that finds it full.
         """
         if self._prepared is None:
             indexed = self.index()
-            self._prepared = prepare_corpus(
-                indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name, source=self.source,
-                workers=self.preprocess_workers, index_skipped=indexed.skipped,
-            )
+            with isolate_rng(include_cuda=False):  # preprocessing runs on the CPU
+                self._prepared = prepare_corpus(
+                    indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name, source=self.source,
+                    workers=self.preprocess_workers, index_skipped=indexed.skipped,
+                )
             print(format_report(self._prepared.report))
         return self._prepared
 

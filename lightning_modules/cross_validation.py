@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -144,6 +147,38 @@ def check_upstream_provenance(own: dict, checkpoints: dict[str, Path], overrides
                 )
 
 
+class TrainFromSeededState(L.Callback):
+    """Training starts from the random state the run had just before ``fit``, whatever ran in between.
+
+    ``fit`` prepares the data before it trains: on a cold cache that builds MTCNN to preprocess the
+    clips (in this process when ``preprocess_workers`` is 1, the default on 2 cores) or loads the
+    frozen extractors to compute the fusion features; both initialise networks from the global
+    generator, which a warm cache skips. ``capture`` before ``fit`` and the restore at ``on_fit_start``
+    (after ``prepare_data`` and ``setup``) make shuffling, dropout and augmentation draw the same numbers
+    in the first run of an experiment and in every rerun, and on every rank.
+    """
+
+    def __init__(self) -> None:
+        self.states: dict | None = None
+
+    def capture(self) -> None:
+        self.states = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        }
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.states is None:
+            raise RuntimeError("TrainFromSeededState.capture() must be called before fit")
+        random.setstate(self.states["python"])
+        np.random.set_state(self.states["numpy"])
+        torch.set_rng_state(self.states["torch"])
+        if self.states["cuda"] is not None:
+            torch.cuda.set_rng_state_all(self.states["cuda"])
+
+
 def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule) -> dict:
     """Train ``stage`` on ``fold``, choose its checkpoint on validation clips, test it, write metrics.json.
 
@@ -176,7 +211,7 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
         datamodule.inputs = STAGE_INPUTS[stage]
         datamodule.batch_size = stage_cfg.batch_size
         data = datamodule
-    L.seed_everything(cfg.seed + fold, workers=True)
+    L.seed_everything(cfg.seed + fold, workers=True)  # the module's initial weights
     module = instantiate(
         stage_cfg.module, _convert_="all", num_classes=len(datamodule.classes), class_names=list(datamodule.classes)
     )
@@ -184,7 +219,8 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
     logger = build_logger(cfg, stage=stage, fold=fold, out_dir=out)
     context = {"dirpath": str(out / "checkpoints"), "out_dir": str(out), "stage": stage, "fold": fold,
                "test_subjects": subjects["test"]}
-    callbacks = build_callbacks(cfg.callbacks, context, has_logger=logger is not False)
+    seeded_state = TrainFromSeededState()
+    callbacks = [*build_callbacks(cfg.callbacks, context, has_logger=logger is not False), seeded_state]
     trainer: L.Trainer = instantiate(
         cfg.trainer, **stage_cfg.get("trainer", {}), callbacks=callbacks, logger=logger, default_root_dir=str(out)
     )
@@ -193,6 +229,7 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
         if test_only:
             best: str | None = str(best_checkpoint(cfg, stage, fold))
         else:
+            seeded_state.capture()
             trainer.fit(module, datamodule=data)
             checkpoint = trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None

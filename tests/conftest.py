@@ -35,15 +35,27 @@ def ravdess_speech_root() -> Path:
     return shared_path("ravdess-speech-16k")
 
 
-@pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory) -> list[str]:
-    """Hydra overrides for a small generated demo corpus (3 subjects x 6 emotions x 1 clip), prepared once."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+TINY_MODELS = [
+    "model.audio.module.backbone.fc_dim=32",
+    "model.visual.module.backbone.fc_dim=32",
+    "model.visual.module.lstm_hidden=32",
+    "model.fusion.module.attention_dim=16",
+    "model.fusion.module.hidden_dims=[32]",
+]
 
+
+def compose_train(overrides: list[str]):
+    """configs/train.yaml composed with ``overrides``, as ``python train.py <overrides>`` would."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def small_demo_overrides(base: Path) -> list[str]:
+    """Hydra overrides for a small generated demo corpus (3 subjects x 6 emotions x 1 clip) under ``base``."""
     os.environ.setdefault("AVER_ROOT", str(REPO))
-    base = tmp_path_factory.mktemp("tiny_demo")
-    overrides = [
+    return [
         f"paths.data_dir={base / 'data'}",
         f"paths.cache_dir={base / 'cache'}",
         f"paths.output_dir={base / 'outputs'}",
@@ -54,7 +66,13 @@ def tiny_demo(tmp_path_factory) -> list[str]:
         "data.preprocess.faces.detect_max_side=160",
         "callbacks.progress_bar=null",
     ]
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    instantiate(cfg.data).prepare_data()
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> list[str]:
+    """Overrides for the small generated demo corpus, prepared once."""
+    from hydra.utils import instantiate
+
+    overrides = small_demo_overrides(tmp_path_factory.mktemp("tiny_demo"))
+    instantiate(compose_train(overrides).data).prepare_data()
     return overrides

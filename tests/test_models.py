@@ -17,6 +17,7 @@ from lightning_modules.components import (
     VGGFeatureExtractor,
     preprocess_uint8_images,
 )
+from lightning_modules.components.vgg import adaptive_avg_pool2d_by_matmul
 
 TINY_VGG = {"variant": "vgg11", "width": 0.125, "fc_dim": 64, "dropout": 0.0}
 FACE_SIZE = 32
@@ -105,6 +106,18 @@ def test_vgg_outputs_fc7_of_the_configured_size():
     assert features.shape == (2, 64)
     assert (features >= 0).all()  # fc7 is taken after its ReLU
     assert [type(layer) for layer in vgg.classifier] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 5), (7, 7), (9, 13)])
+def test_pooling_by_matmul_equals_adaptive_average_pooling(size):
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    reference = torch.nn.functional.adaptive_avg_pool2d(x, (7, 7))
+    by_matmul = adaptive_avg_pool2d_by_matmul(x, (7, 7))
+    torch.testing.assert_close(by_matmul, reference)
+    weights = torch.randn_like(reference)
+    (grad,) = torch.autograd.grad((by_matmul * weights).sum(), x)
+    (expected,) = torch.autograd.grad((reference * weights).sum(), x)
+    torch.testing.assert_close(grad, expected)
 
 
 def test_vgg_channels_last_gives_the_same_features():

@@ -3,24 +3,10 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
+from conftest import REPO, TINY_MODELS, compose_train
 from lightning_modules.cross_validation import MissingCheckpointError, run
 from lightning_modules.cv_summary import summarize_folds, summarize_seeds
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_MODELS = [
-    "model.audio.module.backbone.fc_dim=32",
-    "model.visual.module.backbone.fc_dim=32",
-    "model.visual.module.lstm_hidden=32",
-    "model.fusion.module.attention_dim=16",
-    "model.fusion.module.hidden_dims=[32]",
-]
-
-
-def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 from torchvision.models import vgg as tv_vgg
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -106,6 +107,35 @@ def _read_weights(weights: str, variant: str, batch_norm: bool) -> dict[str, tor
     return _state_dict_file(Path(weights))
 
 
+def _pooling_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """``[n_out, n_in]``: row i averages the inputs that adaptive average pooling gives output i."""
+    matrix = torch.zeros(n_out, n_in, dtype=like.dtype, device=like.device)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -(-(i + 1) * n_in // n_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_avg_pool2d_by_matmul(x: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, output_size)`` as two matrix products, whose backward is deterministic
+    on CUDA (the pooling kernel's backward adds with atomics and has no deterministic version)."""
+    height, width = (n if n is not None else x.shape[d] for n, d in zip(_pair(output_size), (-2, -1)))
+    rows = _pooling_matrix(x.shape[-2], height, x)
+    cols = _pooling_matrix(x.shape[-1], width, x)
+    return rows @ x @ cols.T
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` that stays usable under ``torch.use_deterministic_algorithms(True)``
+    (``trainer.deterministic=true``) on CUDA, where PyTorch refuses the pooling kernel's backward: there
+    it pools by matrix products. Elsewhere it is the pooling kernel itself, so CPU numbers do not change."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and x.requires_grad and torch.are_deterministic_algorithms_enabled():
+            return adaptive_avg_pool2d_by_matmul(x, self.output_size)
+        return super().forward(x)
+
+
 class VGGFeatureExtractor(nn.Module):
     """A torchvision VGG truncated after fc7 (the classifier's second ReLU); output `[B, fc_dim]`.
 
@@ -159,7 +189,7 @@ class VGGFeatureExtractor(nn.Module):
         self.out_dim = fc_dim
         self.features = tv_vgg.make_layers(config, batch_norm=batch_norm)
         side = POOLS[pool]
-        self.avgpool = nn.AdaptiveAvgPool2d((side, side))
+        self.avgpool = AdaptiveAvgPool2d((side, side))
         self.classifier = nn.Sequential(
             nn.Linear(last_channels * side * side, fc_dim),
             nn.ReLU(inplace=True),
