@@ -31,15 +31,16 @@ from datamodules.corpora import natural_key
 from datamodules.preprocess import atomic_write_text
 from lightning_modules.cv_summary import (
     check_objective,
+    fold_metrics,
     format_seeds_table,
     format_summary_table,
-    metric_row,
     split_metrics,
     summarize_folds,
     summarize_seeds,
 )
 
-STAGES = ("audio", "visual", "fusion")
+STAGES = ("audio", "visual", "fusion")  # stage=all
+BASELINE = "baseline"  # the classical floor (lightning_modules/baseline.py), run only when named
 STAGE_INPUTS = {"audio": ("audio",), "visual": ("faces",)}
 
 
@@ -203,23 +204,8 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
         failed = False
     finally:
         finish_logger(logger, failed)
-    summary_name, _ = check_objective(cfg.objective)
     val, test = split_metrics(module.last_eval["val"]), split_metrics(module.last_eval["test"])
-    metrics = {
-        "corpus": datamodule.name,
-        "cv": cfg.cv.name,
-        "stage": stage,
-        "fold": fold,
-        "seed": int(cfg.seed),
-        "fold_hash": provenance["fold_hash"],
-        "val_subjects": subjects["val"],
-        "test_subjects": subjects["test"],
-        "class_names": list(datamodule.classes),
-        "objective": {**OmegaConf.to_container(cfg.objective), "value": metric_row(val)[summary_name]},
-        "val": val,
-        "test": test,
-        "best_checkpoint": best,
-    }
+    metrics = {**fold_metrics(provenance, subjects, OmegaConf.to_container(cfg.objective), val, test), "best_checkpoint": best}
     if trainer.is_global_zero:
         atomic_write_text(json.dumps(metrics, indent=2), out / "metrics.json")
     return metrics
@@ -262,7 +248,12 @@ def cross_validate(
     results: dict[str, list[dict]] = {stage: [] for stage in stages}
     for fold in resolve_folds(cfg, datamodule):
         for stage in stages:
-            results[stage].append(train_stage(cfg, stage, fold, datamodule))
+            if stage == BASELINE:
+                from lightning_modules.baseline import train_baseline  # it builds on this module's helpers
+
+                results[stage].append(train_baseline(cfg, fold, datamodule))
+            else:
+                results[stage].append(train_stage(cfg, stage, fold, datamodule))
     summaries = {}
     for stage in stages:
         summary = summarize_folds(results[stage], cfg.objective)
@@ -284,9 +275,9 @@ def run(cfg: DictConfig) -> dict[str, dict]:
     means, and the spread over seeds beside the spread over folds.
     """
     stages = STAGES if cfg.stage == "all" else (cfg.stage,)
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in (*STAGES, BASELINE)]
     if unknown:
-        raise ValueError(f"stage={cfg.stage}: expected one of {', '.join(STAGES)} or all")
+        raise ValueError(f"stage={cfg.stage}: expected one of {', '.join(STAGES)}, {BASELINE} or all")
     check_objective(cfg.objective)
     seeds = [int(seed) for seed in cfg.get("seeds") or []]
     agent = detach_agent_run(os.environ)

@@ -27,7 +27,7 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> 
     return path
 
 
-def voice(emotion: str, speaker: int, take: int, seconds: tuple[float, float] = (0.9, 1.2)) -> np.ndarray:
+def voice(emotion: str, speaker: int, take: int, seconds: tuple[float, float] = (1.4, 1.7)) -> np.ndarray:
     """One synthetic utterance of ``emotion`` by ``speaker`` over low room noise; deterministic per take."""
     rng = np.random.default_rng([speaker, take, sorted(VOICES).index(emotion)])
     plan = plan_clip(rng, seconds, fps=25)
