@@ -170,6 +170,22 @@ def holdout_folds(
     return [fold]
 
 
+def with_test_corpus(fold: Fold, test_clips: Sequence[Clip]) -> Fold:
+    """``fold`` with every clip of another corpus, ``test_clips``, as its test part (``cv=cross_corpus``).
+
+    ``fold`` must test nothing of its own corpus; its train and validation parts stay as they are.
+    """
+    if fold.test:
+        raise ValueError(
+            f"fold {fold.name} already tests {len(fold.test)} clip(s) of its own corpus; a test corpus needs folds "
+            "without a test part (cv=cross_corpus)"
+        )
+    return Fold(
+        index=fold.index, name=f"cross-corpus-{fold.index}", train=fold.train, val=fold.val,
+        test=[clip.clip_id for clip in test_clips], test_subjects=subjects_of(test_clips),
+    )
+
+
 def _by_label(clips: Sequence[Clip]) -> dict[str, list[Clip]]:
     groups: dict[str, list[Clip]] = defaultdict(list)
     for clip in clips:

@@ -51,12 +51,13 @@ def evaluate_clips(model: ClassifierMixin, features: np.ndarray, labels: np.ndar
 def part_features(
     datamodule: EmotionDataModule, part: str, extractor: UtteranceFeatures, cache_dir: str
 ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-    """Features ``[N, D]`` and class indices ``[N]`` of the current fold's ``part`` (train, val or test), and
-    the clips of that part that could not be decoded, with the reason."""
+    """Features ``[N, D]`` and class indices ``[N]`` of the current fold's ``part`` (train, val or test; read
+    from the corpus that holds it), and the clips of that part that could not be decoded, with the reason."""
     wanted = set(getattr(datamodule.current_fold, part))
-    clips = [clip for clip in datamodule.index().clips if clip.clip_id in wanted]
-    vad_cfg = datamodule.preprocess_cfg["vad"]
-    folder = feature_folder(cache_dir, datamodule.name, extractor, vad_cfg, datamodule.source)
+    corpus = datamodule.corpus_of(part)
+    clips = [clip for clip in corpus.index().clips if clip.clip_id in wanted]
+    vad_cfg = corpus.preprocess_cfg["vad"]
+    folder = feature_folder(cache_dir, corpus.name, extractor, vad_cfg, corpus.source)
     vectors, dropped = utterance_features(clips, extractor, vad_cfg, folder)
     kept = [clip for clip in clips if clip.clip_id in vectors]
     features = np.stack([vectors[clip.clip_id] for clip in kept])

@@ -212,10 +212,11 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
 
 
 def subjects_of_fold(datamodule: EmotionDataModule) -> dict[str, list[str]]:
-    """The subjects of the current fold's validation and test clips."""
+    """The subjects of the current fold's validation and test clips (the test ones of the test corpus in a
+    cross-corpus run)."""
     subject_of = {clip.clip_id: clip.subject for clip in datamodule.index().clips}
     fold = datamodule.current_fold
-    return {part: sorted({subject_of[c] for c in getattr(fold, part)}, key=natural_key) for part in ("val", "test")}
+    return {"val": sorted({subject_of[c] for c in fold.val}, key=natural_key), "test": list(fold.test_subjects)}
 
 
 def finish_cross_validation(cfg: DictConfig, summary: dict, agent: AgentRun | None, is_last: bool) -> None:
