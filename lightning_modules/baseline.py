@@ -30,6 +30,7 @@ from lightning_modules.cross_validation import fold_dir, subjects_of_fold, write
 from lightning_modules.cv_summary import check_objective, fold_metrics, metric_row, split_metrics
 from lightning_modules.evaluation import evaluate
 
+
 def svm_pipeline(classifier: ClassifierMixin, calibration: Callable[..., ClassifierMixin], C: float) -> ClassifierMixin:
     """A fresh, unfitted ``calibration(standardise -> classifier with C)``."""
     return calibration(make_pipeline(StandardScaler(), clone(classifier).set_params(C=C)))
@@ -92,14 +93,14 @@ def train_baseline(cfg: DictConfig, fold: int, datamodule: EmotionDataModule) ->
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "config.yaml")
     datamodule.fold = fold
+    if not datamodule.current_fold.val:
+        raise ValueError(f"stage=baseline fold={fold}: no validation clips to choose C on (cv={cfg.cv.name})")
     provenance = write_fold_provenance(cfg, stage, fold, datamodule)
     extractor: UtteranceFeatures = instantiate(cfg.model.baseline.features)
     data, dropped = {}, {}
     for part in ("train", "val", "test"):
         features, labels, dropped[part] = part_features(datamodule, part, extractor, cfg.paths.cache_dir)
         data[part] = (features, labels)
-    if not len(data["val"][1]):
-        raise ValueError(f"stage=baseline fold={fold}: no validation clips to choose C on (cv={cfg.cv.name})")
     num_classes = len(datamodule.classes)
     classifier, calibration = instantiate(cfg.model.baseline.classifier), instantiate(cfg.model.baseline.calibration)
     model, C, search = choose_C(

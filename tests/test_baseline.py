@@ -118,6 +118,13 @@ def ravdess_baseline(generated_ravdess, tmp_path_factory) -> list[str]:
             f"paths.output_dir={base / 'outputs'}", "logger=none", "stage=baseline"]
 
 
+def test_C_is_never_chosen_without_validation_clips(ravdess_baseline):
+    cfg = compose_train([*ravdess_baseline, "cv=holdout", "cv.test_subjects=[actor_01]", "cv.folds.val_fraction=0",
+                         "fold=0"])
+    with pytest.raises(ValueError, match="no validation clips to choose C on"):
+        run(cfg)
+
+
 @pytest.mark.slow
 def test_baseline_on_loso_folds_writes_the_deep_stages_files(ravdess_baseline):
     cfg = compose_train([*ravdess_baseline, "cv=loso", "fold=all"])
