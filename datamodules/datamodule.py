@@ -9,12 +9,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.clips import Clip, IndexResult
 from datamodules.preprocess import PreparedCorpus, cache_folder, format_report, load_clip, prepare_corpus
-from datamodules.splits import Fold
+from datamodules.splits import Fold, with_test_corpus
 
 
 class SegmentDataset(Dataset):
@@ -57,6 +58,12 @@ class EmotionDataModule(L.LightningDataModule):
 
     ``prepare_data`` (rank zero only) generates the corpus when it has a generator (the demo), indexes
     it and fills the clip cache; ``setup`` (every rank) reads the cache and builds the fold's datasets.
+
+    Cross-corpus (``cv=cross_corpus``): with a ``test_corpus`` (another EmotionDataModule), the folds
+    train and validate on this corpus and test on every clip of the other one. Both keep the classes
+    they share, in this corpus's order (a warning names those dropped on either side), so class indices
+    agree; the test corpus is prepared and read by its own module (its own root, indexer and cache) and
+    only ``test_dataloader`` and ``corpus_of("test")`` reach it.
     """
 
     def __init__(
@@ -74,9 +81,16 @@ class EmotionDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         preprocess_workers: int | None = None,
+        test_corpus: EmotionDataModule | None = None,
     ) -> None:
         super().__init__()
         self.name, self.root, self.indexer, self.classes = name, Path(root), indexer, list(classes)
+        self.test_corpus = test_corpus
+        if test_corpus is not None:
+            if test_corpus.source == self.source:
+                raise ValueError(f"the test corpus {test_corpus.name} has the training corpus's root {self.source}")
+            self.classes = shared_classes(self, test_corpus)
+            test_corpus.classes = self.classes
         self.preprocess_cfg, self.cache_dir, self.cv, self.fold = preprocess, cache_dir, cv, fold
         self.generator, self.inputs = generator, tuple(inputs)
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -106,8 +120,16 @@ class EmotionDataModule(L.LightningDataModule):
         if self._folds is None:
             if self.cv is None:
                 raise ValueError(f"{self.name}: no cross-validation scheme configured")
-            self._folds = self.cv(self.index().clips)
+            folds = self.cv(self.index().clips)
+            if self.test_corpus is not None:
+                folds = [with_test_corpus(fold, self.test_corpus.index().clips) for fold in folds]
+            self._folds = folds
         return self._folds
+
+    def corpus_of(self, part: str) -> EmotionDataModule:
+        """The module whose clips make up ``part`` ("train", "val" or "test") of the folds: the test corpus
+        for "test" in a cross-corpus run, this one otherwise."""
+        return self.test_corpus if part == "test" and self.test_corpus is not None else self
 
     @property
     def source(self) -> str:
@@ -134,9 +156,13 @@ class EmotionDataModule(L.LightningDataModule):
                     workers=self.preprocess_workers, index_skipped=indexed.skipped,
                 )
             print(format_report(self._prepared.report))
+            if self.test_corpus is not None:
+                self.test_corpus.prepare_data()
         return self._prepared
 
     def setup(self, stage: str | None = None) -> None:
+        if self.test_corpus is not None:
+            self.test_corpus.setup(stage)
         if self.clips:
             return
         folder = self.cache_folder
@@ -161,17 +187,34 @@ class EmotionDataModule(L.LightningDataModule):
             [self.first_segment_ids[i] for i in positions], inputs or self.inputs,
         )
 
-    def _loader(self, clip_ids: Sequence[str], shuffle: bool) -> DataLoader:
+    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+        """Batches of the current fold's ``part``, read from the corpus that holds it, with this module's inputs."""
+        dataset = self.corpus_of(part).dataset(getattr(self.current_fold, part), inputs=self.inputs)
         return DataLoader(
-            self.dataset(clip_ids), batch_size=self.batch_size, shuffle=shuffle,
+            dataset, batch_size=self.batch_size, shuffle=shuffle,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.current_fold.train, shuffle=True)
+        return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.current_fold.val, shuffle=False)
+        return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.current_fold.test, shuffle=False)
+        return self._loader("test", shuffle=False)
+
+
+def shared_classes(train: EmotionDataModule, test: EmotionDataModule) -> list[str]:
+    """The classes of ``train`` that ``test`` also has, in ``train``'s order; warns naming the classes of
+    either corpus that the other lacks (they are left out of training and of the test)."""
+    shared = [label for label in train.classes if label in test.classes]
+    if not shared:
+        raise ValueError(f"{train.name} ({train.classes}) and {test.name} ({test.classes}) share no class")
+    dropped = {module.name: [c for c in module.classes if c not in shared] for module in (train, test)}
+    if any(dropped.values()):
+        rank_zero_warn(
+            f"cross-corpus {train.name} -> {test.name}: classes {shared} kept; dropped "
+            + "; ".join(f"from {name}: {labels}" for name, labels in dropped.items() if labels)
+        )
+    return shared

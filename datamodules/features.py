@@ -58,6 +58,11 @@ class FeatureDataModule(L.LightningDataModule):
         fold_hash: str, precision: str = "32-true", batch_size: int = 64, extract_batch_size: int = 16,
     ) -> None:
         super().__init__()
+        if segments.test_corpus is not None:
+            raise ValueError(
+                f"stage=fusion does not run cross-corpus ({segments.name} -> {segments.test_corpus.name}): its "
+                "features are extracted from one corpus; run stage=audio, visual or baseline"
+            )
         self.segments, self.cache_path = segments, Path(cache_path)
         self.audio_checkpoint, self.visual_checkpoint = Path(audio_checkpoint), Path(visual_checkpoint)
         self.fold_hash, self.precision = fold_hash, str(precision)

@@ -24,7 +24,7 @@ from datamodules.clips import Clip
 from datamodules.decode import BadInputError, decode_clip
 from datamodules.faces import FaceDetector, build_face_track
 from datamodules.mfcc import mfcc_images
-from datamodules.vad import detect_speech_span, plot_vad
+from datamodules.vad import detect_speech_span, plot_vad, trim_to_speech
 
 PIPELINE_VERSION = 1  # bump when the code changes what a cache file holds
 
@@ -64,15 +64,9 @@ def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | None) -> dic
     decoded = decode_clip(clip.path, sample_rate=sample_rate, with_video=cfg["video"])
     if cfg["video"] and decoded.frames is None:
         raise BadInputError(clip.path, "no video stream")
-    vad_cfg = {k: v for k, v in cfg["vad"].items() if k != "enabled"}
     duration_s = len(decoded.audio) / sample_rate
-    if cfg["vad"]["enabled"]:
-        vad = detect_speech_span(decoded.audio, sample_rate, **vad_cfg)
-        span, vad_found = (vad.start_s, vad.end_s), vad.found
-    else:
-        span, vad_found = (0.0, duration_s), True
-    first, last = int(round(span[0] * sample_rate)), int(round(span[1] * sample_rate))
-    images, segment_times = mfcc_images(decoded.audio[first:last], sample_rate, **cfg["mfcc"])
+    speech, span, vad_found = trim_to_speech(decoded.audio, sample_rate, cfg["vad"])
+    images, segment_times = mfcc_images(speech, sample_rate, **cfg["mfcc"])
     segment_times = segment_times + span[0]
     record: dict[str, Any] = {"audio": images, "segment_times": segment_times.float()}
     meta = {

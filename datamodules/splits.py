@@ -1,4 +1,5 @@
-"""Cross-validation folds over a clip table: leave-one-subject-out and (stratified) k-fold (§4).
+"""Cross-validation folds over a clip table: leave-one-subject-out, (stratified) k-fold (§4) and a
+single hold-out fold of named test subjects.
 
 A ``Fold`` holds clip ids. Every builder checks each fold it makes with ``assert_no_leakage``:
 no clip in two parts, and for subject-independent folds no test subject in train or val.
@@ -124,6 +125,65 @@ def kfold_folds(
         assert_no_leakage(fold, clips, by_subject=group_by == "subject")
         folds.append(fold)
     return folds
+
+
+def holdout_folds(
+    clips: Sequence[Clip],
+    *,
+    test_subjects: Sequence[str],
+    val_subjects: Sequence[str] | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> list[Fold]:
+    """One fold: every clip of ``test_subjects`` is tested, every clip of ``val_subjects`` validates, the
+    other subjects train.
+
+    With ``val_subjects=None`` validation is whole subjects of the non-test ones, drawn in seeded order
+    while that brings their clip count closer to ``val_fraction`` of the non-test clips (at least one
+    subject, never all; as ``kfold_folds(group_by="subject")`` does). ``test_subjects`` may be empty:
+    the fold then tests nothing of this corpus (``cv=cross_corpus`` tests on another one).
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    known = subjects_of(clips)
+    test = [str(subject) for subject in test_subjects]
+    named_val = None if val_subjects is None else [str(subject) for subject in val_subjects]
+    unknown = [subject for subject in test + (named_val or []) if subject not in known]
+    if unknown:
+        raise ValueError(f"holdout: subject(s) {unknown} not in the corpus; its subjects are {known}")
+    both = sorted(set(test) & set(named_val or []), key=natural_key)
+    if both:
+        raise ValueError(f"holdout: subject(s) {both} named both as test and as validation subjects")
+    rest = [clip for clip in clips if clip.subject not in test]
+    if named_val is None:
+        validation = _subject_sample(rest, val_fraction, np.random.default_rng(seed))
+    else:
+        validation = {clip.clip_id for clip in rest if clip.subject in named_val}
+    if len(validation) == len(rest):
+        raise ValueError(f"holdout: no subject left to train on (test {test}, validation {named_val or 'all the rest'})")
+    part_of = {
+        clip.clip_id: "test" if clip.subject in test else "val" if clip.clip_id in validation else "train"
+        for clip in clips
+    }
+    fold = _fold(0, "holdout-" + ("+".join(sorted(test, key=natural_key)) or "no-test"), clips, part_of)
+    assert_no_leakage(fold, clips, by_subject=True)
+    return [fold]
+
+
+def with_test_corpus(fold: Fold, test_clips: Sequence[Clip]) -> Fold:
+    """``fold`` with every clip of another corpus, ``test_clips``, as its test part (``cv=cross_corpus``).
+
+    ``fold`` must test nothing of its own corpus; its train and validation parts stay as they are.
+    """
+    if fold.test:
+        raise ValueError(
+            f"fold {fold.name} already tests {len(fold.test)} clip(s) of its own corpus; a test corpus needs folds "
+            "without a test part (cv=cross_corpus)"
+        )
+    return Fold(
+        index=fold.index, name=f"cross-corpus-{fold.index}", train=fold.train, val=fold.val,
+        test=[clip.clip_id for clip in test_clips], test_subjects=subjects_of(test_clips),
+    )
 
 
 def _by_label(clips: Sequence[Clip]) -> dict[str, list[Clip]]:

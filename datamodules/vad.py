@@ -23,6 +23,7 @@ value); gate -30 dB (breaths and room noise in RAVDESS sit at -35 to -60 dB); δ
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +158,20 @@ def detect_speech_span(
     start_s = max(0.0, speech_start - pre_s)
     end_s = min(duration_s, speech_end + post_s)
     return VadResult(start_s=float(start_s), end_s=float(end_s), found=True, **evidence)
+
+
+def trim_to_speech(audio: np.ndarray, sample_rate: int, vad_cfg: Mapping) -> tuple[np.ndarray, tuple[float, float], bool]:
+    """``audio`` cut to the span kept under a ``preprocess.vad`` config node, that span in seconds, and
+    whether speech was found: the detected span (``detect_speech_span`` with the node's values), or the
+    whole clip when ``enabled`` is false or no window is active."""
+    duration_s = len(audio) / sample_rate
+    if vad_cfg["enabled"]:
+        vad = detect_speech_span(audio, sample_rate, **{k: v for k, v in vad_cfg.items() if k != "enabled"})
+        span, found = (vad.start_s, vad.end_s), vad.found
+    else:
+        span, found = (0.0, duration_s), True
+    first, last = int(round(span[0] * sample_rate)), int(round(span[1] * sample_rate))
+    return audio[first:last], span, found
 
 
 def plot_vad(audio: np.ndarray | torch.Tensor, sample_rate: int, result: VadResult, path: str | Path) -> Path:

@@ -34,15 +34,16 @@ from datamodules.corpora import natural_key
 from datamodules.preprocess import atomic_write_text
 from lightning_modules.cv_summary import (
     check_objective,
+    fold_metrics,
     format_seeds_table,
     format_summary_table,
-    metric_row,
     split_metrics,
     summarize_folds,
     summarize_seeds,
 )
 
-STAGES = ("audio", "visual", "fusion")
+STAGES = ("audio", "visual", "fusion")  # stage=all
+BASELINE = "baseline"  # the classical floor (lightning_modules/baseline.py), run only when named
 STAGE_INPUTS = {"audio": ("audio",), "visual": ("faces",)}
 
 
@@ -240,33 +241,19 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
         failed = False
     finally:
         finish_logger(logger, failed)
-    summary_name, _ = check_objective(cfg.objective)
     val, test = split_metrics(module.last_eval["val"]), split_metrics(module.last_eval["test"])
-    metrics = {
-        "corpus": datamodule.name,
-        "cv": cfg.cv.name,
-        "stage": stage,
-        "fold": fold,
-        "seed": int(cfg.seed),
-        "fold_hash": provenance["fold_hash"],
-        "val_subjects": subjects["val"],
-        "test_subjects": subjects["test"],
-        "class_names": list(datamodule.classes),
-        "objective": {**OmegaConf.to_container(cfg.objective), "value": metric_row(val)[summary_name]},
-        "val": val,
-        "test": test,
-        "best_checkpoint": best,
-    }
+    metrics = {**fold_metrics(provenance, subjects, OmegaConf.to_container(cfg.objective), val, test), "best_checkpoint": best}
     if trainer.is_global_zero:
         atomic_write_text(json.dumps(metrics, indent=2), out / "metrics.json")
     return metrics
 
 
 def subjects_of_fold(datamodule: EmotionDataModule) -> dict[str, list[str]]:
-    """The subjects of the current fold's validation and test clips."""
+    """The subjects of the current fold's validation and test clips (the test ones of the test corpus in a
+    cross-corpus run)."""
     subject_of = {clip.clip_id: clip.subject for clip in datamodule.index().clips}
     fold = datamodule.current_fold
-    return {part: sorted({subject_of[c] for c in getattr(fold, part)}, key=natural_key) for part in ("val", "test")}
+    return {"val": sorted({subject_of[c] for c in fold.val}, key=natural_key), "test": list(fold.test_subjects)}
 
 
 def finish_cross_validation(cfg: DictConfig, summary: dict, agent: AgentRun | None, is_last: bool) -> None:
@@ -299,7 +286,12 @@ def cross_validate(
     results: dict[str, list[dict]] = {stage: [] for stage in stages}
     for fold in resolve_folds(cfg, datamodule):
         for stage in stages:
-            results[stage].append(train_stage(cfg, stage, fold, datamodule))
+            if stage == BASELINE:
+                from lightning_modules.baseline import train_baseline  # it builds on this module's helpers
+
+                results[stage].append(train_baseline(cfg, fold, datamodule))
+            else:
+                results[stage].append(train_stage(cfg, stage, fold, datamodule))
     summaries = {}
     for stage in stages:
         summary = summarize_folds(results[stage], cfg.objective)
@@ -321,9 +313,9 @@ def run(cfg: DictConfig) -> dict[str, dict]:
     means, and the spread over seeds beside the spread over folds.
     """
     stages = STAGES if cfg.stage == "all" else (cfg.stage,)
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in (*STAGES, BASELINE)]
     if unknown:
-        raise ValueError(f"stage={cfg.stage}: expected one of {', '.join(STAGES)} or all")
+        raise ValueError(f"stage={cfg.stage}: expected one of {', '.join(STAGES)}, {BASELINE} or all")
     check_objective(cfg.objective)
     seeds = [int(seed) for seed in cfg.get("seeds") or []]
     agent = detach_agent_run(os.environ)

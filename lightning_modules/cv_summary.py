@@ -63,6 +63,26 @@ def split_metrics(result: Mapping) -> dict:
     }
 
 
+def fold_metrics(provenance: Mapping, subjects: Mapping[str, list[str]], objective: Mapping, val: dict, test: dict) -> dict:
+    """metrics.json of one (stage, fold) from its fold.json record (``provenance``), the subjects of its
+    validation and test clips, the objective and its val and test blocks (``split_metrics``)."""
+    summary_name, _ = check_objective(objective)
+    return {
+        "corpus": provenance["corpus"],
+        "cv": provenance["cv"]["name"],
+        "stage": provenance["stage"],
+        "fold": provenance["fold"],
+        "seed": provenance["seed"],
+        "fold_hash": provenance["fold_hash"],
+        "val_subjects": subjects["val"],
+        "test_subjects": subjects["test"],
+        "class_names": provenance["class_names"],
+        "objective": {**objective, "value": metric_row(val)[summary_name]},
+        "val": val,
+        "test": test,
+    }
+
+
 def metric_row(block: Mapping) -> dict[str, float]:
     """SUMMARY_METRICS values of a metrics.json split block."""
     row = {f"{level}_{name}": float(block[level][name]) for level in LEVELS for name in ("accuracy", "uar", "macro_f1")}

@@ -76,3 +76,24 @@ def tiny_demo(tmp_path_factory) -> list[str]:
     overrides = small_demo_overrides(tmp_path_factory.mktemp("tiny_demo"))
     instantiate(compose_train(overrides).data).prepare_data()
     return overrides
+
+
+@pytest.fixture(scope="session")
+def generated_ravdess(tmp_path_factory) -> Path:
+    """A RAVDESS-layout tree of generated audio-only speech: 4 actors x 6 paper emotions x 4 takes (wav)."""
+    from audio_trees import make_ravdess_speech
+    from datamodules.clips import PAPER_EMOTIONS
+
+    root = tmp_path_factory.mktemp("generated_ravdess")
+    make_ravdess_speech(root, actors=range(1, 5), emotions=PAPER_EMOTIONS, takes=4)
+    return root
+
+
+@pytest.fixture(scope="session")
+def generated_emodb(tmp_path_factory) -> Path:
+    """An EmoDB-layout tree of generated speech: speakers 03, 08, 09 x 5 emotions (no surprise) x 3 sentences."""
+    from audio_trees import make_emodb
+
+    root = tmp_path_factory.mktemp("generated_emodb")
+    make_emodb(root, speakers=("03", "08", "09"), emotions=("anger", "disgust", "fear", "happiness", "sadness"), takes=3)
+    return root

@@ -1,4 +1,5 @@
-"""Corpus indexers on look-alike trees of empty files (RML, eNTERFACE'05, RAVDESS) and on real RAVDESS."""
+"""Corpus indexers on look-alike trees of empty files (RML, eNTERFACE'05, RAVDESS), of generated wav files
+(EmoDB), and on real RAVDESS."""
 from __future__ import annotations
 
 import logging
@@ -6,10 +7,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from audio_trees import SAMPLE_RATE, write_wav
 from datamodules.clips import PAPER_EMOTIONS, CorpusLayoutError
-from datamodules.corpora import enterface, get_indexer, ravdess, rml
+from datamodules.corpora import emodb, enterface, get_indexer, ravdess, rml
+from datamodules.decode import decode_clip
 
 RML_CODES = ("an", "di", "fe", "ha", "sa", "su")
 SAFE_ID = re.compile(r"[A-Za-z0-9_.-]+")
@@ -280,3 +284,50 @@ def test_ravdess_options_are_checked(tmp_path):
         ravdess.index(tmp_path, vocal_channel="both")
     with pytest.raises(CorpusLayoutError, match="left out 60 file"):
         ravdess.index(tmp_path / "Actor_01", modality="audio", classes=("calm",), vocal_channel="song")
+
+
+# --- EmoDB -----------------------------------------------------------------------------------------
+
+def make_emodb_with_every_class(root: Path) -> None:
+    """Real 0.2 s wav files: speakers 03 and 16, every emotion letter, two sentences, plus non-audio files."""
+    tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(3200) / SAMPLE_RATE)
+    for speaker in ("03", "16"):
+        for letter in emodb.EMOTIONS:
+            for text in ("a01", "b10"):
+                write_wav(root / "wav" / f"{speaker}{text}{letter}a.wav", tone)
+    touch(root, "lablaut/03a01Fa.lab", "silb/03a01Fa.sil", "wav/.03a01Wa.wav")
+
+
+def test_emodb_generated_tree_maps_letters_to_class_names(tmp_path):
+    make_emodb_with_every_class(tmp_path)
+    write_wav(tmp_path / "wav" / "03a01Fb.wav", np.zeros(1600))  # a second version of a sentence
+    result = emodb.index(tmp_path)
+    assert_well_formed(result)
+    assert Counter(clip.label for clip in result.clips) == {
+        "anger": 4, "disgust": 4, "fear": 4, "happiness": 5, "sadness": 4
+    }
+    assert sorted(result.notes) == ["left out 4 file(s): class boredom", "left out 4 file(s): class neutral"]
+    clip = {clip.clip_id: clip for clip in result.clips}["16b10Ta"]
+    assert (clip.subject, clip.label) == ("speaker_16", "sadness")
+    assert clip.extra == {"text": "b10", "version": "a", "emotion_code": "T", "gender": "female"}
+    assert decode_clip(clip.path, sample_rate=SAMPLE_RATE, with_video=False).audio.shape == (3200,)
+    every = emodb.index(tmp_path, classes=tuple(emodb.EMOTIONS.values()))
+    assert len(every.clips) == 2 * 7 * 2 + 1 and every.notes == []
+    assert {clip.label for clip in every.clips if clip.extra["emotion_code"] == "L"} == {"boredom"}
+
+
+def test_emodb_malformed_names_raise_or_are_skipped(tmp_path):
+    make_emodb_with_every_class(tmp_path)
+    for bad in ("03a01Xa.wav", "05a01Wa.wav", "03a1Wa.wav", "03a01W.wav"):
+        write_wav(tmp_path / "wav" / bad, np.zeros(160))
+    with pytest.raises(CorpusLayoutError) as error:
+        emodb.index(tmp_path)
+    message = str(error.value)
+    assert "4 file(s)" in message and "<root>/wav/<speaker><text><emotion><version>.wav" in message
+    assert "emotion letter X" in message and "speaker 05" in message
+    assert str(tmp_path / "wav" / "03a1Wa.wav") in message
+    result = emodb.index(tmp_path, on_error="skip")
+    assert len(result.clips) == 2 * 5 * 2
+    assert sorted(Path(path).name for path, _ in result.skipped) == ["03a01W.wav", "03a01Xa.wav", "03a1Wa.wav", "05a01Wa.wav"]
+    with pytest.raises(ValueError, match="surprise"):
+        emodb.index(tmp_path, classes=("anger", "surprise"))

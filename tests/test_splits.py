@@ -1,4 +1,4 @@
-"""LOSO and k-fold invariants on indexer tables; the leakage check on hand-made leaky folds."""
+"""LOSO, k-fold and hold-out invariants on indexer tables; the leakage check on hand-made leaky folds."""
 from __future__ import annotations
 
 from collections import Counter
@@ -9,7 +9,7 @@ import pytest
 
 from datamodules.clips import PAPER_EMOTIONS, Clip
 from datamodules.corpora import ravdess, rml
-from datamodules.splits import Fold, assert_no_leakage, fold_table, kfold_folds, loso_folds
+from datamodules.splits import Fold, assert_no_leakage, fold_table, holdout_folds, kfold_folds, loso_folds
 
 RML_CODES = ("an", "di", "fe", "ha", "sa", "su")
 
@@ -147,6 +147,38 @@ def test_kfold_rejects_bad_arguments(uneven_clips):
 
 def make_clip(clip_id: str, subject: str, label: str = "anger") -> Clip:
     return Clip(clip_id=clip_id, path=Path(f"/{clip_id}.avi"), subject=subject, label=label)
+
+
+def test_holdout_tests_the_named_subjects_and_validates_on_the_named_ones(uneven_clips):
+    (fold,) = holdout_folds(uneven_clips, test_subjects=["s10", "s02"], val_subjects=["s05"])
+    assert fold.name == "holdout-s02+s10" and fold.test_subjects == ["s02", "s10"]
+    assert subjects_in(fold.test, uneven_clips) == {"s02", "s10"}
+    assert subjects_in(fold.val, uneven_clips) == {"s05"}
+    assert subjects_in(fold.train, uneven_clips) == {f"s{n:02d}" for n in (1, 3, 4, 6, 7, 8, 9)}
+    assert len(fold.train) + len(fold.val) + len(fold.test) == len(uneven_clips)
+
+
+def test_holdout_draws_validation_subjects_from_the_rest_by_seed(uneven_clips):
+    (fold,) = holdout_folds(uneven_clips, test_subjects=["s01"], val_fraction=0.25, seed=3)
+    validation = subjects_in(fold.val, uneven_clips)
+    assert validation and "s01" not in validation and not validation & subjects_in(fold.train, uneven_clips)
+    assert 0.1 < len(fold.val) / (len(fold.val) + len(fold.train)) < 0.4
+    assert holdout_folds(uneven_clips, test_subjects=["s01"], val_fraction=0.25, seed=3)[0].val == fold.val
+    other_seeds = {tuple(holdout_folds(uneven_clips, test_subjects=["s01"], seed=seed)[0].val) for seed in range(6)}
+    assert len(other_seeds) > 1
+    (no_test,) = holdout_folds(uneven_clips, test_subjects=[], val_subjects=["s03"])
+    assert no_test.test == [] and no_test.name == "holdout-no-test"
+
+
+def test_holdout_rejects_unknown_overlapping_and_exhaustive_subjects(uneven_clips):
+    with pytest.raises(ValueError, match=r"\['s11'\] not in the corpus; its subjects are \['s01'"):
+        holdout_folds(uneven_clips, test_subjects=["s11"])
+    with pytest.raises(ValueError, match=r"\['s02'\] named both"):
+        holdout_folds(uneven_clips, test_subjects=["s01", "s02"], val_subjects=["s02"])
+    with pytest.raises(ValueError, match="no subject left to train on"):
+        holdout_folds(uneven_clips, test_subjects=[f"s{n:02d}" for n in range(1, 10)], val_subjects=["s10"])
+    with pytest.raises(ValueError, match="val_fraction"):
+        holdout_folds(uneven_clips, test_subjects=["s01"], val_fraction=1.0)
 
 
 def test_leakage_check_fires_on_hand_made_leaky_folds():

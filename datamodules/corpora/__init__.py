@@ -14,7 +14,7 @@ from pathlib import Path
 
 from datamodules.clips import Clip, CorpusLayoutError, IndexResult
 
-CORPORA: tuple[str, ...] = ("rml", "enterface", "ravdess", "demo")
+CORPORA: tuple[str, ...] = ("rml", "enterface", "ravdess", "demo", "emodb")
 ON_ERROR_CHOICES: tuple[str, ...] = ("raise", "skip")
 _MAX_LISTED_PROBLEMS = 10
 _UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -42,6 +42,14 @@ def get_indexer(corpus: str) -> Callable[..., IndexResult]:
 def check_on_error(on_error: str) -> None:
     if on_error not in ON_ERROR_CHOICES:
         raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+
+
+def check_classes(classes: Iterable[str], known: Iterable[str], corpus: str) -> None:
+    """A ``ValueError`` naming the class names of ``classes`` that ``corpus`` does not have, and the known ones."""
+    known = list(known)
+    unknown = [label for label in classes if label not in known]
+    if unknown:
+        raise ValueError(f"unknown {corpus} classes {unknown}; known: {', '.join(known)}")
 
 
 def require_root(root: str | Path, corpus: str) -> Path:

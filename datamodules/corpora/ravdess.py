@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datamodules.clips import PAPER_EMOTIONS, Clip, IndexResult
-from datamodules.corpora import Problem, check_on_error, finish_index, media_files, require_root
+from datamodules.corpora import Problem, check_classes, check_on_error, finish_index, media_files, require_root
 
 MODALITIES: dict[str, str] = {"01": "audio_video", "02": "video", "03": "audio"}
 VOCAL_CHANNELS: dict[str, str] = {"01": "speech", "02": "song"}
@@ -109,9 +109,7 @@ def index(
         raise ValueError(f"modality must be one of {SELECTABLE_MODALITIES}, got {modality!r}")
     if vocal_channel not in VOCAL_CHANNELS.values():
         raise ValueError(f"vocal_channel must be one of {tuple(VOCAL_CHANNELS.values())}, got {vocal_channel!r}")
-    unknown = [label for label in classes if label not in EMOTIONS.values()]
-    if unknown:
-        raise ValueError(f"unknown RAVDESS classes {unknown}; known: {', '.join(EMOTIONS.values())}")
+    check_classes(classes, EMOTIONS.values(), "RAVDESS")
     root = require_root(root, "RAVDESS")
     clips: list[Clip] = []
     problems: list[Problem] = []
