@@ -65,6 +65,7 @@ def mfcc_frames(
     window_ms: float = WINDOW_MS,
     hop_ms: float = HOP_MS,
     representation: Literal["mfcc", "logmel"] = "mfcc",
+    mean_norm: bool = False,
 ) -> torch.Tensor:
     """Static MFCC, delta and delta-delta of a whole utterance: float32 ``[3, n_mfcc, T]``.
 
@@ -74,6 +75,9 @@ def mfcc_frames(
     Audio shorter than one window is zero-padded to one window (one frame).
     ``representation="logmel"`` skips the DCT: the static channel is the log-mel spectrogram itself
     ``[n_mels, T]`` (an alternative input to the paper's MFCCs; ``n_mfcc`` is then unused).
+    ``mean_norm=True`` subtracts each row's mean over the utterance from the static channel (cepstral /
+    log-mel mean normalisation): the speaker's and the channel's fixed spectral envelope is removed and
+    only its change over time is kept (deltas are unaffected, being differences along time).
     """
     if representation not in ("mfcc", "logmel"):
         raise ValueError(f"representation must be 'mfcc' or 'logmel', got {representation!r}")
@@ -88,6 +92,8 @@ def mfcc_frames(
     else:
         dct = torchaudio.functional.create_dct(n_mfcc, n_mels, norm="ortho")  # [n_mels, n_mfcc]
         static = (log_mel.transpose(-1, -2) @ dct).transpose(-1, -2)  # [n_mfcc, T]
+    if mean_norm:
+        static = static - static.mean(dim=-1, keepdim=True)
     delta = torchaudio.functional.compute_deltas(static, win_length=2 * DELTA_N + 1)
     delta_delta = torchaudio.functional.compute_deltas(delta, win_length=2 * DELTA_N + 1)
     return torch.stack([static, delta, delta_delta])

@@ -266,3 +266,14 @@ def test_logmel_representation_is_the_mfcc_before_its_dct():
     assert torch.allclose((paper_logmel[0].T @ dct).T, mfcc[0], atol=1e-3)
     with pytest.raises(ValueError, match="representation"):
         mfcc_frames(audio, 16000, representation="cqt")
+
+
+def test_mean_norm_removes_each_rows_utterance_mean_and_keeps_the_deltas():
+    torch.manual_seed(0)
+    audio = torch.randn(16000) * 0.1
+    for representation in ("mfcc", "logmel"):
+        plain = mfcc_frames(audio, 16000, representation=representation)
+        normed = mfcc_frames(audio, 16000, representation=representation, mean_norm=True)
+        assert torch.allclose(normed[0], plain[0] - plain[0].mean(dim=-1, keepdim=True), atol=1e-4)
+        assert torch.allclose(normed[0].mean(dim=-1), torch.zeros(normed.shape[1]), atol=1e-3)
+        assert torch.allclose(normed[1:], plain[1:], atol=1e-3)
