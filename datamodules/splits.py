@@ -22,7 +22,11 @@ GROUP_BY_CHOICES: tuple[str, ...] = ("clip", "subject")
 
 @dataclass
 class Fold:
-    """One train/val/test split; lists of clip ids in clip-table order."""
+    """One train/val/test split; lists of clip ids in clip-table order.
+
+    ``by_subject``: the fold is subject-independent (LOSO, k-fold grouped by subject), so no test
+    subject may appear in train or val.
+    """
 
     index: int
     name: str
@@ -30,6 +34,7 @@ class Fold:
     val: list[str]
     test: list[str]
     test_subjects: list[str] = field(default_factory=list)
+    by_subject: bool = False
 
     @property
     def content_hash(self) -> str:
@@ -43,7 +48,7 @@ def subjects_of(clips: Sequence[Clip]) -> list[str]:
     return sorted({clip.subject for clip in clips}, key=natural_key)
 
 
-def _fold(index: int, name: str, clips: Sequence[Clip], part_of: dict[str, str]) -> Fold:
+def _fold(index: int, name: str, clips: Sequence[Clip], part_of: dict[str, str], *, by_subject: bool) -> Fold:
     """A Fold from ``part_of``: clip id -> "train" | "val" | "test"; ids not in it are left out."""
     parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for clip in clips:
@@ -51,7 +56,7 @@ def _fold(index: int, name: str, clips: Sequence[Clip], part_of: dict[str, str])
             parts[part_of[clip.clip_id]].append(clip.clip_id)
     test_ids = set(parts["test"])
     test_subjects = sorted({clip.subject for clip in clips if clip.clip_id in test_ids}, key=natural_key)
-    return Fold(index=index, name=name, test_subjects=test_subjects, **parts)
+    return Fold(index=index, name=name, test_subjects=test_subjects, by_subject=by_subject, **parts)
 
 
 def loso_folds(clips: Sequence[Clip], *, val_subjects: int = 1) -> list[Fold]:
@@ -75,8 +80,8 @@ def loso_folds(clips: Sequence[Clip], *, val_subjects: int = 1) -> list[Fold]:
             clip.clip_id: "test" if clip.subject == test_subject else "val" if clip.subject in validation else "train"
             for clip in clips
         }
-        fold = _fold(index, f"loso-{test_subject}", clips, part_of)
-        assert_no_leakage(fold, clips, by_subject=True)
+        fold = _fold(index, f"loso-{test_subject}", clips, part_of, by_subject=True)
+        assert_no_leakage(fold, clips, by_subject=fold.by_subject)
         folds.append(fold)
     return folds
 
@@ -121,8 +126,8 @@ def kfold_folds(
             clip.clip_id: "test" if test_fold_of[clip.clip_id] == index else "val" if clip.clip_id in validation else "train"
             for clip in clips
         }
-        fold = _fold(index, f"{k}fold-{group_by}-{index}", clips, part_of)
-        assert_no_leakage(fold, clips, by_subject=group_by == "subject")
+        fold = _fold(index, f"{k}fold-{group_by}-{index}", clips, part_of, by_subject=group_by == "subject")
+        assert_no_leakage(fold, clips, by_subject=fold.by_subject)
         folds.append(fold)
     return folds
 
@@ -165,8 +170,9 @@ def holdout_folds(
         clip.clip_id: "test" if clip.subject in test else "val" if clip.clip_id in validation else "train"
         for clip in clips
     }
-    fold = _fold(0, "holdout-" + ("+".join(sorted(test, key=natural_key)) or "no-test"), clips, part_of)
-    assert_no_leakage(fold, clips, by_subject=True)
+    fold = _fold(0, "holdout-" + ("+".join(sorted(test, key=natural_key)) or "no-test"), clips, part_of,
+                 by_subject=True)
+    assert_no_leakage(fold, clips, by_subject=fold.by_subject)
     return [fold]
 
 
@@ -180,6 +186,8 @@ def with_test_corpus(fold: Fold, test_clips: Sequence[Clip]) -> Fold:
             f"fold {fold.name} already tests {len(fold.test)} clip(s) of its own corpus; a test corpus needs folds "
             "without a test part (cv=cross_corpus)"
         )
+    # by_subject stays False: the test speakers belong to another corpus, whose subject names may
+    # coincide with this corpus's without being the same people
     return Fold(
         index=fold.index, name=f"cross-corpus-{fold.index}", train=fold.train, val=fold.val,
         test=[clip.clip_id for clip in test_clips], test_subjects=subjects_of(test_clips),

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks import build_callbacks
 from callbacks.fold_accuracy import log_cv_summary_run, save_cv_summary_plots
+from callbacks.leakage import LeakageGuard
 from callbacks.loggers import AgentRun, build_logger, detach_agent_run, finish_logger, is_wandb
 from callbacks.results_table import append_result, format_results_table, read_results, results_row
 from datamodules.datamodule import EmotionDataModule
@@ -221,7 +222,8 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
     context = {"dirpath": str(out / "checkpoints"), "out_dir": str(out), "stage": stage, "fold": fold,
                "test_subjects": subjects["test"]}
     seeded_state = TrainFromSeededState()
-    callbacks = [*build_callbacks(cfg.callbacks, context, has_logger=logger is not False), seeded_state]
+    callbacks = [*build_callbacks(cfg.callbacks, context, has_logger=logger is not False), seeded_state,
+                 LeakageGuard(datamodule)]
     trainer: L.Trainer = instantiate(
         cfg.trainer, **stage_cfg.get("trainer", {}), callbacks=callbacks, logger=logger, default_root_dir=str(out)
     )
