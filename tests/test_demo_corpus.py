@@ -94,7 +94,7 @@ def test_clips_decode_with_audio_and_video_of_the_expected_duration(decoded):
     for label, (audio, frames, facts) in decoded.items():
         assert facts["audio_codec"] == "aac" and facts["video_codec"] in ("h264", "mpeg4")
         assert facts["fps"] == pytest.approx(30.0)
-        assert frames.shape[1:] == (240, 320, 3)
+        assert frames.shape[1:] == (180, 240, 3)
         video_s = len(frames) / facts["fps"]
         assert 1.9 - 1e-6 <= video_s <= 2.2 + 1e-6, label
         assert abs(audio.size / SAMPLE_RATE - video_s) < 0.1, (label, audio.size / SAMPLE_RATE, video_s)

@@ -21,8 +21,8 @@ def cold_corpus(tmp_path_factory) -> list[str]:
     """Overrides for a small generated demo corpus whose preprocessing cache is still empty."""
     overrides = [
         *small_demo_overrides(tmp_path_factory.mktemp("cold_corpus")),
-        "+data.generator.size=[96,72]",  # small frames at 10 fps: MTCNN is most of a cold run's time
-        "+data.generator.fps=10",
+        "++data.generator.size=[96,72]",  # small frames at 10 fps: MTCNN is most of a cold run's time
+        "++data.generator.fps=10",
         # one process: preprocessing (and MTCNN) runs in the training process, as on a 2-core machine
         "data.preprocess_workers=1",
         "logger=none",
