@@ -154,7 +154,7 @@ class EmotionDataModule(L.LightningDataModule):
             with isolate_rng(include_cuda=False):  # preprocessing runs on the CPU
                 self._prepared = prepare_corpus(
                     indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name, source=self.source,
-                    workers=self.preprocess_workers, index_skipped=indexed.skipped,
+                    workers=self.preprocess_workers, indexed=indexed,
                 )
             print(format_report(self._prepared.report))
             if self.test_corpus is not None:
