@@ -35,6 +35,7 @@ from datamodules.vad import detect_speech_span, plot_vad, trim_to_speech
 
 PIPELINE_VERSION = 1  # bump when the code changes what a cache file holds
 RUN_SETTINGS: tuple[str, ...] = ("max_failed_fraction",)  # how a run behaves, not what a clip holds
+NO_SPEECH_CHOICES: tuple[str, ...] = ("drop", "keep")
 
 
 def clip_content(preprocess_cfg: dict) -> dict:
@@ -107,6 +108,15 @@ def check_duration(audio: np.ndarray, sample_rate: int, mfcc_cfg: dict, path: Pa
             path, f"too short: {duration_s:.3f} s of audio, one segment of {mfcc_cfg['window']} MFCC frames "
             f"needs {minimum_s:.3f} s"
         )
+
+
+def check_failure_settings(cfg: dict) -> None:
+    """A ``ValueError`` for a ``no_speech`` or ``max_failed_fraction`` value that means nothing, before any clip
+    is tried (a typo must not turn into a dropped corpus)."""
+    if cfg["no_speech"] not in NO_SPEECH_CHOICES:
+        raise ValueError(f"no_speech must be one of {NO_SPEECH_CHOICES}, got {cfg['no_speech']!r}")
+    if not 0 <= cfg["max_failed_fraction"] <= 1:
+        raise ValueError(f"max_failed_fraction must be in [0, 1], got {cfg['max_failed_fraction']}")
 
 
 def no_speech_reason(vad_cfg: dict) -> str:
@@ -299,6 +309,7 @@ def prepare_corpus(
     the clips fail, the run stops with ``TooManyFailuresError`` naming the most common reasons (the report
     so far is written first).
     """
+    check_failure_settings(cfg)
     start = time.perf_counter()
     key = cache_key(cfg, source)
     folder = cache_folder(cache_root, corpus, cfg, source)

@@ -339,3 +339,13 @@ def test_a_run_where_most_clips_fail_stops_with_the_commonest_reasons(tmp_path):
     assert report["dropped_by_reason"] == {
         "decode: BadInputError: not a media file: no flac header": 2, "decode: BadInputError: empty file": 1
     }
+
+
+@pytest.mark.parametrize("setting, value", [("no_speech", "skip"), ("max_failed_fraction", 1.5)])
+def test_meaningless_failure_settings_are_refused_before_any_clip(tmp_path, setting, value):
+    cfg = audio_cfg()
+    cfg[setting] = value
+    clip = Clip("good", write_wav(tmp_path / "good.wav", voice("anger", 1, 0)), "actor_01", "anger")
+    with pytest.raises(ValueError, match=setting):
+        prepare_corpus([clip], cfg, tmp_path / "cache", corpus="ravdess", workers=1, progress=False)
+    assert not (tmp_path / "cache").exists()
