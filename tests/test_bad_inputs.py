@@ -168,6 +168,8 @@ def make_audio_corpus(base: Path) -> Path:
     (root / "Actor_04").symlink_to(outside / "Actor_04", target_is_directory=True)
     (root / "Actor_03" / "again").symlink_to(root, target_is_directory=True)
     (root / "Actor_03" / "03-01-04-01-01-01-03.wav").symlink_to(outside / "deleted.wav")
+    write_wav(root / "Actor_05" / "03-01-05-01-01-01-05.wav", voice("anger", 5, 0))
+    (root / "Actor_05").chmod(0)  # a folder nobody may list
     return root
 
 
@@ -278,7 +280,7 @@ def test_audio_corpus_runs_through_its_bad_clips(audio_runs):
 def test_audio_report_accounts_for_every_file_under_the_root(audio_runs):
     report, root = audio_runs["report"], audio_runs["root"]
     assert report["files"] == {
-        "found": 25, "prepared": 10, "dropped": 8, "excluded": 2, "skipped": 3, "other_files": 2
+        "found": 26, "prepared": 10, "dropped": 8, "excluded": 2, "skipped": 4, "other_files": 2
     }
     assert dict(map(tuple, report["excluded"])) == {
         str(root / "Actor_01" / "03-01-01-01-01-01-01.wav"): "class neutral not in classes",
@@ -286,16 +288,17 @@ def test_audio_report_accounts_for_every_file_under_the_root(audio_runs):
     }
     skipped = dict(map(tuple, report["skipped"]))
     assert sorted(skipped) == sorted(str(root / name) for name in (
-        "Actor_01/03-01-05-01-01-01.wav", "Actor_01/take 3 (copy).wav", "Actor_03/03-01-04-01-01-01-03.wav"
+        "Actor_01/03-01-05-01-01-01.wav", "Actor_01/take 3 (copy).wav", "Actor_03/03-01-04-01-01-01-03.wav", "Actor_05"
     ))
+    assert skipped[str(root / "Actor_05")] == "folder not readable (Permission denied): the files in it are not indexed"
     assert "is not MM-VV-EE-II-SS-RR-AA" in skipped[str(root / "Actor_01" / "take 3 (copy).wav")]
     assert skipped[str(root / "Actor_03" / "03-01-04-01-01-01-03.wav")].startswith("broken symbolic link")
     output = audio_runs["first"].stdout
     assert (
-        "files under the root: 25 = 10 prepared + 8 dropped + 2 excluded by selection + 3 skipped by the indexer"
+        "files under the root: 26 = 10 prepared + 8 dropped + 2 excluded by selection + 4 skipped by the indexer"
         " + 2 other files (no recordings by name)" in output
     )
-    assert "  class neutral not in classes: 1" in output and "skipped by the indexer: 3" in output
+    assert "  class neutral not in classes: 1" in output and "skipped by the indexer: 4" in output
 
 
 def test_vad_plots_sample_clips_across_classes_and_subjects(audio_runs):

@@ -67,20 +67,21 @@ def require_root(root: str | Path, corpus: str) -> Path:
 
 @dataclass
 class MediaScan:
-    """The files under a corpus root, sorted: recordings by their extension, links to nothing, the rest."""
+    """The files under a corpus root, sorted: recordings by their extension, what could not be used, the rest."""
 
     files: list[Path]  # recordings by extension, symbolic links followed
-    broken_links: list[Problem]  # links with a recording's extension whose target is missing
+    unusable: list[Problem]  # links to nothing with a recording's extension, folders that cannot be read
     other_files: int  # files that are no recordings by name: other extensions, hidden files
 
 
-def walk_files(root: Path) -> Iterator[Path]:
-    """Every file (and link to nothing) under ``root``, following links to files and folders.
+def walk_files(root: Path, on_error: Callable[[OSError], object]) -> Iterator[Path]:
+    """Every file (and link to nothing) under ``root``, following links to files and folders; a folder
+    that cannot be listed goes to ``on_error``.
 
     A folder reached a second time (a cyclic link, two links to one folder) is not entered again.
     """
     entered: set[tuple[int, int]] = set()
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+    for folder, subfolders, names in os.walk(root, onerror=on_error, followlinks=True):
         status = os.stat(folder)
         if (status.st_dev, status.st_ino) in entered:
             subfolders.clear()
@@ -95,16 +96,21 @@ def scan_media(root: Path, extensions: Iterable[str]) -> MediaScan:
     Hidden files are no recordings: archives unpacked on macOS carry ``._an1.avi`` resource forks.
     """
     suffixes = {normalise_extension(extension) for extension in extensions}
-    files, broken, other = [], [], 0
-    for path in sorted(walk_files(root)):
+    files, unusable, other = [], [], 0
+    unlisted: list[OSError] = []
+    for path in sorted(walk_files(root, unlisted.append)):
         hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
         if hidden or path.suffix.lower() not in suffixes:
             other += 1
         elif path.is_file():
             files.append(path)
         else:
-            broken.append((path, f"broken symbolic link (its target {os.readlink(path)} does not exist)"))
-    return MediaScan(files, broken, other)
+            unusable.append((path, f"broken symbolic link (its target {os.readlink(path)} does not exist)"))
+    unusable += [
+        (Path(error.filename), f"folder not readable ({error.strerror}): the files in it are not indexed")
+        for error in unlisted
+    ]
+    return MediaScan(files, unusable, other)
 
 
 def sort_files(
@@ -174,14 +180,14 @@ def finish_index(
     excluded: list[Problem] | None = None,
     notes: list[str] | None = None,
 ) -> IndexResult:
-    """Raise for ``problems`` (and the scan's broken links) or record them as skipped, then sort the clips.
+    """Raise for ``problems`` (and the scan's unusable paths) or record them as skipped, then sort the clips.
 
     ``excluded`` are the recordings a selection option left out, with the rule. ``expected`` describes
     the file layout the indexer understands; it goes into every error. An index with no clips at all is
     an error in both modes: nothing downstream can use it.
     """
     clips, duplicates = duplicate_id_problems(clips)
-    problems = sorted(problems + scan.broken_links + duplicates, key=lambda problem: natural_key(str(problem[0])))
+    problems = sorted(problems + scan.unusable + duplicates, key=lambda problem: natural_key(str(problem[0])))
     excluded = sorted(excluded or [], key=lambda item: natural_key(str(item[0])))
     if problems and on_error == "raise":
         raise CorpusLayoutError(_problem_message(problems, corpus=corpus, root=root, expected=expected))
