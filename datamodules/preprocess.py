@@ -16,7 +16,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -72,8 +72,8 @@ def atomic_write_text(text: str, path: Path) -> None:
 
 
 class ClipFailure(Exception):
-    """One clip could not be prepared: the step that failed (decode, duration, vad, mfcc, faces, save)
-    and the exception it raised."""
+    """One clip could not be prepared: the step that failed (decode, duration, vad, mfcc, faces, save; worker
+    outside them) and the exception it raised."""
 
     def __init__(self, step: str, error: Exception):
         self.step, self.error = step, error
@@ -360,7 +360,7 @@ def _results_in_this_process(todo: list[Clip], cfg: dict, files: dict[str, Path]
     """``_prepare_one``'s result for each clip of ``todo``, one after the other."""
     _init_worker(cfg, torch.get_num_threads())
     for clip in todo:
-        yield _prepare_one(clip, cfg, files[clip.clip_id])
+        yield _task_result(lambda: _prepare_one(clip, cfg, files[clip.clip_id]), clip)
 
 
 def _results_in_workers(todo: list[Clip], cfg: dict, files: dict[str, Path], workers: int) -> Iterator[tuple]:
@@ -373,15 +373,16 @@ def _results_in_workers(todo: list[Clip], cfg: dict, files: dict[str, Path], wor
         futures = {pool.submit(_prepare_one, clip, cfg, files[clip.clip_id]): clip for clip in todo}
         try:
             for future in as_completed(futures):
-                yield _worker_result(future, futures[future])
+                yield _task_result(future.result, futures[future])
         finally:
             pool.shutdown(cancel_futures=True)
 
 
-def _worker_result(future: Future, clip: Clip) -> tuple[str, dict | None, dict | None]:
-    """The worker's (clip_id, meta, failure); a worker that died or could not send its result fails the clip."""
+def _task_result(result: Callable[[], tuple], clip: Clip) -> tuple[str, dict | None, dict | None]:
+    """The task's (clip_id, meta, failure); what fails outside a step (a worker that died, a result that could
+    not be sent, a verdict that could not be stored) fails the clip as step "worker"."""
     try:
-        return future.result()
+        return result()
     except Exception as error:
         return clip.clip_id, None, ClipFailure("worker", error).describe(clip.path)
 

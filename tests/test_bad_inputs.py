@@ -352,3 +352,22 @@ def test_meaningless_failure_settings_are_refused_before_any_clip(tmp_path, sett
     with pytest.raises(ValueError, match=setting):
         prepare_corpus([clip], cfg, tmp_path / "cache", corpus="ravdess", workers=1, progress=False)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_systematic_error_stops_the_run_early_and_is_tried_again_next_time(tmp_path):
+    """A wrong setting fails every clip with the same exception: the run stops as soon as more than half
+    have failed, and no verdict is kept (it is not the files' fault)."""
+    clips = [
+        Clip(f"take{k}", write_wav(tmp_path / f"take{k}.wav", voice("anger", 1, k)), "actor_01", "anger")
+        for k in range(3)
+    ]
+    cfg = audio_cfg()
+    cfg["mfcc"]["representation"] = "cqt"
+    reason = "  2 x mfcc: ValueError: representation must be '…' or '…', got '…'"
+    with pytest.raises(TooManyFailuresError, match=re.escape(reason)):
+        prepare_corpus(clips, cfg, tmp_path / "cache", corpus="ravdess", workers=1, progress=False)
+    (folder,) = (tmp_path / "cache" / "ravdess").iterdir()
+    report = json.loads((folder / "report.json").read_text())
+    assert report["files"] == {"found": 3, "prepared": 0, "dropped": 2, "excluded": 0, "skipped": 0,
+                               "other_files": 0, "not_reached": 1}
+    assert sorted(path.name for path in folder.iterdir()) == ["preprocess.json", "report.json"]
