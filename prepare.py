@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from datamodules.preprocess import plot_vad_spans
+from datamodules.preprocess import plot_vad_spans, sample_across
 
 os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
 
@@ -20,8 +20,9 @@ def main(cfg: DictConfig) -> None:
     print(f"report: {prepared.report['cache']}/report.json")
     if cfg.vad_plots:
         out = Path(prepared.report["cache"]) / "vad_plots"
-        plot_vad_spans(prepared.clips[: cfg.vad_plots], datamodule.preprocess_cfg, out)
-        print(f"VAD plots of {min(cfg.vad_plots, len(prepared.clips))} clips: {out}")
+        sample = sample_across(prepared.clips, cfg.vad_plots)
+        plot_vad_spans(sample, datamodule.preprocess_cfg, out)
+        print(f"VAD plots of {len(sample)} clips across classes and subjects: {out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The clip table every corpus indexer produces."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,18 +19,39 @@ class Clip:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
 
+def class_rule(clip: Clip, classes: Sequence[str]) -> str | None:
+    """Why ``clip`` is left out when only ``classes`` are chosen, or None when it is kept."""
+    return None if clip.label in classes else f"class {clip.label} not in classes"
+
+
 class CorpusLayoutError(ValueError):
     """Raised when a corpus root holds file names that do not parse."""
 
 
 @dataclass
 class IndexResult:
-    """What an indexer found: the clips, the paths it skipped with the reason for each, and notes.
+    """What an indexer found under a root: every file is a clip, excluded, skipped or another file.
 
-    ``notes`` are facts about the corpus worth reporting that did not cost a clip (a subject lacking
-    an emotion, a folder name that disagrees with the file name, files left out by an option).
+    ``excluded`` are recordings left out by a selection option (a class not in ``classes``, another
+    modality), with the rule; ``skipped`` are recordings the indexer could not use (a name that does not
+    parse, a broken link), with the reason; ``other_files`` counts the files that are no recordings by
+    their name (other extensions, hidden files). ``notes`` are facts about the corpus worth reporting that
+    did not cost a clip (a subject lacking an emotion, a folder name that disagrees with the file name).
     """
 
     clips: list[Clip]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, selection rule)
+    other_files: int = 0
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def files_found(self) -> int:
+        """Every file under the root: clips, excluded, skipped and other files."""
+        return len(self.clips) + len(self.excluded) + len(self.skipped) + self.other_files
+
+    def exclude(self, rule: Callable[[Clip], str | None]) -> None:
+        """Move the clips for which ``rule`` names a reason to ``excluded``, with that reason."""
+        reasons = [rule(clip) for clip in self.clips]
+        self.excluded += [(str(clip.path), reason) for clip, reason in zip(self.clips, reasons) if reason]
+        self.clips = [clip for clip, reason in zip(self.clips, reasons) if not reason]

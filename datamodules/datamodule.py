@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.clips import Clip, IndexResult
+from datamodules.clips import Clip, IndexResult, class_rule
 from datamodules.preprocess import PreparedCorpus, cache_folder, format_report, load_clip, prepare_corpus
 from datamodules.splits import Fold, with_test_corpus
 
@@ -102,7 +102,8 @@ class EmotionDataModule(L.LightningDataModule):
         self._folds: list[Fold] | None = None
 
     def index(self) -> IndexResult:
-        """The corpus's clips of the configured classes; generates the demo corpus first if needed.
+        """The corpus's clips of the configured classes (the others move to ``excluded``); generates the
+        demo corpus first if needed.
 
         Cheap and deterministic, so every process (every DDP rank) can call it.
         """
@@ -110,7 +111,7 @@ class EmotionDataModule(L.LightningDataModule):
             if self.generator is not None:
                 self.generator(self.root)
             result = self.indexer(self.root)
-            result.clips = [c for c in result.clips if c.label in self.classes]
+            result.exclude(lambda clip: class_rule(clip, self.classes))
             self._indexed = result
         return self._indexed
 
@@ -153,7 +154,7 @@ class EmotionDataModule(L.LightningDataModule):
             with isolate_rng(include_cuda=False):  # preprocessing runs on the CPU
                 self._prepared = prepare_corpus(
                     indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name, source=self.source,
-                    workers=self.preprocess_workers, index_skipped=indexed.skipped,
+                    workers=self.preprocess_workers, indexed=indexed,
                 )
             print(format_report(self._prepared.report))
             if self.test_corpus is not None:

@@ -6,6 +6,7 @@ span found on the audio (VAD, MFCC segments) selects the matching video frames d
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,24 +45,48 @@ def _declared_duration_s(stream: av.stream.Stream) -> float | None:
     return float(stream.duration * stream.time_base)
 
 
+def check_readable(path: Path) -> None:
+    """``BadInputError`` for a path that is no file, an empty file or one this user may not read."""
+    if not path.is_file():
+        raise BadInputError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise BadInputError(path, "empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise BadInputError(path, "permission denied: the file is not readable by this user")
+
+
+def describe_start(path: Path, n_bytes: int = 24) -> str:
+    """What the file begins with: its text when the first bytes are printable, else their hex."""
+    with path.open("rb") as handle:
+        head = handle.read(n_bytes)
+    if all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
+        return f"text {head.decode('ascii')!r}"
+    return f"bytes {head.hex(' ')}"
+
+
 def decode_clip(path: str | Path, sample_rate: int = 16000, with_video: bool = True) -> DecodedClip:
     """Decode ``path``: audio resampled to mono float32 at ``sample_rate``; video as RGB24 frames.
 
-    Raises ``BadInputError`` for a missing file, a file FFmpeg cannot read, a truncated or corrupt
-    stream, no audio stream, or audio of zero length. Audio-only containers (flac, wav) give
-    ``frames=None`` even when ``with_video`` is true; whether that is an error is the caller's call.
+    Raises ``BadInputError`` for a missing, empty or unreadable file, a file that is not media (FFmpeg
+    cannot read it, or its reader finds no stream header), a truncated or corrupt stream, no audio
+    stream, or audio of zero length. Audio-only containers (flac, wav) give ``frames=None`` even when
+    ``with_video`` is true; whether that is an error is the caller's call.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BadInputError(path, "file not found")
+    check_readable(path)
     try:
         container = av.open(str(path))
     except av.FFmpegError as error:
-        raise BadInputError(path, f"not a readable media file ({error})") from error
+        raise BadInputError(path, f"not a media file: FFmpeg cannot read it ({error})") from error
     with container:
         if not container.streams.audio:
-            raise BadInputError(path, "no audio stream")
+            raise BadInputError(path, "no audio stream" + (": a video-only file" if container.streams.video else ""))
         audio_stream = container.streams.audio[0]
+        if not audio_stream.codec_context.sample_rate and not container.streams.video:
+            # FFmpeg picked its reader by the file name and found no header to read: text, random bytes.
+            raise BadInputError(
+                path, f"not a media file: no {container.format.name} header; it begins with {describe_start(path)}"
+            )
         video_stream = container.streams.video[0] if with_video and container.streams.video else None
         streams = [audio_stream] + ([video_stream] if video_stream is not None else [])
         if video_stream is not None:

@@ -132,11 +132,15 @@ def segment_times(
 ) -> torch.Tensor:
     """Start and end seconds ``[K, 2]`` of each segment, from the start of the analysed audio.
 
-    Segment k starts at k * shift * hop and ends (window - 1) * hop + window length later (0.655 s).
+    Segment k starts at k * shift * hop and lasts ``segment_length_s`` (0.655 s).
     """
     starts = torch.arange(n_segments, dtype=torch.float64) * shift * hop_ms / 1000
-    length_s = ((window - 1) * hop_ms + window_ms) / 1000
-    return torch.stack([starts, starts + length_s], dim=-1)
+    return torch.stack([starts, starts + segment_length_s(window, window_ms, hop_ms)], dim=-1)
+
+
+def segment_length_s(window: int = SEGMENT_FRAMES, window_ms: float = WINDOW_MS, hop_ms: float = HOP_MS) -> float:
+    """Seconds of audio one segment of ``window`` MFCC frames covers: (window - 1) hops and one analysis window."""
+    return ((window - 1) * hop_ms + window_ms) / 1000
 
 
 def rescale_to_uint8(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:

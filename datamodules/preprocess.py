@@ -2,37 +2,53 @@
 
 One clip becomes one cache file ``<cache_dir>/<corpus>/<key>/<clip_id>.pt`` where ``key`` hashes the
 preprocessing config: change any parameter and the clips are prepared again into a new folder.
+
+Every step of a clip (decode, duration, vad, mfcc, faces, save) runs under one guard: an exception in
+one clip drops that clip, with the step and the reason, in the report and on the terminal, and the other
+clips go on. A clip dropped for bad input leaves ``<clip_id>.dropped.json`` instead of a cache file.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from datamodules.clips import Clip
+from datamodules.clips import Clip, IndexResult
 from datamodules.decode import BadInputError, decode_clip
 from datamodules.faces import FaceDetector, build_face_track
-from datamodules.mfcc import mfcc_images
+from datamodules.mfcc import mfcc_images, segment_length_s
 from datamodules.vad import detect_speech_span, plot_vad, trim_to_speech
 
 PIPELINE_VERSION = 1  # bump when the code changes what a cache file holds
+RUN_SETTINGS: tuple[str, ...] = ("max_failed_fraction",)  # how a run behaves, not what a clip holds
+NO_SPEECH_CHOICES: tuple[str, ...] = ("drop", "keep")
+
+
+def clip_content(preprocess_cfg: dict) -> dict:
+    """The preprocessing values that decide what a cache file holds: all but ``RUN_SETTINGS``."""
+    return {name: value for name, value in preprocess_cfg.items() if name not in RUN_SETTINGS}
 
 
 def cache_key(preprocess_cfg: dict, source: str | None = None) -> str:
-    """Short hash of the preprocessing config, the pipeline version and the corpus ``source`` (its resolved
-    root), so that two corpora whose clip ids coincide never share cache files."""
-    blob = json.dumps({"version": PIPELINE_VERSION, "preprocess": preprocess_cfg, "source": source}, sort_keys=True)
+    """Short hash of the preprocessing config (``clip_content``), the pipeline version and the corpus
+    ``source`` (its resolved root), so that two corpora whose clip ids coincide never share cache files."""
+    blob = json.dumps(
+        {"version": PIPELINE_VERSION, "preprocess": clip_content(preprocess_cfg), "source": source}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -55,25 +71,102 @@ def atomic_write_text(text: str, path: Path) -> None:
     _write_atomically(Path(path), lambda tmp: tmp.write_text(text))
 
 
+class ClipFailure(Exception):
+    """One clip could not be prepared: the step that failed (decode, duration, vad, mfcc, faces, save; worker
+    outside them) and the exception it raised."""
+
+    def __init__(self, step: str, error: Exception):
+        self.step, self.error = step, error
+        super().__init__(f"{step}: {type(error).__name__}: {error}")
+
+    def describe(self, path: Path) -> dict:
+        """The report's entry: the file, the step, the exception's type and its message."""
+        reason = self.error.reason if isinstance(self.error, BadInputError) else str(self.error) or repr(self.error)
+        return {"path": str(path), "step": self.step, "error": type(self.error).__name__, "reason": reason}
+
+
+class TooManyFailuresError(RuntimeError):
+    """More than ``max_failed_fraction`` of a corpus's clips failed: more likely a bug than a bad corpus."""
+
+
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    """Run one step of a clip's preprocessing: any exception in it becomes a ``ClipFailure`` naming the step."""
+    try:
+        yield
+    except Exception as error:
+        raise ClipFailure(name, error) from error
+
+
+def check_duration(audio: np.ndarray, sample_rate: int, mfcc_cfg: dict, path: Path) -> None:
+    """``BadInputError`` when the clip is shorter than one MFCC segment (0.655 s with the paper's values)."""
+    timing = {k: mfcc_cfg[k] for k in ("window_ms", "hop_ms") if k in mfcc_cfg}
+    minimum_s = segment_length_s(mfcc_cfg["window"], **timing)
+    duration_s = audio.size / sample_rate
+    if duration_s < minimum_s:
+        raise BadInputError(
+            path, f"too short: {duration_s:.3f} s of audio, one segment of {mfcc_cfg['window']} MFCC frames "
+            f"needs {minimum_s:.3f} s"
+        )
+
+
+def check_failure_settings(cfg: dict) -> None:
+    """A ``ValueError`` for a ``no_speech`` or ``max_failed_fraction`` value that means nothing, before any clip
+    is tried (a typo must not turn into a dropped corpus)."""
+    if cfg["no_speech"] not in NO_SPEECH_CHOICES:
+        raise ValueError(f"no_speech must be one of {NO_SPEECH_CHOICES}, got {cfg['no_speech']!r}")
+    if not 0 <= cfg["max_failed_fraction"] <= 1:
+        raise ValueError(f"max_failed_fraction must be in [0, 1], got {cfg['max_failed_fraction']}")
+
+
+def no_speech_reason(vad_cfg: dict) -> str:
+    """Why the VAD kept nothing, in the terms of its settings."""
+    gate_db = vad_cfg["min_rel_energy_db"]
+    gate = "" if gate_db is None else f" within {-gate_db:g} dB of the loudest"
+    return (
+        f"no speech found by the VAD: no {vad_cfg['window_ms']:g} ms window has a speech-band ratio >= "
+        f"{vad_cfg['ratio_threshold']:g}{gate} (after a median over {vad_cfg['median_windows']} windows); "
+        "no_speech=keep keeps such clips whole"
+    )
+
+
+def find_speech(
+    audio: np.ndarray, sample_rate: int, cfg: dict, path: Path
+) -> tuple[np.ndarray, tuple[float, float], bool]:
+    """The span of ``audio`` the VAD keeps (``trim_to_speech``); ``BadInputError`` for digital silence, and
+    for a clip without speech unless ``cfg["no_speech"]`` is ``"keep"`` (then the whole clip is kept)."""
+    if not np.any(audio):
+        raise BadInputError(path, "silent: every sample is zero")
+    speech, span, found = trim_to_speech(audio, sample_rate, cfg["vad"])
+    if not found and cfg["no_speech"] == "drop":
+        raise BadInputError(path, no_speech_reason(cfg["vad"]))
+    return speech, span, found
+
+
 def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | None) -> dict:
     """Decode, trim by VAD, cut MFCC images and the matching face segments of one clip.
 
-    Raises ``BadInputError`` naming the file and the reason when the clip cannot be used.
+    Raises ``ClipFailure`` naming the step that failed and its exception (``BadInputError`` with the reason
+    when the input cannot be used).
     """
     sample_rate = cfg["sample_rate"]
-    decoded = decode_clip(clip.path, sample_rate=sample_rate, with_video=cfg["video"])
-    if cfg["video"] and decoded.frames is None:
-        raise BadInputError(clip.path, "no video stream")
-    duration_s = len(decoded.audio) / sample_rate
-    speech, span, vad_found = trim_to_speech(decoded.audio, sample_rate, cfg["vad"])
-    images, segment_times = mfcc_images(speech, sample_rate, **cfg["mfcc"])
-    segment_times = segment_times + span[0]
+    with step("decode"):
+        decoded = decode_clip(clip.path, sample_rate=sample_rate, with_video=cfg["video"])
+        if cfg["video"] and decoded.frames is None:
+            raise BadInputError(clip.path, "audio only: no video stream, and this corpus is audio-visual (video: true)")
+    with step("duration"):
+        check_duration(decoded.audio, sample_rate, cfg["mfcc"], clip.path)
+    with step("vad"):
+        speech, span, vad_found = find_speech(decoded.audio, sample_rate, cfg, clip.path)
+    with step("mfcc"):
+        images, segment_times = mfcc_images(speech, sample_rate, **cfg["mfcc"])
+        segment_times = segment_times + span[0]
     record: dict[str, Any] = {"audio": images, "segment_times": segment_times.float()}
     meta = {
         "clip_id": clip.clip_id,
         "subject": clip.subject,
         "label": clip.label,
-        "duration_s": round(duration_s, 4),
+        "duration_s": round(decoded.duration_s, 4),
         "vad_found": bool(vad_found),
         "vad_span_s": [round(float(span[0]), 4), round(float(span[1]), 4)],
         "n_segments": int(images.shape[0]),
@@ -83,11 +176,12 @@ def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | None) -> dic
     }
     if cfg["video"]:
         faces = cfg["faces"]
-        track = build_face_track(
-            decoded.frames, decoded.frame_times, segment_times, detector,
-            size=faces["size"], margin=faces["margin"], fallback=faces["fallback"], path=clip.path,
-            frames_per_segment=faces["frames_per_segment"],
-        )
+        with step("faces"):
+            track = build_face_track(
+                decoded.frames, decoded.frame_times, segment_times, detector,
+                size=faces["size"], margin=faces["margin"], fallback=faces["fallback"], path=clip.path,
+                frames_per_segment=faces["frames_per_segment"],
+            )
         record["face_frames"] = track.face_frames
         record["face_index"] = track.face_index
         meta.update(
@@ -113,13 +207,50 @@ def _init_worker(cfg: dict, torch_threads: int) -> None:
         )
 
 
-def _prepare_one(clip: Clip, cfg: dict, out_path: Path) -> tuple[str, dict | None, str | None]:
-    """Worker task: prepare one clip into ``out_path``; returns (clip_id, meta, error)."""
+def file_signature(path: Path) -> list[int] | None:
+    """Size, modification and status-change times of ``path`` (links followed); None when it has none.
+
+    A cached verdict holds for the file it was given on: replacing, editing or chmod-ing it changes this.
+    """
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return [status.st_size, status.st_mtime_ns, status.st_ctime_ns]
+
+
+def verdict_path(clip_file: Path) -> Path:
+    """Where the verdict on a clip that could not be prepared is kept, beside where its cache file would be."""
+    return clip_file.with_suffix(".dropped.json")
+
+
+def cached_verdict(clip: Clip, clip_file: Path) -> dict | None:
+    """The stored failure of ``clip`` when the file is the one it was found on, else None."""
+    path = verdict_path(clip_file)
+    if not path.is_file():
+        return None
+    verdict = json.loads(path.read_text())
+    signature = verdict.pop("signature")
+    return verdict if signature is not None and signature == file_signature(clip.path) else None
+
+
+def _prepare_one(clip: Clip, cfg: dict, out_path: Path) -> tuple[str, dict | None, dict | None]:
+    """Worker task: prepare one clip into ``out_path``; returns (clip_id, meta, failure).
+
+    A failure on bad input is stored beside the cache (``verdict_path``), so the next run does not decode
+    the file again while it is unchanged; other exceptions (a bug, memory) are tried again next run.
+    """
     try:
         record = preprocess_clip(clip, cfg, _worker_detector)
-    except BadInputError as err:
-        return clip.clip_id, None, str(err)
-    atomic_save(record, out_path)
+        with step("save"):
+            atomic_save(record, out_path)
+            verdict_path(out_path).unlink(missing_ok=True)
+    except ClipFailure as failure:
+        described = failure.describe(clip.path)
+        if isinstance(failure.error, BadInputError):
+            stored = {**described, "signature": file_signature(clip.path)}
+            atomic_write_text(json.dumps(stored, indent=2), verdict_path(out_path))
+        return clip.clip_id, None, described
     return clip.clip_id, record["meta"], None
 
 
@@ -142,6 +273,23 @@ def cache_folder(cache_root: str | Path, corpus: str, cfg: dict, source: str | N
     return Path(cache_root) / corpus / cache_key(cfg, source)
 
 
+@dataclass
+class _Progress:
+    """What a run has learnt so far, clip by clip."""
+
+    metas: dict[str, dict]
+    dropped: dict[str, dict]
+    processed_now: list[str] = field(default_factory=list)
+
+    def collect(self, clip_id: str, meta: dict | None, failure: dict | None) -> None:
+        if failure is None:
+            self.metas[clip_id] = meta
+            self.processed_now.append(clip_id)
+        else:
+            self.dropped[clip_id] = failure
+            tqdm.write(f"dropped {failure_line(clip_id, failure)}")
+
+
 def prepare_corpus(
     clips: list[Clip],
     cfg: dict,
@@ -150,84 +298,143 @@ def prepare_corpus(
     corpus: str,
     source: str | None = None,
     workers: int = 2,
-    index_skipped: list[tuple[str, str]] | None = None,
+    indexed: IndexResult | None = None,
     progress: bool = True,
 ) -> PreparedCorpus:
     """Prepare every clip not yet in the cache, in parallel worker processes, and write the report.
 
-    ``source`` (the corpus's resolved root) is part of the cache key: see ``cache_key``.
+    ``source`` (the corpus's resolved root) is part of the cache key: see ``cache_key``. ``indexed`` is
+    what the indexer found around ``clips`` (excluded, skipped and other files), for the report. A clip
+    that fails is dropped with the step and the reason; when more than ``cfg["max_failed_fraction"]`` of
+    the clips fail, the run stops with ``TooManyFailuresError`` naming the most common reasons (the report
+    so far is written first).
     """
+    check_failure_settings(cfg)
     start = time.perf_counter()
     key = cache_key(cfg, source)
     folder = cache_folder(cache_root, corpus, cfg, source)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".*.tmp"):  # left by a killed run; never a finished clip
         stale.unlink(missing_ok=True)
-    atomic_write_text(json.dumps(cfg, indent=2, sort_keys=True), folder / "preprocess.json")
+    atomic_write_text(json.dumps(clip_content(cfg), indent=2, sort_keys=True), folder / "preprocess.json")
 
     files = {c.clip_id: folder / f"{c.clip_id}.pt" for c in clips}
-    todo = [c for c in clips if not files[c.clip_id].exists()]
-    metas: dict[str, dict] = {}
-    dropped: dict[str, str] = {}
-    processed_now: list[str] = []
+    run = _Progress(metas={}, dropped={})
     for clip in clips:
         if files[clip.clip_id].exists():
-            metas[clip.clip_id] = load_clip(files[clip.clip_id])["meta"]
+            run.metas[clip.clip_id] = load_clip(files[clip.clip_id])["meta"]
+        elif (verdict := cached_verdict(clip, files[clip.clip_id])) is not None:
+            run.dropped[clip.clip_id] = verdict
+    todo = [c for c in clips if c.clip_id not in run.metas and c.clip_id not in run.dropped]
+    most_failures = cfg["max_failed_fraction"] * len(clips)
 
     work_start = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"prepare {corpus}", unit="clip", disable=not progress or not todo)
     if workers <= 1 or len(todo) <= 1:
-        _init_worker(cfg, torch.get_num_threads())
-        results = (_prepare_one(c, cfg, files[c.clip_id]) for c in todo)
+        results = _results_in_this_process(todo, cfg, files)
+    else:
+        results = _results_in_workers(todo, cfg, files, workers)
+    with closing(results):
         for result in results:
-            _collect(result, metas, dropped, processed_now, bar)
-    elif todo:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(
-            workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(cfg, threads)
-        ) as pool:
-            futures = [pool.submit(_prepare_one, c, cfg, files[c.clip_id]) for c in todo]
-            for future in as_completed(futures):
-                _collect(future.result(), metas, dropped, processed_now, bar)
+            run.collect(*result)
+            bar.update()
+            if len(run.dropped) > most_failures:
+                break
     bar.close()
     work_s = time.perf_counter() - work_start
 
-    kept = [c for c in clips if c.clip_id in metas]
+    kept = [c for c in clips if c.clip_id in run.metas]
     report = build_report(
-        kept, metas, dropped, index_skipped or [], corpus=corpus, key=key, folder=folder,
-        n_indexed=len(clips), processed_now=processed_now, work_s=work_s, total_s=time.perf_counter() - start,
+        kept, run.metas, run.dropped, indexed or IndexResult(clips=list(clips)), corpus=corpus, key=key,
+        folder=folder, processed_now=run.processed_now, work_s=work_s, total_s=time.perf_counter() - start,
     )
     atomic_write_text(json.dumps(report, indent=2), folder / "report.json")
-    return PreparedCorpus(clips=kept, files={c.clip_id: files[c.clip_id] for c in kept}, metas=metas, report=report)
+    if len(run.dropped) > most_failures:
+        raise TooManyFailuresError(failure_summary(report, cfg["max_failed_fraction"]))
+    return PreparedCorpus(
+        clips=kept, files={c.clip_id: files[c.clip_id] for c in kept}, metas=run.metas, report=report
+    )
 
 
-def _collect(
-    result: tuple[str, dict | None, str | None], metas: dict, dropped: dict, processed_now: list, bar: tqdm
-) -> None:
-    clip_id, meta, error = result
-    if error is None:
-        metas[clip_id] = meta
-        processed_now.append(clip_id)
-    else:
-        dropped[clip_id] = error
-        tqdm.write(f"skipped {clip_id}: {error}")
-    bar.update()
+def _results_in_this_process(todo: list[Clip], cfg: dict, files: dict[str, Path]) -> Iterator[tuple]:
+    """``_prepare_one``'s result for each clip of ``todo``, one after the other."""
+    _init_worker(cfg, torch.get_num_threads())
+    for clip in todo:
+        yield _task_result(lambda: _prepare_one(clip, cfg, files[clip.clip_id]), clip)
+
+
+def _results_in_workers(todo: list[Clip], cfg: dict, files: dict[str, Path], workers: int) -> Iterator[tuple]:
+    """``_prepare_one``'s results from ``workers`` processes, as they finish; closing the generator cancels
+    the clips not started yet."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(cfg, threads)
+    ) as pool:
+        futures = {pool.submit(_prepare_one, clip, cfg, files[clip.clip_id]): clip for clip in todo}
+        try:
+            for future in as_completed(futures):
+                yield _task_result(future.result, futures[future])
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+
+def _task_result(result: Callable[[], tuple], clip: Clip) -> tuple[str, dict | None, dict | None]:
+    """The task's (clip_id, meta, failure); what fails outside a step (a worker that died, a result that could
+    not be sent, a verdict that could not be stored) fails the clip as step "worker"."""
+    try:
+        return result()
+    except Exception as error:
+        return clip.clip_id, None, ClipFailure("worker", error).describe(clip.path)
+
+
+def failure_summary(report: dict, max_failed_fraction: float, most: int = 5) -> str:
+    """Why a run stopped: how many clips failed and the ``most`` most common reasons."""
+    reasons = "\n".join(f"  {count} x {reason}" for reason, count in list(report["dropped_by_reason"].items())[:most])
+    return (
+        f"preprocessing of {report['corpus']} stopped: {len(report['dropped'])} of {report['clips_indexed']} clips "
+        f"failed, more than max_failed_fraction={max_failed_fraction:g} of them. A fault this common is more "
+        f"likely a bug or a wrong setting than a bad corpus. Most common reasons:\n{reasons}\n"
+        f"report so far: {report['cache']}/report.json"
+    )
+
+
+def failure_line(clip_id: str, failure: dict) -> str:
+    """One line on a dropped clip: its id, the step, the exception's type, the reason and the file."""
+    return f"{clip_id}: {failure['step']}: {failure['error']}: {failure['reason']} ({failure['path']})"
+
+
+def reason_kind(failure: dict) -> str:
+    """A failure without its particulars (what follows a ";" or a " (", numbers, quoted names), so that
+    failures of one kind count together."""
+    generic = re.split(r";| \(", failure["reason"], maxsplit=1)[0]
+    generic = re.sub(r"\d+(\.\d+)?", "N", re.sub(r"'[^']*'", "'…'", generic))
+    return f"{failure['step']}: {failure['error']}: {generic}"
 
 
 def build_report(
-    kept: list[Clip], metas: dict[str, dict], dropped: dict[str, str], index_skipped: list[tuple[str, str]],
-    *, corpus: str, key: str, folder: Path, n_indexed: int, processed_now: list[str], work_s: float,
-    total_s: float,
+    kept: list[Clip], metas: dict[str, dict], dropped: dict[str, dict], indexed: IndexResult,
+    *, corpus: str, key: str, folder: Path, processed_now: list[str], work_s: float, total_s: float,
 ) -> dict:
-    """Counts a researcher checks before training: per class and subject, segments, faces, drops."""
+    """Counts a researcher checks before training: every file under the root (found, excluded by selection,
+    skipped by the indexer, dropped, prepared), per class and subject, segments, faces, and the reasons."""
     kept_metas = [metas[c.clip_id] for c in kept]
     used_frames = sum(m["n_frames"] for m in kept_metas)
     new_media_s = sum(metas[c]["duration_s"] for c in processed_now)
+    not_reached = len(indexed.clips) - len(kept) - len(dropped)
     return {
         "corpus": corpus,
         "cache": str(folder),
         "key": key,
-        "clips_indexed": n_indexed,
+        "files": {
+            "found": indexed.files_found,
+            "prepared": len(kept),
+            "dropped": len(dropped),
+            "excluded": len(indexed.excluded),
+            "skipped": len(indexed.skipped),
+            "other_files": indexed.other_files,
+            **({"not_reached": not_reached} if not_reached else {}),
+        },
+        "clips_indexed": len(indexed.clips),
         "clips_prepared": len(kept),
         "clips_per_class": dict(sorted(Counter(c.label for c in kept).items())),
         "clips_per_subject": dict(sorted(Counter(c.subject for c in kept).items())),
@@ -240,7 +447,11 @@ def build_report(
         ),
         "face_fallback_frames": sum(m["face_fallback_frames"] for m in kept_metas),
         "dropped": dict(sorted(dropped.items())),
-        "index_skipped": [list(item) for item in index_skipped],
+        "dropped_by_reason": dict(Counter(reason_kind(failure) for failure in dropped.values()).most_common()),
+        "excluded": [list(item) for item in indexed.excluded],
+        "excluded_by_rule": dict(Counter(rule for _, rule in indexed.excluded).most_common()),
+        "skipped": [list(item) for item in indexed.skipped],
+        "notes": list(indexed.notes),
         "clips_processed_now": len(processed_now),
         "seconds": round(total_s, 2),
         "clips_per_second": round(len(processed_now) / work_s, 3) if processed_now else None,
@@ -255,10 +466,15 @@ def _segments_per_class(kept: list[Clip], metas: dict[str, dict]) -> dict[str, i
     return dict(sorted(counts.items()))
 
 
-def format_report(report: dict) -> str:
-    """The report as a short human-readable table."""
+def format_report(report: dict, listed: int = 20) -> str:
+    """The report as a short human-readable table; at most ``listed`` skipped files and notes are named."""
+    files = report["files"]
     lines = [
         f"corpus {report['corpus']}  cache {report['cache']}",
+        f"files under the root: {files['found']} = {files['prepared']} prepared + {files['dropped']} dropped + "
+        f"{files['excluded']} excluded by selection + {files['skipped']} skipped by the indexer + "
+        f"{files['other_files']} other files (no recordings by name)"
+        + (f" + {files['not_reached']} not reached" if "not_reached" in files else ""),
         f"clips: {report['clips_prepared']} prepared of {report['clips_indexed']} indexed, "
         f"{report['clips_processed_now']} processed now in {report['seconds']} s"
         + (f" ({report['clips_per_second']} clips/s, {report['media_seconds_per_second']} s of media/s)"
@@ -274,13 +490,36 @@ def format_report(report: dict) -> str:
             f"faces: {report['face_frames']} frames, detection rate {report['face_detection_rate']:.3f}, "
             f"fallback crops {report['face_fallback_frames']}"
         )
-    lines.append(f"VAD found no speech (whole clip kept): {len(report['vad_not_found'])}")
-    lines.append(f"dropped: {len(report['dropped'])}")
-    lines += [f"  {clip_id}: {reason}" for clip_id, reason in report["dropped"].items()]
-    if report["index_skipped"]:
-        lines.append(f"skipped by the indexer: {len(report['index_skipped'])}")
-        lines += [f"  {path}: {reason}" for path, reason in report["index_skipped"][:20]]
+    if report["vad_not_found"]:
+        lines.append(f"VAD found no speech (whole clip kept): {len(report['vad_not_found'])}")
+    lines.append(f"excluded by selection: {files['excluded']}")
+    lines += [f"  {rule}: {count}" for rule, count in report["excluded_by_rule"].items()]
+    lines.append(f"skipped by the indexer: {files['skipped']}")
+    lines += [f"  {path}: {reason}" for path, reason in report["skipped"][:listed]]
+    lines.append(f"dropped: {files['dropped']}")
+    lines += [f"  {failure_line(clip_id, failure)}" for clip_id, failure in report["dropped"].items()]
+    if report["notes"]:
+        lines.append(f"notes: {len(report['notes'])}")
+        lines += [f"  {note}" for note in report["notes"][:listed]]
     return "\n".join(lines)
+
+
+def sample_across(clips: list[Clip], n: int) -> list[Clip]:
+    """Up to ``n`` of ``clips`` spread over classes and subjects: the classes take turns, and each picks
+    its clip of the subject picked least so far (ties: the first in ``clips``)."""
+    by_label: dict[str, list[Clip]] = {}
+    for clip in clips:
+        by_label.setdefault(clip.label, []).append(clip)
+    picked: list[Clip] = []
+    picks_per_subject: Counter = Counter()
+    while len(picked) < min(n, len(clips)):
+        for candidates in by_label.values():
+            if candidates and len(picked) < n:
+                choice = min(candidates, key=lambda clip: picks_per_subject[clip.subject])
+                candidates.remove(choice)
+                picked.append(choice)
+                picks_per_subject[choice.subject] += 1
+    return picked
 
 
 def plot_vad_spans(clips: list[Clip], cfg: dict, out_dir: Path) -> list[Path]:

@@ -107,8 +107,9 @@ def median_filter_decisions(active: np.ndarray, size: int) -> np.ndarray:
         raise ValueError(f"median_windows must be odd and positive, got {size}")
     if size == 1:
         return active.copy()
-    votes = np.convolve(active.astype(np.int64), np.ones(size, dtype=np.int64), mode="same")
-    return votes > size // 2
+    # The centred part of the full convolution: mode="same" returns ``size`` values for shorter input.
+    votes = np.convolve(active.astype(np.int64), np.ones(size, dtype=np.int64))
+    return votes[size // 2 : size // 2 + active.size] > size // 2
 
 
 def detect_speech_span(

@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,17 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (set AVER_SHARED_DATA or place ../shared beside the repo)")
     return path
+
+
+def without_read_override(command: list[str]) -> list[str]:
+    """``command`` such that file permissions bind it: as root, run through ``setpriv`` without the
+    capabilities that let root read any file (skips the test when ``setpriv`` is absent); else unchanged."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a file's permissions cannot stop this process")
+    capabilities = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={capabilities}", f"--bounding-set={capabilities}", *command]
 
 
 SHARED_FIXTURES = frozenset({"ravdess_av_clip", "ravdess_speech_root"})

@@ -71,7 +71,7 @@ def test_rml_full_lookalike_gives_720_clips(tmp_path):
 def test_rml_unparseable_video_names_raise_with_paths_and_pattern(tmp_path):
     touch(tmp_path, "s1/an1.avi", "s1/di2.avi", "s2/anger1.avi", "s2/ha.avi", "loose/fe1.avi", "s2/readme.txt")
     with pytest.raises(CorpusLayoutError) as error:
-        rml.index(tmp_path)
+        rml.index(tmp_path, on_error="raise")
     message = str(error.value)
     assert "3 file(s)" in message
     for bad in ("s2/anger1.avi", "s2/ha.avi", "loose/fe1.avi"):
@@ -80,9 +80,9 @@ def test_rml_unparseable_video_names_raise_with_paths_and_pattern(tmp_path):
     assert "no speaker folder s<N>" in message and "readme" not in message
 
 
-def test_rml_skip_mode_lists_the_bad_files_with_reasons(tmp_path):
+def test_rml_skips_and_lists_the_bad_files_with_reasons_by_default(tmp_path):
     touch(tmp_path, "s1/an1.avi", "s1/di2.avi", "s2/anger1.avi", "loose/fe1.avi")
-    result = rml.index(tmp_path, on_error="skip")
+    result = rml.index(tmp_path)
     assert [clip.clip_id for clip in result.clips] == ["s01_an01", "s01_di02"]
     skipped = dict(result.skipped)
     assert set(skipped) == {str(tmp_path / "loose/fe1.avi"), str(tmp_path / "s2/anger1.avi")}
@@ -92,15 +92,15 @@ def test_rml_skip_mode_lists_the_bad_files_with_reasons(tmp_path):
 def test_rml_error_lists_ten_paths_and_counts_the_rest(tmp_path):
     touch(tmp_path, "s1/an1.avi", *(f"s1/bad{k}.avi" for k in range(12)))
     with pytest.raises(CorpusLayoutError, match=r"12 file\(s\)") as error:
-        rml.index(tmp_path)
+        rml.index(tmp_path, on_error="raise")
     assert str(error.value).count(str(tmp_path / "s1" / "bad")) == 10 and "and 2 more" in str(error.value)
 
 
 def test_rml_duplicate_clip_ids_raise_or_keep_the_first(tmp_path):
     touch(tmp_path, "s1/an1.avi", "s1/an01.avi", "s1/ha1.avi")
     with pytest.raises(CorpusLayoutError, match="already taken"):
-        rml.index(tmp_path)
-    result = rml.index(tmp_path, on_error="skip")
+        rml.index(tmp_path, on_error="raise")
+    result = rml.index(tmp_path)
     assert [clip.clip_id for clip in result.clips] == ["s01_an01", "s01_ha01"]
     assert len(result.skipped) == 1
 
@@ -124,6 +124,23 @@ def test_missing_empty_and_video_free_roots_name_the_root(tmp_path):
         enterface.index(tmp_path)
     with pytest.raises(ValueError, match="on_error"):
         rml.index(tmp_path, on_error="ignore")
+
+
+def test_links_to_files_and_folders_are_followed_once_and_broken_links_skipped(tmp_path):
+    root, elsewhere = tmp_path / "rml", tmp_path / "elsewhere"
+    touch(root, "s1/an1.avi", "s1/notes.txt")
+    touch(elsewhere, "s2/ha1.avi", "takes/sa3.avi")
+    (root / "s2").symlink_to(elsewhere / "s2", target_is_directory=True)
+    (root / "s1" / "sa3.avi").symlink_to(elsewhere / "takes" / "sa3.avi")
+    (root / "s1" / "loop").symlink_to(root, target_is_directory=True)  # a cycle back to the root
+    (root / "s1" / "fe2.avi").symlink_to(elsewhere / "gone.avi")
+    result = rml.index(root)
+    assert [clip.clip_id for clip in result.clips] == ["s01_an01", "s01_sa03", "s02_ha01"]
+    broken = f"broken symbolic link (its target {elsewhere / 'gone.avi'} does not exist)"
+    assert result.skipped == [(str(root / "s1" / "fe2.avi"), broken)]
+    assert result.other_files == 1 and result.files_found == 5
+    with pytest.raises(CorpusLayoutError, match="broken symbolic link"):
+        rml.index(root, on_error="raise")
 
 
 def test_get_indexer_names_the_known_corpora():
@@ -189,10 +206,10 @@ def test_enterface_unparseable_names_raise_or_skip(tmp_path):
         "subject 1/anger/sentence 3/s1_xx_3.avi",
     )
     with pytest.raises(CorpusLayoutError) as error:
-        enterface.index(tmp_path)
+        enterface.index(tmp_path, on_error="raise")
     assert "2 file(s)" in str(error.value) and "s<N>_<emo>_<k>" in str(error.value)
     assert str(tmp_path / "subject 1/anger/sentence 2/s1_an_2 copy.avi") in str(error.value)
-    result = enterface.index(tmp_path, on_error="skip")
+    result = enterface.index(tmp_path)
     assert [clip.clip_id for clip in result.clips] == ["subject_01_an_1"]
     assert sorted(Path(path).name for path, _ in result.skipped) == ["s1_an_2 copy.avi", "s1_xx_3.avi"]
 
@@ -229,7 +246,10 @@ def test_ravdess_shared_speech_gives_960_clips(ravdess_speech_root):
     assert len({subject for subject, _ in per_subject_label}) == 20
     assert set(per_subject_label.values()) == {8}
     assert Counter(clip.label for clip in result.clips) == {label: 160 for label in PAPER_EMOTIONS}
-    assert "left out 80 file(s): class neutral" in result.notes
+    assert Counter(rule for _, rule in result.excluded) == {
+        "class neutral not in classes": 80, "class calm not in classes": 160
+    }
+    assert result.files_found == 1200 and result.other_files == 0
     with_neutral = ravdess.index(ravdess_speech_root, modality="audio", classes=("neutral", *PAPER_EMOTIONS))
     assert len(with_neutral.clips) == 1040
 
@@ -251,7 +271,10 @@ def test_ravdess_modality_channel_and_classes_select_files(tmp_path):
     assert_well_formed(ravdess.index(tmp_path))
     audio = ravdess.index(tmp_path, modality="audio")
     assert len(audio.clips) == 96 and {clip.path.suffix for clip in audio.clips} == {".wav"}
-    assert any("not audio" in note for note in audio.notes)
+    assert Counter(rule for _, rule in audio.excluded) == {
+        "not audio (modality)": 2 * (60 + 60 + 44), "class calm not in classes": 16, "class neutral not in classes": 8
+    }
+    assert audio.files_found == 2 * 224
     song = ravdess.index(tmp_path, vocal_channel="song", classes=("neutral", "calm", "happiness"))
     assert Counter(clip.label for clip in song.clips) == {"neutral": 8, "calm": 16, "happiness": 16}
     clip = ravdess.index(tmp_path, classes=("anger",)).clips[0]
@@ -266,11 +289,11 @@ def test_ravdess_actor_folder_disagreement_and_bad_names(tmp_path):
     make_ravdess(tmp_path, actors=(1,))
     touch(tmp_path, "Actor_01/01-01-05-01-01-01-02.mp4", "Actor_01/01-01-09-01-01-01-01.mp4", "Actor_01/clip.mp4")
     with pytest.raises(CorpusLayoutError) as error:
-        ravdess.index(tmp_path)
+        ravdess.index(tmp_path, on_error="raise")
     message = str(error.value)
     assert "3 file(s)" in message and "MM-VV-EE-II-SS-RR-AA" in message
     assert "'Actor_01' disagrees with actor 02" in message and "emotion code 09" in message
-    result = ravdess.index(tmp_path, on_error="skip")
+    result = ravdess.index(tmp_path)
     assert len(result.clips) == 48 and len(result.skipped) == 3
 
 
@@ -306,13 +329,16 @@ def test_emodb_generated_tree_maps_letters_to_class_names(tmp_path):
     assert Counter(clip.label for clip in result.clips) == {
         "anger": 4, "disgust": 4, "fear": 4, "happiness": 5, "sadness": 4
     }
-    assert sorted(result.notes) == ["left out 4 file(s): class boredom", "left out 4 file(s): class neutral"]
+    assert Counter(rule for _, rule in result.excluded) == {
+        "class boredom not in classes": 4, "class neutral not in classes": 4
+    }
+    assert result.other_files == 3 and result.files_found == 2 * 7 * 2 + 1 + 3
     clip = {clip.clip_id: clip for clip in result.clips}["16b10Ta"]
     assert (clip.subject, clip.label) == ("speaker_16", "sadness")
     assert clip.extra == {"text": "b10", "version": "a", "emotion_code": "T", "gender": "female"}
     assert decode_clip(clip.path, sample_rate=SAMPLE_RATE, with_video=False).audio.shape == (3200,)
     every = emodb.index(tmp_path, classes=tuple(emodb.EMOTIONS.values()))
-    assert len(every.clips) == 2 * 7 * 2 + 1 and every.notes == []
+    assert len(every.clips) == 2 * 7 * 2 + 1 and every.excluded == [] and every.notes == []
     assert {clip.label for clip in every.clips if clip.extra["emotion_code"] == "L"} == {"boredom"}
 
 
@@ -321,12 +347,12 @@ def test_emodb_malformed_names_raise_or_are_skipped(tmp_path):
     for bad in ("03a01Xa.wav", "05a01Wa.wav", "03a1Wa.wav", "03a01W.wav"):
         write_wav(tmp_path / "wav" / bad, np.zeros(160))
     with pytest.raises(CorpusLayoutError) as error:
-        emodb.index(tmp_path)
+        emodb.index(tmp_path, on_error="raise")
     message = str(error.value)
     assert "4 file(s)" in message and "<root>/wav/<speaker><text><emotion><version>.wav" in message
     assert "emotion letter X" in message and "speaker 05" in message
     assert str(tmp_path / "wav" / "03a1Wa.wav") in message
-    result = emodb.index(tmp_path, on_error="skip")
+    result = emodb.index(tmp_path)
     assert len(result.clips) == 2 * 5 * 2
     assert sorted(Path(path).name for path, _ in result.skipped) == ["03a01W.wav", "03a01Xa.wav", "03a1Wa.wav", "05a01Wa.wav"]
     with pytest.raises(ValueError, match="surprise"):

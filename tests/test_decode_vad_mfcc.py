@@ -1,4 +1,6 @@
 """Decoding, VAD (Eq. 1) and MFCC images (Eq. 2-4) on real recordings."""
+import subprocess
+import sys
 import wave
 
 import av
@@ -7,6 +9,8 @@ import pytest
 import torch
 import torchaudio
 
+from audio_trees import write_wav
+from conftest import REPO, without_read_override
 from datamodules.decode import BadInputError, decode_clip
 from datamodules.mfcc import frame_count, mfcc_frames, mfcc_images, num_segments, segment_mfcc
 from datamodules.vad import (
@@ -112,7 +116,7 @@ def test_video_without_audio_track(tmp_path):
             frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    with pytest.raises(BadInputError, match="no audio") as error:
+    with pytest.raises(BadInputError, match="no audio stream: a video-only file") as error:
         decode_clip(path)
     assert error.value.path == str(path)
 
@@ -126,6 +130,30 @@ def test_zero_length_audio(tmp_path):
         wav.writeframes(b"")
     with pytest.raises(BadInputError, match="zero length"):
         decode_clip(path)
+
+
+def test_empty_and_text_files_named_as_media(tmp_path):
+    empty, text = tmp_path / "empty.flac", tmp_path / "readme.flac"
+    empty.touch()
+    text.write_text("This is a readme, not a recording.\n")
+    with pytest.raises(BadInputError) as error:
+        decode_clip(empty)
+    assert error.value.reason == "empty file (0 bytes)"
+    with pytest.raises(BadInputError) as error:
+        decode_clip(text)  # FFmpeg's flac reader opens it by its name and finds no header
+    assert error.value.reason == "not a media file: no flac header; it begins with text 'This is a readme, not a '"
+
+
+def test_unreadable_file_says_permission_denied(tmp_path):
+    path = tmp_path / "locked.wav"
+    write_wav(path, np.zeros(SR // 10))
+    path.chmod(0)
+    probe = f"from datamodules.decode import decode_clip\ndecode_clip({str(path)!r})"
+    result = subprocess.run(
+        without_read_override([sys.executable, "-c", probe]), cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    reason = "permission denied: the file is not readable by this user"
+    assert result.stderr.strip().endswith(f"BadInputError: {path}: {reason}")
 
 
 # ---------------------------------------------------------------- VAD
@@ -179,6 +207,14 @@ def test_vad_on_silence_keeps_whole_clip():
         assert not result.found and not result.active.any()
         assert (result.start_s, result.end_s) == (0.0, 2.0)
         assert np.isfinite(result.ratios).all()
+
+
+@pytest.mark.parametrize("seconds", [0.05, 0.12])  # fewer windows than the median filter's 11
+def test_vad_on_clips_shorter_than_its_median_filter(seconds):
+    t = np.arange(round(seconds * SR)) / SR
+    result = detect_speech_span((0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), SR)
+    assert result.active.shape == result.ratios.shape == result.window_times.shape
+    assert (result.start_s, result.end_s) == (0.0, pytest.approx(seconds))
 
 
 def test_vad_span_is_clamped_to_clip():

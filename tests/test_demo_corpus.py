@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import compose_train
 from datamodules.clips import PAPER_EMOTIONS
 from datamodules.corpora import demo
 from datamodules.demo_corpus import (
@@ -184,3 +185,14 @@ def test_command_line(tmp_path, capsys):
     assert len(clips) == 12 and {clip.subject for clip in clips} == {"s01", "s02"}
     _, frames, facts = decode(clips[0].path)
     assert frames.shape == (19, 64, 96, 3) and facts["fps"] == pytest.approx(10.0)
+
+
+def test_preprocessing_defaults_keep_every_demo_clip(tiny_demo):
+    """Clips without speech and clips shorter than one segment are dropped by default: the demo has none."""
+    from hydra.utils import instantiate
+
+    report = instantiate(compose_train(tiny_demo).data).prepare_data().report
+    assert report["files"] == {
+        "found": 3 * 6 + 1, "prepared": 3 * 6, "dropped": 0, "excluded": 0, "skipped": 0, "other_files": 1  # + manifest
+    }
+    assert report["dropped"] == {} and report["vad_not_found"] == []

@@ -89,12 +89,16 @@ def test_bad_input_is_reported_and_the_run_goes_on(tmp_path, ravdess_speech_root
         Clip("broken", corrupt, "actor_01", "anger"),
         Clip("truncated", truncated, "actor_01", "sadness"),
     ]
-    prepared = prepare_corpus(clips, audio_cfg(), tmp_path / "cache", corpus="ravdess", workers=2, progress=False)
+    cfg = audio_cfg()
+    cfg["max_failed_fraction"] = 1.0
+    prepared = prepare_corpus(clips, cfg, tmp_path / "cache", corpus="ravdess", workers=2, progress=False)
     assert [c.clip_id for c in prepared.clips] == [good[0].clip_id]
-    assert set(prepared.report["dropped"]) == {"broken", "truncated"}
-    assert str(corrupt) in prepared.report["dropped"]["broken"]
-    assert str(truncated) in prepared.report["dropped"]["truncated"]
-    folder = cache_folder(tmp_path / "cache", "ravdess", audio_cfg())
+    dropped = prepared.report["dropped"]
+    assert set(dropped) == {"broken", "truncated"}
+    assert dropped["broken"]["path"] == str(corrupt) and dropped["broken"]["step"] == "decode"
+    assert dropped["broken"]["reason"].startswith("not a media file: no flac header; it begins with bytes 00 6e 6f 74")
+    assert dropped["truncated"]["path"] == str(truncated) and "truncated" in dropped["truncated"]["reason"]
+    folder = cache_folder(tmp_path / "cache", "ravdess", cfg)
     assert sorted(p.name for p in folder.glob("*.pt")) == [f"{good[0].clip_id}.pt"]
 
 

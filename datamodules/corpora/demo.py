@@ -8,6 +8,6 @@ from datamodules.corpora import rml
 from datamodules.demo_corpus import CLIP_SUFFIX
 
 
-def index(root: str | Path, *, on_error: str = "raise") -> IndexResult:
+def index(root: str | Path, *, on_error: str = "skip") -> IndexResult:
     """Index a corpus written by ``datamodules.demo_corpus.generate_demo_corpus``."""
     return rml.index(root, on_error=on_error, extensions=(CLIP_SUFFIX,))

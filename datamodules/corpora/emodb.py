@@ -9,12 +9,11 @@ a01 happily, first version. Labels are mapped onto the paper's emotion names.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from datamodules.clips import Clip, IndexResult
-from datamodules.corpora import Problem, check_classes, check_on_error, finish_index, media_files, require_root
+from datamodules.clips import Clip, IndexResult, class_rule
+from datamodules.corpora import check_classes, check_on_error, finish_index, require_root, scan_media, sort_files
 
 EMOTIONS: dict[str, str] = {
     "W": "anger",
@@ -62,31 +61,21 @@ def parse_path(path: Path) -> Clip:
 def index(
     root: str | Path,
     *,
-    on_error: str = "raise",
+    on_error: str = "skip",
     classes: Sequence[str] = ("anger", "disgust", "fear", "happiness", "sadness"),
 ) -> IndexResult:
-    """Index every ``.wav`` file under ``root`` whose label is in ``classes``; other files are ignored.
+    """Index every ``.wav`` file under ``root`` whose label is in ``classes``; other files are counted.
 
-    Files of other classes are counted in ``IndexResult.notes``. A wav file whose name does not parse
-    raises ``CorpusLayoutError`` (``on_error="raise"``) or is listed in ``IndexResult.skipped``
-    (``on_error="skip"``).
+    Files of other classes are listed in ``IndexResult.excluded``. A wav file whose name does not parse
+    is listed in ``IndexResult.skipped`` (``on_error="skip"``) or raises ``CorpusLayoutError``
+    (``on_error="raise"``).
     """
     check_on_error(on_error)
     check_classes(classes, EMOTIONS.values(), "EmoDB")
     root = require_root(root, "EmoDB")
-    clips: list[Clip] = []
-    problems: list[Problem] = []
-    left_out: Counter[str] = Counter()
-    for path in media_files(root, (AUDIO_SUFFIX,)):
-        try:
-            clip = parse_path(path)
-        except ValueError as reason:
-            problems.append((path, str(reason)))
-            continue
-        if clip.label in classes:
-            clips.append(clip)
-        else:
-            left_out[clip.label] += 1
-    notes = [f"left out {count} file(s): class {label}" for label, count in sorted(left_out.items())]
+    scan = scan_media(root, (AUDIO_SUFFIX,))
+    clips, problems, excluded = sort_files(scan.files, parse_path, lambda clip: class_rule(clip, classes))
     expected = f"{EXPECTED_LAYOUT}; selected classes={list(classes)}"
-    return finish_index(clips, problems, corpus="EmoDB", root=root, expected=expected, on_error=on_error, notes=notes)
+    return finish_index(
+        clips, problems, scan=scan, excluded=excluded, corpus="EmoDB", root=root, expected=expected, on_error=on_error
+    )

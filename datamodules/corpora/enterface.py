@@ -20,10 +20,10 @@ from datamodules.corpora import (
     Problem,
     check_on_error,
     finish_index,
-    media_files,
     natural_key,
     normalise_extension,
     require_root,
+    scan_media,
 )
 
 logger = logging.getLogger(__name__)
@@ -121,11 +121,11 @@ def coverage_notes(clips: list[Clip]) -> list[str]:
     return notes
 
 
-def index(root: str | Path, *, on_error: str = "raise", extensions: Sequence[str] = (".avi",)) -> IndexResult:
-    """Index every video file (by ``extensions``) under ``root``; other files are ignored.
+def index(root: str | Path, *, on_error: str = "skip", extensions: Sequence[str] = (".avi",)) -> IndexResult:
+    """Index every video file (by ``extensions``) under ``root``; other files are counted in ``other_files``.
 
-    A video file whose name does not parse raises ``CorpusLayoutError`` (``on_error="raise"``) or
-    is listed in ``IndexResult.skipped`` (``on_error="skip"``). Folder names that disagree with the
+    A video file whose name does not parse is listed in ``IndexResult.skipped`` (``on_error="skip"``)
+    or raises ``CorpusLayoutError`` (``on_error="raise"``). Folder names that disagree with the
     file name do not cost the clip: they are logged as warnings and listed in ``IndexResult.notes``.
     """
     check_on_error(on_error)
@@ -133,7 +133,8 @@ def index(root: str | Path, *, on_error: str = "raise", extensions: Sequence[str
     clips: list[Clip] = []
     problems: list[Problem] = []
     notes: list[str] = []
-    for path in media_files(root, extensions):
+    scan = scan_media(root, extensions)
+    for path in scan.files:
         try:
             clip, disagreements = parse_path(path, root)
         except ValueError as reason:
@@ -147,6 +148,7 @@ def index(root: str | Path, *, on_error: str = "raise", extensions: Sequence[str
     result = finish_index(
         clips,
         problems,
+        scan=scan,
         corpus="eNTERFACE'05",
         root=root,
         expected=expected_layout(extensions),

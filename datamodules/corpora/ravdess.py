@@ -9,12 +9,11 @@ repetition, actor. Labels are mapped onto the paper's emotion names (happy -> ha
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from datamodules.clips import PAPER_EMOTIONS, Clip, IndexResult
-from datamodules.corpora import Problem, check_classes, check_on_error, finish_index, media_files, require_root
+from datamodules.clips import PAPER_EMOTIONS, Clip, IndexResult, class_rule
+from datamodules.corpora import check_classes, check_on_error, finish_index, require_root, scan_media, sort_files
 
 MODALITIES: dict[str, str] = {"01": "audio_video", "02": "video", "03": "audio"}
 VOCAL_CHANNELS: dict[str, str] = {"01": "speech", "02": "song"}
@@ -90,19 +89,28 @@ def is_modality(clip: Clip, modality: str) -> bool:
     return clip.extra["modality"] == "audio" or suffix in AUDIO_SUFFIXES
 
 
+def selection_rule(clip: Clip, modality: str, vocal_channel: str, classes: Sequence[str]) -> str | None:
+    """The first selection option that leaves ``clip`` out, as a rule for the report; None when it is kept."""
+    if not is_modality(clip, modality):
+        return f"not {modality} (modality)"
+    if clip.extra["vocal_channel"] != vocal_channel:
+        return f"{clip.extra['vocal_channel']} channel, not {vocal_channel} (vocal_channel)"
+    return class_rule(clip, classes)
+
+
 def index(
     root: str | Path,
     *,
-    on_error: str = "raise",
+    on_error: str = "skip",
     modality: str = "audio_video",
     vocal_channel: str = "speech",
     classes: Sequence[str] = PAPER_EMOTIONS,
 ) -> IndexResult:
     """Index the recordings of ``modality`` and ``vocal_channel`` whose label is in ``classes``.
 
-    Files left out by these options are counted in ``IndexResult.notes``. A media file whose name
-    does not parse, or whose actor folder disagrees with its name, raises ``CorpusLayoutError``
-    (``on_error="raise"``) or is listed in ``IndexResult.skipped`` (``on_error="skip"``).
+    Files left out by these options are listed in ``IndexResult.excluded`` with the rule. A media file
+    whose name does not parse, or whose actor folder disagrees with its name, is listed in
+    ``IndexResult.skipped`` (``on_error="skip"``) or raises ``CorpusLayoutError`` (``on_error="raise"``).
     """
     check_on_error(on_error)
     if modality not in SELECTABLE_MODALITIES:
@@ -111,23 +119,12 @@ def index(
         raise ValueError(f"vocal_channel must be one of {tuple(VOCAL_CHANNELS.values())}, got {vocal_channel!r}")
     check_classes(classes, EMOTIONS.values(), "RAVDESS")
     root = require_root(root, "RAVDESS")
-    clips: list[Clip] = []
-    problems: list[Problem] = []
-    left_out: Counter[str] = Counter()
-    for path in media_files(root, (VIDEO_SUFFIX, *AUDIO_SUFFIXES)):
-        try:
-            clip = parse_path(path, root)
-        except ValueError as reason:
-            problems.append((path, str(reason)))
-            continue
-        if not is_modality(clip, modality):
-            left_out[f"not {modality}"] += 1
-        elif clip.extra["vocal_channel"] != vocal_channel:
-            left_out[f"{clip.extra['vocal_channel']} channel"] += 1
-        elif clip.label not in classes:
-            left_out[f"class {clip.label}"] += 1
-        else:
-            clips.append(clip)
-    notes = [f"left out {count} file(s): {reason}" for reason, count in sorted(left_out.items())]
+    scan = scan_media(root, (VIDEO_SUFFIX, *AUDIO_SUFFIXES))
+    clips, problems, excluded = sort_files(
+        scan.files, lambda path: parse_path(path, root),
+        lambda clip: selection_rule(clip, modality, vocal_channel, classes),
+    )
     expected = f"{EXPECTED_LAYOUT}; selected: modality={modality}, vocal_channel={vocal_channel}, classes={list(classes)}"
-    return finish_index(clips, problems, corpus="RAVDESS", root=root, expected=expected, on_error=on_error, notes=notes)
+    return finish_index(
+        clips, problems, scan=scan, excluded=excluded, corpus="RAVDESS", root=root, expected=expected, on_error=on_error
+    )

@@ -14,13 +14,13 @@ from pathlib import Path
 from datamodules.clips import Clip, IndexResult
 from datamodules.corpora import (
     EMOTION_CODES,
-    Problem,
     check_on_error,
     finish_index,
-    media_files,
     normalise_extension,
     require_root,
     safe_id,
+    scan_media,
+    sort_files,
 )
 
 _SPEAKER_FOLDER = re.compile(r"s(\d+)", re.IGNORECASE)
@@ -62,21 +62,16 @@ def parse_path(path: Path, root: Path) -> Clip:
     )
 
 
-def index(root: str | Path, *, on_error: str = "raise", extensions: Sequence[str] = (".avi",)) -> IndexResult:
-    """Index every video file (by ``extensions``) under ``root``; other files are ignored.
+def index(root: str | Path, *, on_error: str = "skip", extensions: Sequence[str] = (".avi",)) -> IndexResult:
+    """Index every video file (by ``extensions``) under ``root``; other files are counted in ``other_files``.
 
-    A video file whose path does not parse raises ``CorpusLayoutError`` (``on_error="raise"``)
-    or is listed in ``IndexResult.skipped`` with the reason (``on_error="skip"``).
+    A video file whose path does not parse is listed in ``IndexResult.skipped`` with the reason
+    (``on_error="skip"``) or raises ``CorpusLayoutError`` (``on_error="raise"``).
     """
     check_on_error(on_error)
     root = require_root(root, "RML")
-    clips: list[Clip] = []
-    problems: list[Problem] = []
-    for path in media_files(root, extensions):
-        try:
-            clips.append(parse_path(path, root))
-        except ValueError as reason:
-            problems.append((path, str(reason)))
+    scan = scan_media(root, extensions)
+    clips, problems, _ = sort_files(scan.files, lambda path: parse_path(path, root))
     return finish_index(
-        clips, problems, corpus="RML", root=root, expected=expected_layout(extensions), on_error=on_error
+        clips, problems, scan=scan, corpus="RML", root=root, expected=expected_layout(extensions), on_error=on_error
     )
