@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from datamodules.clips import Clip, CorpusLayoutError, IndexResult
+from datamodules.clips import Clip, CorpusLayoutError, IndexResult, NoClipsError
 
 CORPORA: tuple[str, ...] = ("rml", "enterface", "ravdess", "demo", "emodb")
 ON_ERROR_CHOICES: tuple[str, ...] = ("raise", "skip")
@@ -133,7 +133,7 @@ def finish_index(
     if not clips:
         details = ([f"{len(problems)} file(s) skipped as unparseable"] if problems else []) + list(notes or [])
         found = f" ({'; '.join(details)})" if details else ""
-        raise CorpusLayoutError(f"no {corpus} clips found under {root}{found}; expected {expected}")
+        raise NoClipsError(f"no {corpus} clips found under {root}{found}; expected {expected}")
     return IndexResult(
         clips=sorted(clips, key=clip_sort_key),
         skipped=[(str(path), reason) for path, reason in problems],
