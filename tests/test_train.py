@@ -30,6 +30,7 @@ def test_fusion_refuses_to_start_without_upstream_checkpoints(tiny_demo, tmp_pat
     message = str(err.value)
     assert "python train.py stage=audio fold=2" in message and "python train.py stage=visual fold=2" in message
     assert str(tmp_path / "demo" / "loso" / "audio" / "fold_2" / "checkpoints" / "best.ckpt") in message
+    assert not (tmp_path / "demo" / "loso" / "fusion").exists(), "refused before its fold folder was made"
 
 
 @pytest.mark.slow
