@@ -7,14 +7,19 @@ Follow it: configs/train.yaml -> lightning_modules/cross_validation.py (run, tra
 -> datamodules/datamodule.py (data) and lightning_modules/{audio,visual,fusion}_module.py (loss).
 """
 import os
+import sys
 import warnings
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from lightning_modules.config_errors import check_choices, one_line_errors
+
 os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+# a resumed fold's checkpoints folder holds its last.ckpt; a fresh one is emptied first (lightning_modules/resume.py)
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -23,9 +28,12 @@ def main(cfg: DictConfig) -> float:
     (and seeds): what Hydra multirun sweepers optimise. Test metrics are never returned."""
     from lightning_modules.cross_validation import run
 
-    summaries = run(cfg)
+    with one_line_errors():
+        summaries = run(cfg)
     return summaries[list(summaries)[-1]]["objective"]["mean"]
 
 
 if __name__ == "__main__":
+    with one_line_errors():  # before Hydra, whose own message for an unknown config name has no command
+        check_choices(sys.argv[1:], Path(__file__).resolve().parent / "configs")
     main()

@@ -12,6 +12,7 @@ fold runs are ordinary runs, and the cv-summary run of the last stage is started
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ from typing import Any
 
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 AGENT_VARIABLES = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
+WANDB_ID_FILE = "wandb_run_id"  # in the fold folder: the id a resumed fold's W&B run continues
 _STASH_PREFIX = "AVER_AGENT_"
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -126,12 +129,28 @@ def wandb_init_kwargs(cfg: DictConfig, *, name: str, job_type: str, out_dir: Pat
     }
 
 
-def build_logger(cfg: DictConfig, *, stage: str, fold: int, out_dir: Path) -> Logger | bool:
+def fold_run_id(out_dir: Path, resume: bool) -> str | None:
+    """The W&B run id of the fold in ``out_dir``: the one stored there when ``resume`` (a fold trained on
+    from its last.ckpt continues its run), else a new one, stored. None on ranks other than zero."""
+    if rank_zero_only.rank != 0:
+        return None
+    stored = out_dir / WANDB_ID_FILE
+    if resume and stored.exists():
+        return stored.read_text().strip()
+    run_id = secrets.token_hex(4)  # not from the global generators, whose draws training must keep
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stored.write_text(run_id)
+    return run_id
+
+
+def build_logger(cfg: DictConfig, *, stage: str, fold: int, out_dir: Path, resume: bool = False) -> Logger | bool:
     """The Lightning logger of one (stage, fold) run, or False for ``logger=none``.
 
     W&B: run ``fold_<K>``, ``job_type`` = stage, files under ``<out_dir>/wandb``; checkpoints become
-    model artifacts only when the run is online (``logger.log_model``). Other loggers (CSV) get
-    ``save_dir=out_dir``. Cheap on every rank: a W&B run starts on rank zero at its first use.
+    model artifacts only when the run is online (``logger.log_model``). ``resume``: the fold goes on from
+    its last.ckpt, so the run goes on under the id stored in ``out_dir`` (``resume="allow"``, offline too).
+    Other loggers (CSV) get ``save_dir=out_dir``. Cheap on every rank: a W&B run starts on rank zero at its
+    first use.
     """
     logger_cfg = cfg.get("logger")
     if not logger_cfg or "_target_" not in logger_cfg:
@@ -139,6 +158,7 @@ def build_logger(cfg: DictConfig, *, stage: str, fold: int, out_dir: Path) -> Lo
     if not is_wandb(logger_cfg):
         return instantiate(logger_cfg, save_dir=str(out_dir))
     kwargs = wandb_init_kwargs(cfg, name=f"fold_{fold}", job_type=stage, out_dir=out_dir)
+    kwargs |= {"id": fold_run_id(out_dir, resume), "resume": "allow"}
     log_model = bool(logger_cfg.get("log_model")) and kwargs["mode"] == "online"
     logger = get_class(logger_cfg._target_)(save_dir=kwargs.pop("dir"), log_model=log_model, **kwargs)
     logger._wandb_init.pop("anonymous", None)  # deprecated in wandb, which warns whenever it is passed

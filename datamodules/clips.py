@@ -28,6 +28,10 @@ class CorpusLayoutError(ValueError):
     """Raised when a corpus root holds file names that do not parse."""
 
 
+class NoClipsError(CorpusLayoutError):
+    """Raised when a corpus root holds no clip of the corpus's layout at all."""
+
+
 @dataclass
 class IndexResult:
     """What an indexer found under a root: every file is a clip, excluded, skipped or another file.

@@ -77,8 +77,13 @@ class FeatureDataModule(L.LightningDataModule):
             self._key = "|".join([*digests, self.fold_hash, self.precision])
         return self._key
 
+    @property
+    def cache_is_current(self) -> bool:
+        """Whether the feature cache holds the features of these checkpoints, fold and precision."""
+        return self.cache_path.exists() and torch.load(self.cache_path, mmap=True)["key"] == self.key
+
     def prepare_data(self) -> None:
-        if self.cache_path.exists() and torch.load(self.cache_path, mmap=True)["key"] == self.key:
+        if self.cache_is_current:
             return
         from lightning_modules.audio_module import AudioModule
         from lightning_modules.visual_module import VisualModule

@@ -26,9 +26,10 @@ from sklearn.preprocessing import StandardScaler
 from datamodules.datamodule import EmotionDataModule
 from datamodules.preprocess import atomic_write_text
 from datamodules.utterance_features import UtteranceFeatures, feature_folder, utterance_features
-from lightning_modules.cross_validation import fold_dir, subjects_of_fold, write_fold_provenance
+from lightning_modules.cross_validation import fold_dir, fold_provenance, subjects_of_fold, write_fold_files
 from lightning_modules.cv_summary import check_objective, fold_metrics, metric_row, split_metrics
 from lightning_modules.evaluation import evaluate
+from lightning_modules.resume import clear_fold, plan_fold, removed_if_failed
 
 
 def svm_pipeline(classifier: ClassifierMixin, calibration: Callable[..., ClassifierMixin], C: float) -> ClassifierMixin:
@@ -89,30 +90,35 @@ def train_baseline(cfg: DictConfig, fold: int, datamodule: EmotionDataModule) ->
     ``<run_dir>/baseline-<model.baseline.name>/``, so that the feature sets keep apart."""
     stage = f"baseline-{cfg.model.baseline.name}"
     out = fold_dir(cfg, stage, fold)
-    if rank_zero_only.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "config.yaml")
     datamodule.fold = fold
     if not datamodule.current_fold.val:
         raise ValueError(f"stage=baseline fold={fold}: no validation clips to choose C on (cv={cfg.cv.name})")
-    provenance = write_fold_provenance(cfg, stage, fold, datamodule)
-    extractor: UtteranceFeatures = instantiate(cfg.model.baseline.features)
-    data, dropped = {}, {}
-    for part in ("train", "val", "test"):
-        features, labels, dropped[part] = part_features(datamodule, part, extractor, cfg.paths.cache_dir)
-        data[part] = (features, labels)
-    num_classes = len(datamodule.classes)
-    classifier, calibration = instantiate(cfg.model.baseline.classifier), instantiate(cfg.model.baseline.calibration)
-    model, C, search = choose_C(
-        lambda C: svm_pipeline(classifier, calibration, C), [float(C) for C in cfg.model.baseline.C_grid],
-        data["train"], data["val"], cfg.objective, num_classes,
-    )
-    val, test = (split_metrics(evaluate_clips(model, *data[part], num_classes)) for part in ("val", "test"))
-    metrics = fold_metrics(provenance, subjects_of_fold(datamodule), OmegaConf.to_container(cfg.objective), val, test)
-    metrics["baseline"] = {
-        "features": extractor.identity(), "classifier": str(classifier), "C": C,
-        "C_search": search, "n_train_clips": len(data["train"][1]), "dropped_clips": dropped,
-    }
+    plan = plan_fold(cfg, out)
+    if plan.metrics is not None:
+        return plan.metrics
+    provenance = fold_provenance(cfg, stage, fold, datamodule)
+    with removed_if_failed(out):
+        clear_fold(out)
+        write_fold_files(cfg, out, provenance)
+        extractor: UtteranceFeatures = instantiate(cfg.model.baseline.features)
+        data, dropped = {}, {}
+        for part in ("train", "val", "test"):
+            features, labels, dropped[part] = part_features(datamodule, part, extractor, cfg.paths.cache_dir)
+            data[part] = (features, labels)
+        num_classes = len(datamodule.classes)
+        classifier = instantiate(cfg.model.baseline.classifier)
+        calibration = instantiate(cfg.model.baseline.calibration)
+        model, C, search = choose_C(
+            lambda C: svm_pipeline(classifier, calibration, C), [float(C) for C in cfg.model.baseline.C_grid],
+            data["train"], data["val"], cfg.objective, num_classes,
+        )
+        val, test = (split_metrics(evaluate_clips(model, *data[part], num_classes)) for part in ("val", "test"))
+        objective = OmegaConf.to_container(cfg.objective)
+        metrics = fold_metrics(provenance, subjects_of_fold(datamodule), objective, val, test)
+        metrics["baseline"] = {
+            "features": extractor.identity(), "classifier": str(classifier), "C": C,
+            "C_search": search, "n_train_clips": len(data["train"][1]), "dropped_clips": dropped,
+        }
     if rank_zero_only.rank == 0:
         atomic_write_text(json.dumps(metrics, indent=2), out / "metrics.json")
     return metrics

@@ -2,7 +2,8 @@
 
 Each (stage, fold) run writes ``<run_dir>/<stage>/fold_<K>/`` with ``config.yaml``,
 ``fold.json`` (what it was trained on), ``checkpoints/best.ckpt`` (chosen on ``objective.metric`` over
-validation clips from training subjects only), ``metrics.json`` (the chosen checkpoint's ``val`` and
+validation clips from training subjects only), ``checkpoints/last.ckpt`` (every epoch: a rerun resumes from
+it, lightning_modules/resume.py), ``metrics.json`` (the chosen checkpoint's ``val`` and
 ``test`` metrics), ``plots/*_confusion.png`` and, with W&B, its run under ``wandb/``; ``fold=all`` adds
 ``<run_dir>/<stage>/summary.json``, ``fold_accuracy.png``, ``pooled_*_confusion.png``, a W&B
 cv-summary run and a row per stage in ``<output_dir>/<corpus>/<cv>/results.csv``.
@@ -33,6 +34,7 @@ from datamodules.datamodule import EmotionDataModule
 from datamodules.features import FeatureDataModule
 from datamodules.corpora import natural_key
 from datamodules.preprocess import atomic_write_text
+from lightning_modules.config_errors import check_accelerator, check_fold, check_roots, check_stage, index_corpus
 from lightning_modules.cv_summary import (
     check_objective,
     fold_metrics,
@@ -42,6 +44,7 @@ from lightning_modules.cv_summary import (
     summarize_folds,
     summarize_seeds,
 )
+from lightning_modules.resume import LAST_CHECKPOINT, FoldPlan, KeepEarlyStop, clear_fold, plan_fold, removed_if_failed
 
 STAGES = ("audio", "visual", "fusion")  # stage=all
 BASELINE = "baseline"  # the classical floor (lightning_modules/baseline.py), run only when named
@@ -105,27 +108,31 @@ def run_tag(cfg: DictConfig, agent: AgentRun | None) -> str:
     return ""
 
 
-def write_fold_provenance(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule) -> dict:
-    """What a (stage, fold) was trained on, as ``fold.json`` in its folder (rank zero writes it).
+def fold_provenance(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule) -> dict:
+    """What a (stage, fold) is trained on, written as ``fold.json`` in its folder (``write_fold_files``).
 
     ``fold_hash`` identifies the fold's train/val/test clip ids; ``preprocess_key`` the clip cache (the
     preprocessing config and the corpus root). The fusion stage refuses extractors whose values differ.
     """
-    split = datamodule.current_fold
-    provenance = {
+    return {
         "stage": stage,
         "fold": fold,
         "corpus": datamodule.name,
         "root": datamodule.source,
         "cv": OmegaConf.to_container(cfg.cv, resolve=True),
-        "fold_hash": split.content_hash,
+        "fold_hash": datamodule.current_fold.content_hash,
         "preprocess_key": datamodule.cache_folder.name,
         "class_names": list(datamodule.classes),
         "seed": int(cfg.seed),
     }
+
+
+def write_fold_files(cfg: DictConfig, out: Path, provenance: dict, config_name: str = "config.yaml") -> None:
+    """The resolved config (as ``config_name``) and ``fold.json`` in the fold folder ``out`` (rank zero)."""
     if rank_zero_only.rank == 0:
-        atomic_write_text(json.dumps(provenance, indent=2), fold_dir(cfg, stage, fold) / "fold.json")
-    return provenance
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / config_name)
+        atomic_write_text(json.dumps(provenance, indent=2), out / "fold.json")
 
 
 def check_upstream_provenance(own: dict, checkpoints: dict[str, Path], overrides: list[str]) -> None:
@@ -150,44 +157,81 @@ def check_upstream_provenance(own: dict, checkpoints: dict[str, Path], overrides
 
 
 class TrainFromSeededState(L.Callback):
-    """Training starts from the random state the run had just before ``fit``, whatever ran in between.
+    """Training starts from the random state the run had just before ``fit``, whatever ran in between;
+    a run resumed from a checkpoint goes on from the random state saved in it.
 
     ``fit`` prepares the data before it trains: on a cold cache that builds MTCNN to preprocess the
     clips (in this process when ``preprocess_workers`` is 1, the default on 2 cores) or loads the
     frozen extractors to compute the fusion features; both initialise networks from the global
     generator, which a warm cache skips. ``capture`` before ``fit`` and the restore at ``on_fit_start``
     (after ``prepare_data`` and ``setup``) make shuffling, dropout and augmentation draw the same numbers
-    in the first run of an experiment and in every rerun, and on every rank.
+    in the first run of an experiment and in every rerun, and on every rank. Every checkpoint holds the
+    random state of the moment it was saved (``state_dict``); resuming from one loads it in place of the
+    captured state (``load_state_dict`` runs before ``on_fit_start``), so the epochs after a kill draw what
+    they would have drawn in one uninterrupted run.
     """
 
     def __init__(self) -> None:
         self.states: dict | None = None
 
     def capture(self) -> None:
-        self.states = {
+        self.states = self.state_dict()
+
+    def state_dict(self) -> dict:
+        kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        return {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": (kind, keys.tolist(), position, has_gauss, cached_gaussian),  # plain types: weights_only loads
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         }
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.states = state_dict
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.states is None:
             raise RuntimeError("TrainFromSeededState.capture() must be called before fit")
+        kind, keys, position, has_gauss, cached_gaussian = self.states["numpy"]
         random.setstate(self.states["python"])
-        np.random.set_state(self.states["numpy"])
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
         torch.set_rng_state(self.states["torch"])
         if self.states["cuda"] is not None:
             torch.cuda.set_rng_state_all(self.states["cuda"])
 
 
+def stage_data(
+    cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule, provenance: dict
+) -> L.LightningDataModule:
+    """The data ``stage`` trains on: the corpus's segments with the stage's inputs, or for the fusion stage
+    the features of the fold's audio and visual extractors (refused when missing or of another fold split)."""
+    batch_size = cfg.model[stage].batch_size
+    if stage != "fusion":
+        datamodule.inputs, datamodule.batch_size = STAGE_INPUTS[stage], batch_size
+        return datamodule
+    audio_ckpt, visual_ckpt = upstream_checkpoints(cfg, fold, _task_overrides())
+    check_upstream_provenance(provenance, {"audio": audio_ckpt, "visual": visual_ckpt}, _task_overrides())
+    return FeatureDataModule(
+        datamodule, audio_ckpt, visual_ckpt, fold_dir(cfg, stage, fold) / "features.pt",
+        fold_hash=provenance["fold_hash"], precision=str(cfg.trainer.precision), batch_size=batch_size,
+    )
+
+
+def upstream_change(data: L.LightningDataModule, out: Path) -> str | None:
+    """Why a fusion fold's earlier results are stale though its config is the same (its extractors were
+    retrained since), or None."""
+    has_results = (out / "metrics.json").exists() or (out / LAST_CHECKPOINT).exists()
+    if isinstance(data, FeatureDataModule) and has_results and not data.cache_is_current:
+        return f"its audio or visual extractor changed since ({data.cache_path.name} is of other checkpoints)"
+    return None
+
+
 def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule) -> dict:
     """Train ``stage`` on ``fold``, choose its checkpoint on validation clips, test it, write metrics.json.
 
-    The checkpoint is chosen on ``objective.metric`` over the validation subjects; it is then validated
-    once more (the ``val`` block of metrics.json) and tested on the held-out clips (the ``test`` block).
-    With ``test_only=true`` the fold's existing best.ckpt is evaluated without training (for instance on
-    another number of devices: the metrics are the same).
+    A fold finished with the same config is skipped and an unfinished one goes on from its last.ckpt
+    (``resume``, lightning_modules/resume.py). With ``test_only=true`` the fold's existing best.ckpt is
+    evaluated without training (for instance on another number of devices: the metrics are the same).
     """
     out = fold_dir(cfg, stage, fold)
     test_only = bool(cfg.get("test_only"))
@@ -195,45 +239,49 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
         raise FileNotFoundError(
             f"test_only=true: stage={stage} fold={fold} has no checkpoint {best_checkpoint(cfg, stage, fold)}"
         )
-    if rank_zero_only.rank == 0:  # a test-only run keeps the training run's config.yaml
-        out.mkdir(parents=True, exist_ok=True)
-        config_name = "test_config.yaml" if test_only else "config.yaml"
-        atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out / config_name)
-    stage_cfg = cfg.model[stage]
     datamodule.fold = fold
-    provenance = write_fold_provenance(cfg, stage, fold, datamodule)
-    if stage == "fusion":
-        audio_ckpt, visual_ckpt = upstream_checkpoints(cfg, fold, _task_overrides())
-        check_upstream_provenance(provenance, {"audio": audio_ckpt, "visual": visual_ckpt}, _task_overrides())
-        data: L.LightningDataModule = FeatureDataModule(
-            datamodule, audio_ckpt, visual_ckpt, out / "features.pt", fold_hash=provenance["fold_hash"],
-            precision=str(cfg.trainer.precision), batch_size=stage_cfg.batch_size,
-        )
-    else:
-        datamodule.inputs = STAGE_INPUTS[stage]
-        datamodule.batch_size = stage_cfg.batch_size
-        data = datamodule
+    provenance = fold_provenance(cfg, stage, fold, datamodule)
+    data = stage_data(cfg, stage, fold, datamodule, provenance)
+    plan = FoldPlan() if test_only else plan_fold(cfg, out, upstream_change(data, out))
+    if plan.metrics is not None:
+        return plan.metrics
+    with removed_if_failed(out):
+        if not test_only and plan.checkpoint is None:
+            clear_fold(out)
+        # a test-only run keeps the training run's config.yaml
+        write_fold_files(cfg, out, provenance, "test_config.yaml" if test_only else "config.yaml")
+        return fit_and_test(cfg, stage, fold, data, provenance, plan.checkpoint)
+
+
+def fit_and_test(
+    cfg: DictConfig, stage: str, fold: int, data: L.LightningDataModule, provenance: dict, resume_from: Path | None
+) -> dict:
+    """Fit (from ``resume_from`` when given; not at all with ``test_only``), then validate and test the
+    checkpoint chosen on ``objective.metric`` over the validation subjects (the ``val`` and ``test`` blocks
+    of metrics.json)."""
+    out, stage_cfg = fold_dir(cfg, stage, fold), cfg.model[stage]
+    datamodule: EmotionDataModule = data.segments if isinstance(data, FeatureDataModule) else data
     L.seed_everything(cfg.seed + fold, workers=True)  # the module's initial weights
     module = instantiate(
         stage_cfg.module, _convert_="all", num_classes=len(datamodule.classes), class_names=list(datamodule.classes)
     )
     subjects = subjects_of_fold(datamodule)
-    logger = build_logger(cfg, stage=stage, fold=fold, out_dir=out)
+    logger = build_logger(cfg, stage=stage, fold=fold, out_dir=out, resume=resume_from is not None)
     context = {"dirpath": str(out / "checkpoints"), "out_dir": str(out), "stage": stage, "fold": fold,
                "test_subjects": subjects["test"]}
     seeded_state = TrainFromSeededState()
     callbacks = [*build_callbacks(cfg.callbacks, context, has_logger=logger is not False), seeded_state,
-                 LeakageGuard(datamodule)]
+                 KeepEarlyStop(), LeakageGuard(datamodule)]
     trainer: L.Trainer = instantiate(
         cfg.trainer, **stage_cfg.get("trainer", {}), callbacks=callbacks, logger=logger, default_root_dir=str(out)
     )
     failed = True
     try:
-        if test_only:
+        if cfg.get("test_only"):
             best: str | None = str(best_checkpoint(cfg, stage, fold))
         else:
             seeded_state.capture()
-            trainer.fit(module, datamodule=data)
+            trainer.fit(module, datamodule=data, ckpt_path=resume_from)
             checkpoint = trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
             if best and Path(best).name != "best.ckpt":
@@ -272,12 +320,7 @@ def finish_cross_validation(cfg: DictConfig, summary: dict, agent: AgentRun | No
 
 def resolve_folds(cfg: DictConfig, datamodule: EmotionDataModule) -> list[int]:
     """The fold indices ``fold=`` names (one index or all), or an error naming the valid range."""
-    n_folds = len(datamodule.folds)
-    if str(cfg.fold) == "all":
-        return list(range(n_folds))
-    if str(cfg.fold).isdigit() and int(cfg.fold) < n_folds:
-        return [int(cfg.fold)]
-    raise ValueError(f"fold={cfg.fold}: {datamodule.name} has folds 0..{n_folds - 1} under cv={cfg.cv.name}")
+    return check_fold(str(cfg.fold), len(datamodule.folds), datamodule.name, cfg.cv.name, _task_overrides())
 
 
 def cross_validate(
@@ -314,11 +357,12 @@ def run(cfg: DictConfig) -> dict[str, dict]:
     seed's extractors) and ``fold=all`` adds ``<run_dir>/<stage>/seeds_summary.json``: per seed the fold
     means, and the spread over seeds beside the spread over folds.
     """
+    overrides = _task_overrides()
+    check_stage(str(cfg.stage), (*STAGES, "all", BASELINE), overrides)
     stages = STAGES if cfg.stage == "all" else (cfg.stage,)
-    unknown = [s for s in stages if s not in (*STAGES, BASELINE)]
-    if unknown:
-        raise ValueError(f"stage={cfg.stage}: expected one of {', '.join(STAGES)}, {BASELINE} or all")
     check_objective(cfg.objective)
+    check_accelerator(cfg.trainer, overrides)
+    check_roots(cfg, overrides)
     seeds = [int(seed) for seed in cfg.get("seeds") or []]
     agent = detach_agent_run(os.environ)
     if agent is not None and (str(cfg.fold) != "all" or not is_wandb(cfg.get("logger")) or seeds):
@@ -329,6 +373,9 @@ def run(cfg: DictConfig) -> dict[str, dict]:
         )
     cfg.tag = run_tag(cfg, agent)
     datamodule: EmotionDataModule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
+    for key, corpus in (("data", datamodule), ("test_data", datamodule.test_corpus)):
+        if corpus is not None:
+            index_corpus(key, corpus, overrides)
     if not seeds:
         return cross_validate(cfg, stages, datamodule, agent)
     base_tag, base_run_dir = str(cfg.tag), Path(cfg.paths.run_dir)

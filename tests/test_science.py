@@ -119,7 +119,7 @@ def test_served_clip_ids_of_segment_and_feature_datasets():
         served_clip_ids([1, 2], clips)
 
 
-LEAKAGE_RUN = ["stage=audio", "fold=0", "logger=none", "+trainer.fast_dev_run=true",
+LEAKAGE_RUN = ["stage=audio", "fold=0", "logger=none", "+trainer.fast_dev_run=true", "resume=false",
                "model.audio.module.backbone.fc_dim=32"]
 
 

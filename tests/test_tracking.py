@@ -182,8 +182,10 @@ def test_csv_and_none_loggers_and_the_callbacks_they_get(tmp_path):
     assert (stopping.monitor, stopping.mode) == (checkpoint.monitor, checkpoint.mode) == ("val/video_uar", "max")
     selected = build_callbacks(compose_train(["objective.metric=val/loss", "objective.mode=min"]).callbacks,
                                fold_context(tmp_path), has_logger=True)
-    assert {(c.monitor, c.mode) for c in selected if isinstance(c, (ModelCheckpoint, EarlyStopping))} == {
-        ("val/loss", "min")}
+    monitoring = [c for c in selected if isinstance(c, (ModelCheckpoint, EarlyStopping)) and c.monitor is not None]
+    assert {(c.monitor, c.mode) for c in monitoring} == {("val/loss", "min")}
+    last = [c for c in selected if isinstance(c, ModelCheckpoint) and c.monitor is None]  # the one to resume from
+    assert len(last) == 1 and last[0].format_checkpoint_name({}) == str(tmp_path / "checkpoints" / "last.ckpt")
     accuracy = next(c for c in callbacks if isinstance(c, FoldAccuracyLogger))
     assert (accuracy.stage, accuracy.fold, accuracy.test_subjects) == ("audio", 1, ["s02"])
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from datamodules.clips import Clip, CorpusLayoutError, IndexResult
+from datamodules.clips import Clip, CorpusLayoutError, IndexResult, NoClipsError
 
 CORPORA: tuple[str, ...] = ("rml", "enterface", "ravdess", "demo", "emodb")
 ON_ERROR_CHOICES: tuple[str, ...] = ("skip", "raise")
@@ -196,7 +196,7 @@ def finish_index(
         left_out = Counter(rule for _, rule in excluded)
         details += [f"left out {count} file(s): {rule}" for rule, count in sorted(left_out.items())]
         found = f" ({'; '.join(details + list(notes or []))})" if details or notes else ""
-        raise CorpusLayoutError(f"no {corpus} clips found under {root}{found}; expected {expected}")
+        raise NoClipsError(f"no {corpus} clips found under {root}{found}; expected {expected}")
     return IndexResult(
         clips=sorted(clips, key=clip_sort_key),
         skipped=[(str(path), reason) for path, reason in problems],

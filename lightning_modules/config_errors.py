@@ -1,0 +1,147 @@
+"""Mistakes on the command line, told in one line: the value, what is allowed, and a command that works.
+
+``train.py`` prints a ``ConfigError`` as that one line (``one_line_errors``) and exits with status 1,
+without a traceback; ``HYDRA_FULL_ERROR=1`` raises it as usual. Config names Hydra would not find
+(``experiment=``, ``data=``, any config group) are checked before Hydra composes the config
+(``check_choices``): Hydra's own message lists the options but no command. The checks of ``run`` come
+before the corpus is indexed (and the demo corpus generated) and before any fold folder is made.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules.clips import NoClipsError
+
+if TYPE_CHECKING:
+    from datamodules.datamodule import EmotionDataModule
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+# what a CPU run leaves out of a GPU command
+DEVICE_KEYS = ("trainer", "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
+               "trainer.precision", "trainer.sync_batchnorm")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot run; its message names the value, what is allowed and a command
+    that would work."""
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """A ``ConfigError`` in the block ends the process with its message as one line on stderr (status 1);
+    with ``HYDRA_FULL_ERROR=1`` it is raised, traceback and all."""
+    try:
+        yield
+    except ConfigError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(f"error: {error}")
+
+
+def override_key(override: str) -> str:
+    """The key an override sets: ``data.root`` of ``+data.root=/x``."""
+    return override.lstrip("+~").partition("=")[0]
+
+
+def train_command(overrides: Sequence[str], changes: Mapping[str, str | None]) -> str:
+    """``try: python train.py <overrides>`` with the keys of ``changes`` set to their values in place
+    (appended when absent) or, for None, left out."""
+    args = [o if override_key(o) not in changes else f"{o.partition('=')[0]}={changes[override_key(o)]}"
+            for o in overrides if changes.get(override_key(o), "") is not None]
+    given = {override_key(o) for o in overrides}
+    args += [f"{key}={value}" for key, value in changes.items() if value is not None and key not in given]
+    return " ".join(["try: python train.py", *args])
+
+
+def closest(value: str, allowed: Sequence[str]) -> str:
+    """The allowed value most like ``value``."""
+    return (difflib.get_close_matches(value, allowed, n=1, cutoff=0.0) or list(allowed))[0]
+
+
+def check_choices(args: Sequence[str], config_dir: Path) -> None:
+    """A ``ConfigError`` for a ``<group>=<name>`` argument when ``configs/<group>/`` has no ``<name>.yaml``
+    (each name of a multirun list ``a,b``; sweep expressions are left to Hydra)."""
+    for arg in args:
+        key, has_value, value = arg.lstrip("+~").partition("=")
+        group = key.partition("@")[0]
+        if arg.startswith("-") or not has_value or group.startswith("hydra") or not (config_dir / group).is_dir():
+            continue
+        allowed = sorted(path.stem for path in (config_dir / group).glob("*.yaml"))
+        for name in value.split(","):
+            if name not in (*allowed, "null") and "(" not in value:
+                fixed = ",".join(closest(n, allowed) if n == name else n for n in value.split(","))
+                raise ConfigError(
+                    f"{key}={name}: configs/{group}/ has no {name}.yaml; choose one of {', '.join(allowed)}; "
+                    f"{train_command(args, {key: fixed})}"
+                )
+
+
+def check_stage(stage: str, allowed: Sequence[str], overrides: Sequence[str]) -> None:
+    if stage not in allowed:
+        raise ConfigError(
+            f"stage={stage}: no such stage; choose one of {', '.join(allowed)}; "
+            f"{train_command(overrides, {'stage': closest(stage, allowed)})}"
+        )
+
+
+def check_fold(fold: str, n_folds: int, corpus: str, cv: str, overrides: Sequence[str]) -> list[int]:
+    """The fold indices ``fold=`` names (one index or all)."""
+    if fold == "all":
+        return list(range(n_folds))
+    if fold.isdigit() and int(fold) < n_folds:
+        return [int(fold)]
+    suggestion = str(n_folds - 1) if fold.isdigit() else "all"
+    raise ConfigError(
+        f"fold={fold}: {corpus} has folds 0..{n_folds - 1} under cv={cv}, or fold=all; "
+        f"{train_command(overrides, {'fold': suggestion})}"
+    )
+
+
+def check_accelerator(trainer: DictConfig, overrides: Sequence[str]) -> None:
+    """A GPU trainer on a machine where torch sees no CUDA device."""
+    accelerator = str(trainer.get("accelerator"))
+    if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer={group_choice('trainer')} (trainer.accelerator={accelerator}): this machine has no CUDA GPU "
+            f"(torch.cuda.is_available() is False); trainer=default trains on the CPU; "
+            f"{train_command(overrides, dict.fromkeys(DEVICE_KEYS))}"
+        )
+
+
+def check_roots(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """``data.root`` (and ``test_data.root``) unset or not a folder, for corpora that are not generated."""
+    for key in ("data", "test_data"):
+        corpus = cfg.get(key)
+        if corpus is None or corpus.get("generator") is not None:
+            continue
+        example = train_command(overrides, {f"{key}.root": f"/path/to/{corpus.name}"})
+        if OmegaConf.is_missing(corpus, "root"):
+            raise ConfigError(f"{key}.root is not set: {key}={corpus.name} reads its clips from it; {example}")
+        if not Path(corpus.root).expanduser().is_dir():
+            raise ConfigError(f"{key}.root={corpus.root}: no such folder ({key}={corpus.name}); {example}")
+
+
+def index_corpus(key: str, corpus: EmotionDataModule, overrides: Sequence[str]) -> None:
+    """Index ``corpus`` (the one of ``data`` or ``test_data``): a root without a clip of its layout is a
+    ``ConfigError``."""
+    try:
+        corpus.index()
+    except NoClipsError as error:
+        example = train_command(overrides, {f"{key}.root": f"/path/to/{corpus.name}"})
+        raise ConfigError(f"{key}.root={corpus.root}: {error}; {example}") from error
+
+
+def group_choice(group: str) -> str | None:
+    """The config of ``group`` this Hydra run composed (``trainer=gpu``: "gpu"); None outside Hydra's app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
