@@ -1,5 +1,5 @@
-"""Runs as cluster jobs: one clip cache filled by two prepare.py runs at once, and log lines a cluster job
-can be read by."""
+"""Folds as cluster jobs: a multirun over fold= through the submitit launcher and the fold=summary step,
+one clip cache filled by two prepare.py runs at once, and log lines a cluster job can be read by."""
 import io
 import json
 import re
@@ -15,8 +15,50 @@ from lightning.pytorch.callbacks import RichProgressBar
 from audio_trees import make_ravdess_speech
 from callbacks import build_callbacks
 from callbacks.progress import EpochLines
-from conftest import REPO, compose_train
+from callbacks.results_table import read_results
+from conftest import REPO, TINY_MODELS, compose_train
 from datamodules.clips import PAPER_EMOTIONS
+from lightning_modules.cross_validation import MissingFoldsError, run
+from test_sweeps import clean_environ, run_checked
+
+# two folds of the tiny demo corpus (18 clips), one stage, two short epochs
+TWO_FOLDS = [
+    *TINY_MODELS, "cv=kfold", "cv.folds.k=2", "cv.folds.val_fraction=0.3", "stage=audio", "logger=csv",
+    "model.audio.trainer.max_epochs=2", "callbacks.progress_bar={_target_:callbacks.progress.progress_bar}",
+]
+
+
+@pytest.mark.slow
+def test_folds_as_submitit_jobs_summarise_as_one_cross_validation(tiny_demo, tmp_path):
+    jobs, single = tmp_path / "jobs", tmp_path / "single"
+    argv = [sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", *tiny_demo, *TWO_FOLDS,
+            f"paths.output_dir={jobs}", "fold=0,1"]
+    run_checked(argv, clean_environ())
+    run_dir = jobs / "demo" / "kfold"
+    assert sorted(p.name for p in (run_dir / "audio").iterdir()) == ["fold_0", "fold_1"]  # the plain run folder
+    logs = sorted((jobs / "_hydra" / "multirun").glob("*/*/.submitit/*/*_log.out"))
+    assert len(logs) == 2  # each fold ran in its own submitit process, whose stdout is a file
+    for log in logs:
+        assert re.search(r"^stage audio fold [01] epoch 2/2: train loss \d\.\d{3}, .*val video acc \d\.\d{3} \| \d+ s$",
+                         log.read_text(), re.MULTILINE), log.read_text()[-2000:]
+
+    gathered = run(compose_train([*tiny_demo, *TWO_FOLDS, f"paths.output_dir={jobs}", "fold=summary"]))["audio"]
+    whole = run(compose_train([*tiny_demo, *TWO_FOLDS, f"paths.output_dir={single}", "fold=all"]))["audio"]
+    summary = json.loads((run_dir / "audio" / "summary.json").read_text())
+    assert summary == gathered == whole  # every fold's val and test metrics, their means, the pooled matrices
+    assert summary["test"]["mean"]["video_accuracy"] == pytest.approx(
+        sum(row["video_accuracy"] for row in summary["test"]["folds"]) / 2
+    )
+    for name in ("fold_accuracy.png", "pooled_video_confusion.png", "pooled_segment_confusion.png"):
+        assert (run_dir / "audio" / name).is_file()
+    (row,) = read_results(run_dir / "results.csv")
+    assert row["tag"] == "" and row["n_folds"] == "2" and float(row["objective_mean"]) == pytest.approx(
+        summary["objective"]["mean"], abs=1e-4)
+
+    (run_dir / "audio" / "fold_1" / "metrics.json").unlink()
+    with pytest.raises(MissingFoldsError, match=r"fold\(s\) 1 of 2 have no metrics.json") as error:
+        run(compose_train([*tiny_demo, *TWO_FOLDS, f"paths.output_dir={jobs}", "fold=summary"]))
+    assert "python train.py -m stage=audio fold=1" in str(error.value)
 
 
 def prepare_command(root: Path, cache: Path, workers: int) -> list[str]:
