@@ -20,6 +20,9 @@ os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 # a resumed fold's checkpoints folder holds its last.ckpt; a fresh one is emptied first (lightning_modules/resume.py)
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+# configs/hydra/launcher/submitit_*.yaml carry the plugin's names on purpose (hydra/launcher=submitit_slurm
+# gets the project's settings, checked against the plugin's schema); Hydra 1.3 notes that as deprecated
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_\w+' is validated against ConfigStore schema")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -5,7 +5,7 @@ import inspect
 from typing import Any
 
 import lightning as L
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
@@ -18,18 +18,19 @@ __all__ = ["ConfusionMatrixLogger", "FoldAccuracyLogger", "cv_objective_key", "b
 def build_callbacks(callbacks_cfg: DictConfig, context: dict[str, Any], has_logger: bool) -> list[L.Callback]:
     """Instantiate the configured callbacks of one (stage, fold) run.
 
-    A constructor parameter named like a ``context`` key (``dirpath``, ``out_dir``, ``stage``, ``fold``,
-    ``test_subjects``) and not set in the config receives the run's value. ``null`` entries are skipped,
-    and so is the learning-rate monitor under ``logger=none`` (it has nowhere to log).
+    A parameter of the ``_target_`` (a class or a factory function) named like a ``context`` key
+    (``dirpath``, ``out_dir``, ``stage``, ``fold``, ``test_subjects``) and not set in the config receives the
+    run's value. ``null`` entries are skipped, and so is the learning-rate monitor under ``logger=none`` (it
+    has nowhere to log).
     """
     callbacks = []
     for node in callbacks_cfg.values():
         if node is None:
             continue
-        cls = get_class(node._target_)
-        if issubclass(cls, LearningRateMonitor) and not has_logger:
+        target = get_object(node._target_)
+        if isinstance(target, type) and issubclass(target, LearningRateMonitor) and not has_logger:
             continue
-        parameters = inspect.signature(cls.__init__).parameters
+        parameters = inspect.signature(target).parameters
         extra = {name: value for name, value in context.items() if name in parameters and name not in node}
         callbacks.append(instantiate(node, **extra))
     return callbacks

@@ -6,22 +6,30 @@ preprocessing config: change any parameter and the clips are prepared again into
 Every step of a clip (decode, duration, vad, mfcc, faces, save) runs under one guard: an exception in
 one clip drops that clip, with the step and the reason, in the report and on the terminal, and the other
 clips go on. A clip dropped for bad input leaves ``<clip_id>.dropped.json`` instead of a cache file.
+
+Several runs may fill one cache at once (array jobs on a shared filesystem): every file is written to a
+temporary name and renamed, and a clip is prepared only by the run that holds its lock (``claim_clip``);
+the others go on with other clips and read it when it is done.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import math
 import os
 import re
+import socket
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -53,8 +61,12 @@ def cache_key(preprocess_cfg: dict, source: str | None = None) -> str:
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary file in the same folder, then rename it: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """``write`` a temporary file in the same folder, then rename it: readers never see a partial file.
+
+    The temporary name ``.<name>.<host>-<pid>.tmp`` is unique to the writing process, also across the nodes
+    of a cluster sharing one filesystem."""
+    writer = f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+    tmp = path.with_name(f".{path.name}.{writer}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -234,24 +246,109 @@ def cached_verdict(clip: Clip, clip_file: Path) -> dict | None:
     return verdict if signature is not None and signature == file_signature(clip.path) else None
 
 
-def _prepare_one(clip: Clip, cfg: dict, out_path: Path) -> tuple[str, dict | None, dict | None]:
-    """Worker task: prepare one clip into ``out_path``; returns (clip_id, meta, failure).
+def claim_path(clip_file: Path) -> Path:
+    """The lock file of a clip, beside where its cache file goes, while some run prepares it."""
+    return clip_file.with_name(f".{clip_file.name}.lock")
+
+
+@contextmanager
+def claim_clip(clip_file: Path, wait: bool) -> Iterator[bool]:
+    """Hold the clip's lock (``flock`` on ``claim_path``) for the block; yields False instead of waiting
+    when another process holds it and ``wait`` is False.
+
+    Whoever holds the lock prepares the clip and owns its temporary files. The kernel (over NFS, the lock
+    manager) releases the lock of a process that dies, so no claim outlives its run. The holder removes
+    the lock file before releasing it, so a waiter that then gets the lock of the removed file tries again.
+    """
+    path = claim_path(clip_file)
+    handle = _lock_current(path, wait)
+    if handle is None:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
+
+
+def _lock_current(path: Path, wait: bool) -> IO | None:
+    """An open handle that holds the lock of the file now at ``path`` (created if missing); None when
+    another process holds it and ``wait`` is False."""
+    while True:
+        handle = open(path, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        if _is_current(handle, path):
+            return handle
+        handle.close()
+
+
+def _is_current(handle: IO, path: Path) -> bool:
+    """Whether the open ``handle`` is still the file at ``path`` (not removed or replaced since it was opened)."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(handle.fileno())
+    return (opened.st_dev, opened.st_ino) == (status.st_dev, status.st_ino)
+
+
+def remove_stale_temporaries(folder: Path, clip_files: Iterable[Path]) -> None:
+    """Delete the temporary files a killed run left for ``clip_files`` (cache files and verdicts): those of
+    clips whose lock is free, since a live writer holds its clip's lock. A run's other temporary files
+    (report.json, preprocess.json) are left: another run may be writing them."""
+    owners = {name: clip_file for clip_file in clip_files for name in (clip_file.name, verdict_path(clip_file).name)}
+    for tmp in folder.glob(".*.tmp"):
+        clip_file = owners.get(tmp.name[1:].rsplit(".", 2)[0])
+        if clip_file is None:
+            continue
+        with claim_clip(clip_file, wait=False) as held:
+            if held:
+                tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ClipOutcome:
+    """What became of one clip: prepared (``meta``; ``fresh`` when by this run), dropped (``failure``), or
+    ``busy``: another run holds its lock, ask again later."""
+
+    clip_id: str
+    meta: dict | None = None
+    failure: dict | None = None
+    fresh: bool = False
+    busy: bool = False
+
+
+def _prepare_one(clip: Clip, cfg: dict, out_path: Path, wait: bool) -> ClipOutcome:
+    """Worker task: prepare one clip into ``out_path`` under its lock (``claim_clip``), unless another run
+    did so meanwhile; ``busy`` when another run holds it and ``wait`` is False.
 
     A failure on bad input is stored beside the cache (``verdict_path``), so the next run does not decode
     the file again while it is unchanged; other exceptions (a bug, memory) are tried again next run.
     """
-    try:
-        record = preprocess_clip(clip, cfg, _worker_detector)
-        with step("save"):
-            atomic_save(record, out_path)
-            verdict_path(out_path).unlink(missing_ok=True)
-    except ClipFailure as failure:
-        described = failure.describe(clip.path)
-        if isinstance(failure.error, BadInputError):
-            stored = {**described, "signature": file_signature(clip.path)}
-            atomic_write_text(json.dumps(stored, indent=2), verdict_path(out_path))
-        return clip.clip_id, None, described
-    return clip.clip_id, record["meta"], None
+    with claim_clip(out_path, wait) as held:
+        if not held:
+            return ClipOutcome(clip.clip_id, busy=True)
+        if out_path.exists():
+            return ClipOutcome(clip.clip_id, meta=load_clip(out_path)["meta"])
+        if (verdict := cached_verdict(clip, out_path)) is not None:
+            return ClipOutcome(clip.clip_id, failure=verdict)
+        try:
+            record = preprocess_clip(clip, cfg, _worker_detector)
+            with step("save"):
+                atomic_save(record, out_path)
+                verdict_path(out_path).unlink(missing_ok=True)
+        except ClipFailure as failure:
+            described = failure.describe(clip.path)
+            if isinstance(failure.error, BadInputError):
+                stored = {**described, "signature": file_signature(clip.path)}
+                atomic_write_text(json.dumps(stored, indent=2), verdict_path(out_path))
+            return ClipOutcome(clip.clip_id, failure=described)
+    return ClipOutcome(clip.clip_id, meta=record["meta"], fresh=True)
 
 
 @dataclass
@@ -273,21 +370,55 @@ def cache_folder(cache_root: str | Path, corpus: str, cfg: dict, source: str | N
     return Path(cache_root) / corpus / cache_key(cfg, source)
 
 
+class ChunkLines:
+    """tqdm's ``update`` and ``close`` for a log file (stdout not a terminal): one line per tenth of the clips."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.done = total, desc, 0
+        self.chunk = max(1, math.ceil(total / 10))
+        self.start = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.done % self.chunk == 0 or self.done == self.total:
+            print(f"{self.desc}: {self.done}/{self.total} clips, {time.perf_counter() - self.start:.0f} s", flush=True)
+
+    def close(self) -> None:
+        """Nothing to close: every line is written whole."""
+
+
+def clip_progress(total: int, desc: str, enabled: bool) -> tqdm | ChunkLines:
+    """A tqdm bar on a terminal, ``ChunkLines`` when stdout is a file (a cluster job's log)."""
+    if enabled and total and not sys.stdout.isatty():
+        return ChunkLines(total, desc)
+    return tqdm(total=total, desc=desc, unit="clip", disable=not enabled or not total)
+
+
 @dataclass
 class _Progress:
-    """What a run has learnt so far, clip by clip."""
+    """What a run has learnt so far, clip by clip, shown on ``bar``; it stops past ``most_failures``."""
 
     metas: dict[str, dict]
     dropped: dict[str, dict]
+    most_failures: float
+    bar: tqdm | ChunkLines | None = None
     processed_now: list[str] = field(default_factory=list)
 
-    def collect(self, clip_id: str, meta: dict | None, failure: dict | None) -> None:
-        if failure is None:
-            self.metas[clip_id] = meta
-            self.processed_now.append(clip_id)
+    @property
+    def failed_too_often(self) -> bool:
+        """More clips failed than ``max_failed_fraction`` allows: the run stops."""
+        return len(self.dropped) > self.most_failures
+
+    def collect(self, outcome: ClipOutcome) -> None:
+        if outcome.failure is None:
+            self.metas[outcome.clip_id] = outcome.meta
+            if outcome.fresh:
+                self.processed_now.append(outcome.clip_id)
         else:
-            self.dropped[clip_id] = failure
-            tqdm.write(f"dropped {failure_line(clip_id, failure)}")
+            self.dropped[outcome.clip_id] = outcome.failure
+            tqdm.write(f"dropped {failure_line(outcome.clip_id, outcome.failure)}")
+        if self.bar is not None:
+            self.bar.update()
 
 
 def prepare_corpus(
@@ -307,40 +438,32 @@ def prepare_corpus(
     what the indexer found around ``clips`` (excluded, skipped and other files), for the report. A clip
     that fails is dropped with the step and the reason; when more than ``cfg["max_failed_fraction"]`` of
     the clips fail, the run stops with ``TooManyFailuresError`` naming the most common reasons (the report
-    so far is written first).
+    so far is written first). Clips that another run is preparing at the same time are waited for at the end.
     """
     check_failure_settings(cfg)
     start = time.perf_counter()
     key = cache_key(cfg, source)
     folder = cache_folder(cache_root, corpus, cfg, source)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".*.tmp"):  # left by a killed run; never a finished clip
-        stale.unlink(missing_ok=True)
     atomic_write_text(json.dumps(clip_content(cfg), indent=2, sort_keys=True), folder / "preprocess.json")
 
     files = {c.clip_id: folder / f"{c.clip_id}.pt" for c in clips}
-    run = _Progress(metas={}, dropped={})
+    remove_stale_temporaries(folder, files.values())
+    run = _Progress(metas={}, dropped={}, most_failures=cfg["max_failed_fraction"] * len(clips))
     for clip in clips:
         if files[clip.clip_id].exists():
             run.metas[clip.clip_id] = load_clip(files[clip.clip_id])["meta"]
         elif (verdict := cached_verdict(clip, files[clip.clip_id])) is not None:
             run.dropped[clip.clip_id] = verdict
     todo = [c for c in clips if c.clip_id not in run.metas and c.clip_id not in run.dropped]
-    most_failures = cfg["max_failed_fraction"] * len(clips)
 
     work_start = time.perf_counter()
-    bar = tqdm(total=len(todo), desc=f"prepare {corpus}", unit="clip", disable=not progress or not todo)
-    if workers <= 1 or len(todo) <= 1:
-        results = _results_in_this_process(todo, cfg, files)
-    else:
-        results = _results_in_workers(todo, cfg, files, workers)
-    with closing(results):
-        for result in results:
-            run.collect(*result)
-            bar.update()
-            if len(run.dropped) > most_failures:
-                break
-    bar.close()
+    run.bar = clip_progress(len(todo), f"prepare {corpus}", enabled=progress)
+    busy = _prepare_clips(todo, cfg, files, workers, run, wait=False)
+    if busy and not run.failed_too_often:
+        tqdm.write(f"prepare {corpus}: waiting for {len(busy)} clip(s) that another run is preparing")
+        _prepare_clips(busy, cfg, files, workers, run, wait=True)
+    run.bar.close()
     work_s = time.perf_counter() - work_start
 
     kept = [c for c in clips if c.clip_id in run.metas]
@@ -349,28 +472,54 @@ def prepare_corpus(
         folder=folder, processed_now=run.processed_now, work_s=work_s, total_s=time.perf_counter() - start,
     )
     atomic_write_text(json.dumps(report, indent=2), folder / "report.json")
-    if len(run.dropped) > most_failures:
+    if run.failed_too_often:
         raise TooManyFailuresError(failure_summary(report, cfg["max_failed_fraction"]))
     return PreparedCorpus(
         clips=kept, files={c.clip_id: files[c.clip_id] for c in kept}, metas=run.metas, report=report
     )
 
 
-def _results_in_this_process(todo: list[Clip], cfg: dict, files: dict[str, Path]) -> Iterator[tuple]:
-    """``_prepare_one``'s result for each clip of ``todo``, one after the other."""
+def _prepare_clips(
+    todo: list[Clip], cfg: dict, files: dict[str, Path], workers: int, run: _Progress, *, wait: bool
+) -> list[Clip]:
+    """Prepare ``todo`` into ``run`` until it has failed too often; returns the clips another run holds
+    (none when ``wait``: then this run waits for each of them)."""
+    if not todo:
+        return []
+    if workers <= 1 or len(todo) <= 1:
+        results = _results_in_this_process(todo, cfg, files, wait)
+    else:
+        results = _results_in_workers(todo, cfg, files, workers, wait)
+    by_id = {clip.clip_id: clip for clip in todo}
+    busy = []
+    with closing(results):
+        for outcome in results:
+            if outcome.busy:
+                busy.append(by_id[outcome.clip_id])
+                continue
+            run.collect(outcome)
+            if run.failed_too_often:
+                break
+    return busy
+
+
+def _results_in_this_process(todo: list[Clip], cfg: dict, files: dict[str, Path], wait: bool) -> Iterator[ClipOutcome]:
+    """``_prepare_one``'s outcome for each clip of ``todo``, one after the other."""
     _init_worker(cfg, torch.get_num_threads())
     for clip in todo:
-        yield _task_result(lambda: _prepare_one(clip, cfg, files[clip.clip_id]), clip)
+        yield _task_result(lambda: _prepare_one(clip, cfg, files[clip.clip_id], wait), clip)
 
 
-def _results_in_workers(todo: list[Clip], cfg: dict, files: dict[str, Path], workers: int) -> Iterator[tuple]:
-    """``_prepare_one``'s results from ``workers`` processes, as they finish; closing the generator cancels
+def _results_in_workers(
+    todo: list[Clip], cfg: dict, files: dict[str, Path], workers: int, wait: bool
+) -> Iterator[ClipOutcome]:
+    """``_prepare_one``'s outcomes from ``workers`` processes, as they finish; closing the generator cancels
     the clips not started yet."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(
         workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(cfg, threads)
     ) as pool:
-        futures = {pool.submit(_prepare_one, clip, cfg, files[clip.clip_id]): clip for clip in todo}
+        futures = {pool.submit(_prepare_one, clip, cfg, files[clip.clip_id], wait): clip for clip in todo}
         try:
             for future in as_completed(futures):
                 yield _task_result(future.result, futures[future])
@@ -378,13 +527,13 @@ def _results_in_workers(todo: list[Clip], cfg: dict, files: dict[str, Path], wor
             pool.shutdown(cancel_futures=True)
 
 
-def _task_result(result: Callable[[], tuple], clip: Clip) -> tuple[str, dict | None, dict | None]:
-    """The task's (clip_id, meta, failure); what fails outside a step (a worker that died, a result that could
-    not be sent, a verdict that could not be stored) fails the clip as step "worker"."""
+def _task_result(result: Callable[[], ClipOutcome], clip: Clip) -> ClipOutcome:
+    """The task's outcome; what fails outside a step (a worker that died, a result that could not be sent,
+    a verdict that could not be stored) fails the clip as step "worker"."""
     try:
         return result()
     except Exception as error:
-        return clip.clip_id, None, ClipFailure("worker", error).describe(clip.path)
+        return ClipOutcome(clip.clip_id, failure=ClipFailure("worker", error).describe(clip.path))
 
 
 def failure_summary(report: dict, max_failed_fraction: float, most: int = 5) -> str:

@@ -94,14 +94,14 @@ def check_stage(stage: str, allowed: Sequence[str], overrides: Sequence[str]) ->
 
 
 def check_fold(fold: str, n_folds: int, corpus: str, cv: str, overrides: Sequence[str]) -> list[int]:
-    """The fold indices ``fold=`` names (one index or all)."""
-    if fold == "all":
+    """The fold indices ``fold=`` names (one index, all, or summary: every fold, gathered without training)."""
+    if fold in ("all", "summary"):
         return list(range(n_folds))
     if fold.isdigit() and int(fold) < n_folds:
         return [int(fold)]
     suggestion = str(n_folds - 1) if fold.isdigit() else "all"
     raise ConfigError(
-        f"fold={fold}: {corpus} has folds 0..{n_folds - 1} under cv={cv}, or fold=all; "
+        f"fold={fold}: {corpus} has folds 0..{n_folds - 1} under cv={cv}, or fold=all (or summary); "
         f"{train_command(overrides, {'fold': suggestion})}"
     )
 

@@ -6,7 +6,9 @@ validation clips from training subjects only), ``checkpoints/last.ckpt`` (every 
 it, lightning_modules/resume.py), ``metrics.json`` (the chosen checkpoint's ``val`` and
 ``test`` metrics), ``plots/*_confusion.png`` and, with W&B, its run under ``wandb/``; ``fold=all`` adds
 ``<run_dir>/<stage>/summary.json``, ``fold_accuracy.png``, ``pooled_*_confusion.png``, a W&B
-cv-summary run and a row per stage in ``<output_dir>/<corpus>/<cv>/results.csv``.
+cv-summary run and a row per stage in ``<output_dir>/<corpus>/<cv>/results.csv``. ``fold=summary`` writes
+the same from the folds' ``metrics.json`` when the folds ran as separate jobs (a multirun over ``fold=``,
+e.g. on a cluster, shares the plain run folder).
 
 Under DDP every rank runs this same sequence of folds and stages (Lightning re-launches the script on
 each rank), so the trainers meet; files and W&B runs are written by rank zero only.
@@ -48,6 +50,7 @@ from lightning_modules.resume import LAST_CHECKPOINT, FoldPlan, KeepEarlyStop, c
 
 STAGES = ("audio", "visual", "fusion")  # stage=all
 BASELINE = "baseline"  # the classical floor (lightning_modules/baseline.py), run only when named
+SUMMARY = "summary"  # fold=summary: summarise the folds that separate jobs trained, without training
 STAGE_INPUTS = {"audio": ("audio",), "visual": ("faces",)}
 
 
@@ -57,6 +60,14 @@ class MissingCheckpointError(FileNotFoundError):
 
 class MismatchedCheckpointError(ValueError):
     """An extractor checkpoint was trained on another fold split, preprocessing or class list."""
+
+
+class MissingFoldsError(FileNotFoundError):
+    """``fold=summary`` was asked for before every fold of the stage had its metrics.json."""
+
+
+class MismatchedFoldsError(ValueError):
+    """A fold's metrics.json under the run folder was made with another fold split or seed than this run's."""
 
 
 def fold_dir(cfg: DictConfig, stage: str, fold: int) -> Path:
@@ -94,7 +105,11 @@ def _task_overrides() -> list[str]:
 def run_tag(cfg: DictConfig, agent: AgentRun | None) -> str:
     """The run's ``tag`` (its outputs go to ``<corpus>/<cv>/<tag>/``): ``cfg.tag`` when set, else
     ``sweep-<sweep id>/<run id>`` under a W&B agent, ``multirun-<date>_<time>/<job number>`` in a Hydra
-    multirun job, else "" (the plain ``<corpus>/<cv>/`` layout). Parallel jobs thus never share a folder."""
+    multirun job that sweeps anything but ``fold``, else "" (the plain ``<corpus>/<cv>/`` layout).
+
+    Jobs of different configurations thus never share a folder, while the jobs of a sweep over ``fold``
+    alone (one cross-validation split into jobs, e.g. a SLURM array) write their folds into one run
+    folder, where ``fold=summary`` gathers them."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -104,8 +119,26 @@ def run_tag(cfg: DictConfig, agent: AgentRun | None) -> str:
         return f"sweep-{agent.sweep_id}/{agent.run_id}"
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         hydra = HydraConfig.get()
+        swept = swept_keys(Path(hydra.sweep.dir))
+        if swept is not None and swept <= {"fold"}:
+            return ""
         return f"multirun-{'_'.join(Path(hydra.sweep.dir).parts[-2:])}/{hydra.job.num}"
     return ""
+
+
+def swept_keys(sweep_dir: Path) -> set[str] | None:
+    """The keys a Hydra multirun sweeps: its command-line sweeps (``fold=0,1,2``, ``lr=range(...)``) and the
+    sweeper's ``params``, read from the ``multirun.yaml`` the sweeper saved in ``sweep_dir`` before starting
+    any job (on the shared filesystem, so a cluster job reads it too); None when there is none."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    saved = sweep_dir / "multirun.yaml"
+    if not saved.is_file():
+        return None
+    config = OmegaConf.load(saved)
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return {o.key_or_group for o in overrides if o.is_sweep_override()} | set(params)
 
 
 def fold_provenance(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule) -> dict:
@@ -318,16 +351,46 @@ def finish_cross_validation(cfg: DictConfig, summary: dict, agent: AgentRun | No
     print(f"\n{results}:\n" + format_results_table(read_results(results), stage=summary["stage"]))
 
 
+def summarises(cfg: DictConfig) -> bool:
+    """Whether the run ends with the cross-validation summary: ``fold=all`` or ``fold=summary``."""
+    return str(cfg.fold) in ("all", SUMMARY)
+
+
 def resolve_folds(cfg: DictConfig, datamodule: EmotionDataModule) -> list[int]:
-    """The fold indices ``fold=`` names (one index or all), or an error naming the valid range."""
+    """The fold indices ``fold=`` names (one index, all or summary), or an error naming the valid range."""
     return check_fold(str(cfg.fold), len(datamodule.folds), datamodule.name, cfg.cv.name, _task_overrides())
 
 
-def cross_validate(
-    cfg: DictConfig, stages: tuple[str, ...], datamodule: EmotionDataModule, agent: AgentRun | None
-) -> dict[str, dict]:
-    """Every requested (fold, stage) with ``cfg.seed``; the summary of each stage (summary.json etc. for
-    ``fold=all``)."""
+def gather_fold_metrics(cfg: DictConfig, stage: str, datamodule: EmotionDataModule) -> list[dict]:
+    """``fold=summary``: the metrics.json of every fold of ``stage`` under the run folder, as separate jobs
+    wrote them; an error naming the folds still missing (and the command that trains them), or those made
+    with another fold split or seed than this run's configuration."""
+    folds = resolve_folds(cfg, datamodule)
+    paths = [fold_dir(cfg, stage, fold) / "metrics.json" for fold in folds]
+    missing = [fold for fold, path in zip(folds, paths) if not path.is_file()]
+    if missing:
+        kept = " ".join(o for o in _task_overrides() if not o.startswith(("stage=", "fold=")))
+        raise MissingFoldsError(
+            f"fold={SUMMARY} of stage={stage}: fold(s) {', '.join(map(str, missing))} of {len(folds)} have no "
+            f"metrics.json under {Path(cfg.paths.run_dir) / stage}; train them first, e.g.\n"
+            f"  python train.py -m stage={stage} fold={','.join(map(str, missing))} {kept}".rstrip()
+        )
+    metrics = [json.loads(path.read_text()) for path in paths]
+    for fold, record in zip(folds, metrics):
+        expected = {"fold_hash": datamodule.folds[fold].content_hash, "seed": int(cfg.seed)}
+        found = {key: record.get(key) for key in expected}
+        if found != expected:
+            raise MismatchedFoldsError(
+                f"fold={SUMMARY} of stage={stage}: {fold_dir(cfg, stage, fold) / 'metrics.json'} has {found}, "
+                f"this configuration {expected} (another fold split or seed); retrain that fold or set the "
+                f"overrides it was trained with"
+            )
+    return metrics
+
+
+def train_folds(cfg: DictConfig, stages: tuple[str, ...], datamodule: EmotionDataModule) -> dict[str, list[dict]]:
+    """Train and test every requested (fold, stage) with ``cfg.seed``, fold by fold (fusion after its
+    extractors); each stage's metrics.json contents in fold order."""
     results: dict[str, list[dict]] = {stage: [] for stage in stages}
     for fold in resolve_folds(cfg, datamodule):
         for stage in stages:
@@ -337,6 +400,18 @@ def cross_validate(
                 results[stage].append(train_baseline(cfg, fold, datamodule))
             else:
                 results[stage].append(train_stage(cfg, stage, fold, datamodule))
+    return results
+
+
+def cross_validate(
+    cfg: DictConfig, stages: tuple[str, ...], datamodule: EmotionDataModule, agent: AgentRun | None
+) -> dict[str, dict]:
+    """Every requested (fold, stage) with ``cfg.seed`` (or, for ``fold=summary``, their metrics.json as
+    separate jobs wrote them); the summary of each stage (summary.json etc. for ``fold=all|summary``)."""
+    if str(cfg.fold) == SUMMARY:
+        results = {stage: gather_fold_metrics(cfg, stage, datamodule) for stage in stages}
+    else:
+        results = train_folds(cfg, stages, datamodule)
     summaries = {}
     for stage in stages:
         summary = summarize_folds(results[stage], cfg.objective)
@@ -344,7 +419,7 @@ def cross_validate(
         if rank_zero_only.rank != 0:
             continue
         print("\n" + format_summary_table(summary))
-        if str(cfg.fold) == "all":
+        if summarises(cfg):
             finish_cross_validation(cfg, summary, agent, is_last=stage == stages[-1])
     return summaries
 
@@ -388,7 +463,7 @@ def run(cfg: DictConfig) -> dict[str, dict]:
     if rank_zero_only.rank == 0:
         for stage, seeds_summary in seeds_summaries.items():
             print("\n" + format_seeds_table(seeds_summary))
-            if str(cfg.fold) == "all":
+            if summarises(cfg):
                 (base_run_dir / stage).mkdir(parents=True, exist_ok=True)
                 atomic_write_text(json.dumps(seeds_summary, indent=2), base_run_dir / stage / "seeds_summary.json")
     return seeds_summaries

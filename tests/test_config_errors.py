@@ -86,7 +86,7 @@ def test_a_gpu_trainer_without_a_gpu(fresh, tmp_path):
 def test_a_fold_out_of_range_leaves_no_fold_folder(tmp_path):
     args = [*small_demo_overrides(tmp_path), "stage=audio", "fold=3", "logger=none"]  # 3 subjects: 3 LOSO folds
     line = one_line(failing_train_py(args))
-    assert line.startswith("error: fold=3: demo has folds 0..2 under cv=loso, or fold=all; try: python train.py ")
+    assert line.startswith("error: fold=3: demo has folds 0..2 under cv=loso, or fold=all (or summary); try: python train.py ")
     assert line.endswith("stage=audio fold=2 logger=none")
     assert not (tmp_path / "outputs" / "demo").exists()
 
