@@ -107,7 +107,7 @@ def test_C_is_the_grid_value_with_the_best_validation_score(metric, mode):
 
 
 def test_stage_names_baseline_among_the_choices():
-    with pytest.raises(ValueError, match="expected one of audio, visual, fusion, baseline or all"):
+    with pytest.raises(ValueError, match="stage=svm: no such stage; choose one of audio, visual, fusion, all, baseline"):
         run(compose_train(["stage=svm"]))
 
 

@@ -189,7 +189,7 @@ def test_leave_one_subject_out_audio_learns_the_emotions(separable_demo):
 def test_audio_trained_on_shuffled_labels_stays_near_chance(separable_demo):
     """The same run with the training subjects' labels permuted among their clips (class balance
     kept): what it reaches on the held-out subject must come from the labels, not from leakage."""
-    cfg = compose_train([*separable_demo, *LEARNING_RUN])
+    cfg = compose_train([*separable_demo, *LEARNING_RUN, "tag=shuffled_labels"])  # not the learning run's folder
     datamodule = demo_datamodule(cfg)
     datamodule.setup()
     training = [i for i, clip in enumerate(datamodule.clips)
