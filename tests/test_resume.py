@@ -132,3 +132,42 @@ def test_each_seed_resumes_and_the_summaries_are_rebuilt_from_metrics_json(tiny_
             "(resume=false always trains afresh)") in capsys.readouterr().out
     run(compose_train([*common, "seeds=[1]", "fold=0", "model.audio.module.lr=0.002", "resume=false"]))
     assert "fold_0:" not in capsys.readouterr().out  # trained afresh without a word
+
+
+def cache_entries(cache: Path) -> dict[str, Path]:
+    """The clip files of the one cache folder under ``cache`` (reports aside), by name."""
+    (folder,) = (cache / "ravdess").iterdir()
+    return {p.name: p for p in folder.iterdir() if p.name not in ("report.json", "preprocess.json")}
+
+
+@pytest.mark.slow
+def test_a_killed_prepare_reruns_only_the_missing_clips(tmp_path):
+    from audio_trees import make_ravdess_speech
+    from datamodules.clips import PAPER_EMOTIONS
+    from test_launcher import prepare_command, processed_now
+
+    root = tmp_path / "corpus"
+    make_ravdess_speech(root, actors=range(1, 4), emotions=PAPER_EMOTIONS, takes=4)  # 72 clips
+    killed = subprocess.Popen(prepare_command(root, tmp_path / "killed", 1), cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "killed" / "ravdess").is_dir() or len(list((tmp_path / "killed").glob("ravdess/*/*.pt"))) < 5:
+        assert killed.poll() is None, f"prepare.py ended before it was killed:\n{killed.communicate()[0]}"
+        assert time.monotonic() < deadline, "prepare.py prepared no clip in 300 s"
+        time.sleep(0.01)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.communicate()
+    done_before = len(list((tmp_path / "killed").glob("ravdess/*/*.pt")))
+    assert 5 <= done_before < 72, "the kill did not land while clips were being prepared"
+
+    rerun = subprocess.run(prepare_command(root, tmp_path / "killed", 1), cwd=REPO, text=True, capture_output=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert processed_now(rerun.stdout) == 72 - done_before  # only the missing clips
+    clean = subprocess.run(prepare_command(root, tmp_path / "clean", 1), cwd=REPO, text=True, capture_output=True)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+
+    resumed, fresh = cache_entries(tmp_path / "killed"), cache_entries(tmp_path / "clean")
+    assert sorted(resumed) == sorted(fresh) and len(fresh) == 72  # no temporary, lock or partial file left
+    for name, path in fresh.items():
+        ours, theirs = torch.load(resumed[name]), torch.load(path)
+        assert ours["meta"] == theirs["meta"] and all(torch.equal(ours[k], theirs[k]) for k in ours if k != "meta"), name
