@@ -7,6 +7,7 @@ import torch
 
 from lightning_modules.base import Batch, EmotionModule
 from lightning_modules.components.attention import AttentionFusionHead
+from lightning_modules.components.augment import ModalityDropout
 
 
 class FusionModule(EmotionModule):
@@ -19,6 +20,8 @@ class FusionModule(EmotionModule):
     Args:
         audio_dim, visual_dim, num_tokens, attention_dim, hidden_dims, dropout, num_classes:
             AttentionFusionHead's.
+        modality_dropout: training only, the probability that a segment loses its audio or its visual
+            features (``ModalityDropout``); 0 is the paper.
         training: EmotionModule's arguments (class_names, optimizer, lr, ...; channels_last has no effect here).
     """
 
@@ -33,6 +36,7 @@ class FusionModule(EmotionModule):
         hidden_dims: Sequence[int] = (1024,),
         dropout: float = 0.5,
         num_classes: int = 6,
+        modality_dropout: float = 0.0,
         **training: Any,
     ) -> None:
         # plain containers, so that hparams.yaml and checkpoints hold no tuples or OmegaConf objects
@@ -44,6 +48,7 @@ class FusionModule(EmotionModule):
         self.head = AttentionFusionHead(
             audio_dim, visual_dim, num_tokens, attention_dim, hidden_dims, dropout, num_classes
         )
+        self.modality_dropout = ModalityDropout(modality_dropout)
         self._finish_init()
 
     def extract_features(self, batch: Batch) -> torch.Tensor:
@@ -52,7 +57,7 @@ class FusionModule(EmotionModule):
         return attended
 
     def segment_outputs(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits, weights = self.head(batch["audio_feat"], batch["visual_feat"])
+        logits, weights = self.head(*self.modality_dropout(batch["audio_feat"], batch["visual_feat"]))
         return logits, {"attention": weights}
 
     def extra_evaluation(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:

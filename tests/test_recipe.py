@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from test_models import _audio_module, _fusion_module, _loader, _segment_rows, _trainer
 
-from lightning_modules.components.augment import SpecAugment, mix_tensor
+from lightning_modules.components.augment import ModalityDropout, SpecAugment, mix_tensor
 from lightning_modules.components.vgg import VGGFeatureExtractor
 
 
@@ -48,6 +48,38 @@ def test_mixup_mixes_inputs_and_labels_by_the_same_weight():
     module.mixup_alpha = 0.0
     assert module.training_step(batch, 0).item() == pytest.approx(F.cross_entropy(module(batch), labels).item())
     assert module.training_step(batch, 0).item() != pytest.approx(loss.item())
+
+
+def test_modality_dropout_zeroes_one_modality_of_a_dropped_segment_in_training_only():
+    torch.manual_seed(0)
+    audio, visual = torch.rand(4000, 8) + 0.1, torch.rand(4000, 6) + 0.1
+    dropout = ModalityDropout(p=0.5)
+    kept_audio, kept_visual = dropout(audio, visual)
+    audio_gone, visual_gone = (kept_audio == 0).all(dim=1), (kept_visual == 0).all(dim=1)
+    assert not (audio_gone & visual_gone).any()  # never both
+    assert ((kept_audio == audio).all(dim=1) | audio_gone).all() and ((kept_visual == visual).all(dim=1) | visual_gone).all()
+    assert abs(float((audio_gone | visual_gone).float().mean()) - 0.5) < 0.03
+    assert abs(float(audio_gone.float().mean()) - float(visual_gone.float().mean())) < 0.03
+    dropout.eval()
+    assert all(torch.equal(a, b) for a, b in zip(dropout(audio, visual), (audio, visual)))
+    assert all(torch.equal(a, b) for a, b in zip(ModalityDropout(p=0.0)(audio, visual), (audio, visual)))
+    with pytest.raises(ValueError, match="must be in"):
+        ModalityDropout(p=1.5)
+
+
+def test_fusion_module_applies_modality_dropout_to_its_inputs():
+    module = _fusion_module(modality_dropout=1.0)
+    batch = {"audio_feat": torch.rand(64, module.hparams.audio_dim) + 0.1,
+             "visual_feat": torch.rand(64, module.hparams.visual_dim) + 0.1}
+    module.train()
+    first, _ = module.segment_outputs(batch)
+    module.eval()
+    plain, _ = module.segment_outputs(batch)
+    assert not torch.allclose(first, plain)
+    module.modality_dropout.p = 0.0
+    module.train()
+    module.head.eval()  # the head's own dropout aside
+    assert torch.allclose(module.segment_outputs(batch)[0], plain)
 
 
 def test_globally_pooled_vgg_has_a_small_fc6_and_the_same_output():

@@ -50,3 +50,27 @@ def mix_tensor(values: torch.Tensor, permutation: torch.Tensor, weight: float) -
     2018). Integer inputs (uint8 images) are mixed in float and rounded back to their dtype."""
     mixed = weight * values.float() + (1.0 - weight) * values[permutation].float()
     return mixed if values.is_floating_point() else mixed.round().to(values.dtype)
+
+
+class ModalityDropout(nn.Module):
+    """Drop one modality of a segment in training mode: with probability ``p`` a segment's audio or (equally
+    likely) its visual feature vector is set to zero, never both (Neverova et al., 2016, "ModDrop").
+
+    The frozen extractors fit their training subjects almost perfectly, so a fusion network trained on their
+    features learns to trust whichever is sharper there; seeing each modality alone as well, it also learns
+    to classify from the other one. Identity in eval mode or with ``p = 0``.
+    """
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"modality dropout p={p}: must be in [0, 1]")
+        self.p = p
+
+    def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.training or self.p == 0.0:
+            return audio, visual
+        dropped = torch.rand(audio.shape[0], device=audio.device) < self.p
+        drop_audio = dropped & (torch.rand(audio.shape[0], device=audio.device) < 0.5)
+        drop_visual = dropped & ~drop_audio
+        return audio.masked_fill(drop_audio[:, None], 0.0), visual.masked_fill(drop_visual[:, None], 0.0)
