@@ -60,7 +60,7 @@ def assert_loaders_match_fold(served: Mapping[str, Collection[str]], fold: Fold,
     """
     subject_of = {clip.clip_id: clip.subject for clip in clips}
     part_of_fold = {"train": set(fold.train), "val": set(fold.val), "test": set(fold.test)}
-    test_subjects = {subject_of[clip_id] for clip_id in fold.test}
+    test_subjects = set(fold.test_subjects)
     problems = []
     for split, ids in served.items():
         outside = set(ids) - part_of_fold[split]
@@ -100,7 +100,8 @@ class LeakageGuard(L.Callback):
         """
         corpus_clips = self.datamodule.corpus_of(split).clips
         served = set().union(*(served_clip_ids(dataset, corpus_clips) for dataset in loader_datasets(loaders)))
-        every_clip = [*self.datamodule.clips, *self.datamodule.corpus_of("test").clips]
+        test_corpus = self.datamodule.corpus_of("test")
+        every_clip = self.datamodule.clips if test_corpus is self.datamodule else [*self.datamodule.clips, *test_corpus.clips]
         assert_loaders_match_fold({split: served}, self.datamodule.current_fold, every_clip)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

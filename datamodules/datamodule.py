@@ -10,7 +10,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.clips import Clip, IndexResult, class_rule
@@ -146,16 +145,15 @@ class EmotionDataModule(L.LightningDataModule):
         """Index and preprocess the corpus into the clip cache; prints and returns the report.
 
         Every fit calls this; after the first call in a process the cache is known to be complete.
-        The global random state is left as it was (building MTCNN draws from it), so a run that fills
-        the cache trains exactly like one that finds it full.
+        Preprocessing leaves the global random state as it was (``FaceDetector.mtcnn``), so a run that
+        fills the cache trains exactly like one that finds it full.
         """
         if self._prepared is None:
             indexed = self.index()
-            with isolate_rng(include_cuda=False):  # preprocessing runs on the CPU
-                self._prepared = prepare_corpus(
-                    indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name, source=self.source,
-                    workers=self.preprocess_workers, indexed=indexed,
-                )
+            self._prepared = prepare_corpus(
+                indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name, source=self.source,
+                workers=self.preprocess_workers, indexed=indexed,
+            )
             print(format_report(self._prepared.report))
             if self.test_corpus is not None:
                 self.test_corpus.prepare_data()

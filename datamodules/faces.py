@@ -57,9 +57,12 @@ class FaceDetector:
         if self._mtcnn is None:
             from facenet_pytorch import MTCNN
 
-            self._mtcnn = MTCNN(
-                keep_all=True, post_process=False, min_face_size=self.min_face_size, device=self.device
-            )
+            # its layers draw initial weights (then replaced by the stored ones) from the global random
+            # state: building the detector must not move the stream training draws from
+            with torch.random.fork_rng(devices=[]):
+                self._mtcnn = MTCNN(
+                    keep_all=True, post_process=False, min_face_size=self.min_face_size, device=self.device
+                )
         return self._mtcnn
 
     def detect(self, frames: np.ndarray) -> np.ndarray:

@@ -49,14 +49,17 @@ def subjects_of(clips: Sequence[Clip]) -> list[str]:
 
 
 def _fold(index: int, name: str, clips: Sequence[Clip], part_of: dict[str, str], *, by_subject: bool) -> Fold:
-    """A Fold from ``part_of``: clip id -> "train" | "val" | "test"; ids not in it are left out."""
+    """A Fold from ``part_of``: clip id -> "train" | "val" | "test"; ids not in it are left out. Checked
+    with ``assert_no_leakage`` before it is returned."""
     parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for clip in clips:
         if clip.clip_id in part_of:
             parts[part_of[clip.clip_id]].append(clip.clip_id)
     test_ids = set(parts["test"])
     test_subjects = sorted({clip.subject for clip in clips if clip.clip_id in test_ids}, key=natural_key)
-    return Fold(index=index, name=name, test_subjects=test_subjects, by_subject=by_subject, **parts)
+    fold = Fold(index=index, name=name, test_subjects=test_subjects, by_subject=by_subject, **parts)
+    assert_no_leakage(fold, clips, by_subject=by_subject)
+    return fold
 
 
 def loso_folds(clips: Sequence[Clip], *, val_subjects: int = 1) -> list[Fold]:
@@ -80,9 +83,7 @@ def loso_folds(clips: Sequence[Clip], *, val_subjects: int = 1) -> list[Fold]:
             clip.clip_id: "test" if clip.subject == test_subject else "val" if clip.subject in validation else "train"
             for clip in clips
         }
-        fold = _fold(index, f"loso-{test_subject}", clips, part_of, by_subject=True)
-        assert_no_leakage(fold, clips, by_subject=fold.by_subject)
-        folds.append(fold)
+        folds.append(_fold(index, f"loso-{test_subject}", clips, part_of, by_subject=True))
     return folds
 
 
@@ -126,9 +127,7 @@ def kfold_folds(
             clip.clip_id: "test" if test_fold_of[clip.clip_id] == index else "val" if clip.clip_id in validation else "train"
             for clip in clips
         }
-        fold = _fold(index, f"{k}fold-{group_by}-{index}", clips, part_of, by_subject=group_by == "subject")
-        assert_no_leakage(fold, clips, by_subject=fold.by_subject)
-        folds.append(fold)
+        folds.append(_fold(index, f"{k}fold-{group_by}-{index}", clips, part_of, by_subject=group_by == "subject"))
     return folds
 
 
@@ -170,10 +169,8 @@ def holdout_folds(
         clip.clip_id: "test" if clip.subject in test else "val" if clip.clip_id in validation else "train"
         for clip in clips
     }
-    fold = _fold(0, "holdout-" + ("+".join(sorted(test, key=natural_key)) or "no-test"), clips, part_of,
-                 by_subject=True)
-    assert_no_leakage(fold, clips, by_subject=fold.by_subject)
-    return [fold]
+    return [_fold(0, "holdout-" + ("+".join(sorted(test, key=natural_key)) or "no-test"), clips, part_of,
+                  by_subject=True)]
 
 
 def with_test_corpus(fold: Fold, test_clips: Sequence[Clip]) -> Fold:

@@ -104,6 +104,10 @@ class EmotionModule(L.LightningModule):
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.segment_outputs(batch)[0]
 
+    def _training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with the configured label smoothing (training only)."""
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         labels = batch["label"]
         if self.mixup_alpha > 0:
@@ -111,12 +115,12 @@ class EmotionModule(L.LightningModule):
             permutation = torch.randperm(labels.shape[0], device=labels.device)
             mixed = {key: mix_tensor(batch[key], permutation, weight) for key in self.input_keys}
             logits, _ = self.segment_outputs({**batch, **mixed})
-            loss = weight * F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing) + (
-                1.0 - weight
-            ) * F.cross_entropy(logits.float(), labels[permutation], label_smoothing=self.label_smoothing)
+            loss = weight * self._training_loss(logits, labels) + (1.0 - weight) * self._training_loss(
+                logits, labels[permutation]
+            )
         else:
             logits, _ = self.segment_outputs(batch)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+            loss = self._training_loss(logits, labels)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
         batch_size = labels.shape[0]
         self.log(

@@ -85,7 +85,7 @@ def upstream_checkpoints(cfg: DictConfig, fold: int, overrides: list[str] | None
     paths = {stage: upstream / stage / f"fold_{fold}" / "checkpoints" / "best.ckpt" for stage in ("audio", "visual")}
     missing = [stage for stage, path in paths.items() if not path.exists()]
     if missing:
-        kept = [o for o in overrides or [] if not o.startswith(("stage=", "fold="))]
+        kept = other_overrides(overrides or [])
         commands = "\n".join(
             f"  python train.py {' '.join([f'stage={s}', f'fold={fold}', *kept])}" for s in missing
         )
@@ -94,6 +94,11 @@ def upstream_checkpoints(cfg: DictConfig, fold: int, overrides: list[str] | None
             f"{', '.join(str(paths[s]) for s in missing)}; run first:\n{commands}"
         )
     return paths["audio"], paths["visual"]
+
+
+def other_overrides(overrides: list[str]) -> list[str]:
+    """``overrides`` without ``stage=`` and ``fold=``: the rest of a command to suggest for another stage or fold."""
+    return [o for o in overrides if not o.startswith(("stage=", "fold="))]
 
 
 def _task_overrides() -> list[str]:
@@ -170,7 +175,7 @@ def write_fold_files(cfg: DictConfig, out: Path, provenance: dict, config_name: 
 
 def check_upstream_provenance(own: dict, checkpoints: dict[str, Path], overrides: list[str]) -> None:
     """Refuse extractor checkpoints trained on another fold split, preprocessing or class list than ``own``."""
-    kept = " ".join(o for o in overrides if not o.startswith(("stage=", "fold=")))
+    kept = " ".join(other_overrides(overrides))
     for stage, checkpoint in checkpoints.items():
         record = checkpoint.parent.parent / "fold.json"
         retrain = f"python train.py stage={stage} fold={own['fold']} {kept}".rstrip()
@@ -283,17 +288,17 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
             clear_fold(out)
         # a test-only run keeps the training run's config.yaml
         write_fold_files(cfg, out, provenance, "test_config.yaml" if test_only else "config.yaml")
-        return fit_and_test(cfg, stage, fold, data, provenance, plan.checkpoint)
+        return fit_and_test(cfg, stage, fold, datamodule, data, provenance, plan.checkpoint, test_only=test_only)
 
 
 def fit_and_test(
-    cfg: DictConfig, stage: str, fold: int, data: L.LightningDataModule, provenance: dict, resume_from: Path | None
+    cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule, data: L.LightningDataModule,
+    provenance: dict, resume_from: Path | None, *, test_only: bool,
 ) -> dict:
-    """Fit (from ``resume_from`` when given; not at all with ``test_only``), then validate and test the
-    checkpoint chosen on ``objective.metric`` over the validation subjects (the ``val`` and ``test`` blocks
-    of metrics.json)."""
+    """Fit ``data`` (the corpus ``datamodule`` itself, or the fusion stage's features of it) from
+    ``resume_from`` when given, not at all with ``test_only``; then validate and test the checkpoint chosen
+    on ``objective.metric`` over the validation subjects (the ``val`` and ``test`` blocks of metrics.json)."""
     out, stage_cfg = fold_dir(cfg, stage, fold), cfg.model[stage]
-    datamodule: EmotionDataModule = data.segments if isinstance(data, FeatureDataModule) else data
     L.seed_everything(cfg.seed + fold, workers=True)  # the module's initial weights
     module = instantiate(
         stage_cfg.module, _convert_="all", num_classes=len(datamodule.classes), class_names=list(datamodule.classes)
@@ -310,7 +315,7 @@ def fit_and_test(
     )
     failed = True
     try:
-        if cfg.get("test_only"):
+        if test_only:
             best: str | None = str(best_checkpoint(cfg, stage, fold))
         else:
             seeded_state.capture()
@@ -369,19 +374,19 @@ def gather_fold_metrics(cfg: DictConfig, stage: str, datamodule: EmotionDataModu
     paths = [fold_dir(cfg, stage, fold) / "metrics.json" for fold in folds]
     missing = [fold for fold, path in zip(folds, paths) if not path.is_file()]
     if missing:
-        kept = " ".join(o for o in _task_overrides() if not o.startswith(("stage=", "fold=")))
+        kept = " ".join(other_overrides(_task_overrides()))
         raise MissingFoldsError(
             f"fold={SUMMARY} of stage={stage}: fold(s) {', '.join(map(str, missing))} of {len(folds)} have no "
             f"metrics.json under {Path(cfg.paths.run_dir) / stage}; train them first, e.g.\n"
             f"  python train.py -m stage={stage} fold={','.join(map(str, missing))} {kept}".rstrip()
         )
     metrics = [json.loads(path.read_text()) for path in paths]
-    for fold, record in zip(folds, metrics):
+    for fold, path, record in zip(folds, paths, metrics):
         expected = {"fold_hash": datamodule.folds[fold].content_hash, "seed": int(cfg.seed)}
         found = {key: record.get(key) for key in expected}
         if found != expected:
             raise MismatchedFoldsError(
-                f"fold={SUMMARY} of stage={stage}: {fold_dir(cfg, stage, fold) / 'metrics.json'} has {found}, "
+                f"fold={SUMMARY} of stage={stage}: {path} has {found}, "
                 f"this configuration {expected} (another fold split or seed); retrain that fold or set the "
                 f"overrides it was trained with"
             )

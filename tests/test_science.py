@@ -10,12 +10,11 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from conftest import small_demo_overrides
+from conftest import compose_train, small_demo_overrides
 from callbacks.leakage import LeakageGuard, assert_loaders_match_fold, served_clip_ids
 from datamodules.clips import PAPER_EMOTIONS, Clip
 from datamodules.datamodule import EmotionDataModule, SegmentDataset
@@ -24,15 +23,9 @@ from datamodules.splits import Fold, kfold_folds, loso_folds
 from lightning_modules import FusionModule
 from lightning_modules.cross_validation import train_stage
 
-REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
 # training_step is called without a Trainer below: Lightning then skips self.log with this warning
 NO_TRAINER_TO_LOG_TO = "ignore:You are trying to:UserWarning"
-
-
-def compose_train(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 def demo_datamodule(cfg: DictConfig) -> EmotionDataModule:

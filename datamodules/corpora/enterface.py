@@ -17,13 +17,13 @@ from pathlib import Path
 from datamodules.clips import PAPER_EMOTIONS, Clip, IndexResult
 from datamodules.corpora import (
     EMOTION_CODES,
-    Problem,
     check_on_error,
     finish_index,
     natural_key,
     normalise_extension,
     require_root,
     scan_media,
+    sort_files,
 )
 
 logger = logging.getLogger(__name__)
@@ -130,21 +130,18 @@ def index(root: str | Path, *, on_error: str = "skip", extensions: Sequence[str]
     """
     check_on_error(on_error)
     root = require_root(root, "eNTERFACE'05")
-    clips: list[Clip] = []
-    problems: list[Problem] = []
     notes: list[str] = []
-    scan = scan_media(root, extensions)
-    for path in scan.files:
-        try:
-            clip, disagreements = parse_path(path, root)
-        except ValueError as reason:
-            problems.append((path, str(reason)))
-            continue
-        clips.append(clip)
+
+    def parse(path: Path) -> Clip:
+        clip, disagreements = parse_path(path, root)
         for disagreement in disagreements:
             note = f"{path}: {disagreement}; the file name is used"
             logger.warning(note)
             notes.append(note)
+        return clip
+
+    scan = scan_media(root, extensions)
+    clips, problems, _ = sort_files(scan.files, parse)
     result = finish_index(
         clips,
         problems,
