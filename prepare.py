@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> None:
     datamodule = hydra.utils.instantiate(cfg.data)
     prepared = datamodule.prepare_data()
     print(f"report: {prepared.report['cache']}/report.json")
-    if cfg.vad_plots:
+    if cfg.vad_plots and datamodule.preprocess_cfg["audio"]:
         out = Path(prepared.report["cache"]) / "vad_plots"
         sample = sample_across(prepared.clips, cfg.vad_plots)
         plot_vad_spans(sample, datamodule.preprocess_cfg, out)

@@ -39,7 +39,8 @@ class IndexResult:
     ``excluded`` are recordings left out by a selection option (a class not in ``classes``, another
     modality), with the rule; ``skipped`` are recordings the indexer could not use (a name that does not
     parse, a broken link), with the reason; ``other_files`` counts the files that are no recordings by
-    their name (other extensions, hidden files). ``notes`` are facts about the corpus worth reporting that
+    their name (other extensions, hidden files); ``further_frames`` counts the frame files of image-sequence
+    clips (and excluded sequences) other than the one that is the clip's ``path``. ``notes`` are facts about the corpus worth reporting that
     did not cost a clip (a subject lacking an emotion, a folder name that disagrees with the file name).
     """
 
@@ -48,11 +49,12 @@ class IndexResult:
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, selection rule)
     other_files: int = 0
     notes: list[str] = field(default_factory=list)
+    further_frames: int = 0
 
     @property
     def files_found(self) -> int:
-        """Every file under the root: clips, excluded, skipped and other files."""
-        return len(self.clips) + len(self.excluded) + len(self.skipped) + self.other_files
+        """Every file under the root: clips, excluded, skipped, other files and further frames of sequences."""
+        return len(self.clips) + len(self.excluded) + len(self.skipped) + self.other_files + self.further_frames
 
     def exclude(self, rule: Callable[[Clip], str | None]) -> None:
         """Move the clips for which ``rule`` names a reason to ``excluded``, with that reason."""

@@ -30,7 +30,7 @@ class SegmentDataset(Dataset):
     ) -> None:
         self.records, self.clip_indices, self.labels = records, clip_indices, labels
         self.first_segment_ids, self.inputs = first_segment_ids, tuple(inputs)
-        self.starts = [0, *accumulate(int(r["audio"].shape[0]) for r in records)]
+        self.starts = [0, *accumulate(int(r["segment_times"].shape[0]) for r in records)]
         self.length = self.starts.pop()
 
     def __len__(self) -> int:
@@ -169,7 +169,7 @@ class EmotionDataModule(L.LightningDataModule):
         if not self.clips:
             raise RuntimeError(f"no prepared clips for {self.name} in {folder}: run prepare_data first")
         self.records = [load_clip(folder / f"{c.clip_id}.pt") for c in self.clips]
-        self.first_segment_ids = [0, *accumulate(int(r["audio"].shape[0]) for r in self.records)][:-1]
+        self.first_segment_ids = [0, *accumulate(int(r["segment_times"].shape[0]) for r in self.records)][:-1]
 
     @property
     def current_fold(self) -> Fold:

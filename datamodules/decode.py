@@ -1,17 +1,22 @@
-"""Decode a recording with PyAV into mono audio at a fixed rate and RGB video frames.
+"""Decode a recording with PyAV into mono audio at a fixed rate and RGB video frames, or an image sequence
+(CK+) into RGB frames.
 
 Audio and video share one time origin: the presentation time of the first audio sample.
 ``audio[n]`` lies at ``n / sample_rate`` seconds and ``frame_times`` are on the same axis, so a
-span found on the audio (VAD, MFCC segments) selects the matching video frames directly.
+span found on the audio (VAD, MFCC segments) selects the matching video frames directly. An image
+sequence has no audio; its frames lie at ``i / frame_rate`` seconds.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
 
 # A stream whose decoded audio falls this much short of its declared duration was cut off.
 _TRUNCATION_TOLERANCE_S = 0.5
@@ -36,7 +41,7 @@ class DecodedClip:
     frames: np.ndarray | None  # uint8 [T,H,W,3] RGB; None for audio-only input or with_video=False
     frame_times: np.ndarray | None  # float64 [T] presentation times
     fps: float | None  # the video stream's average frame rate
-    duration_s: float  # len(audio) / sample_rate
+    duration_s: float  # len(audio) / sample_rate; for an image sequence (no audio), frames / frame rate
 
 
 def _declared_duration_s(stream: av.stream.Stream) -> float | None:
@@ -145,3 +150,26 @@ def _times_from_rate(path: Path, n_frames: int, video_stream: av.video.stream.Vi
     if not rate:
         raise BadInputError(path, "video frames carry neither timestamps nor a frame rate")
     return np.arange(n_frames, dtype=np.float64) / float(rate)
+
+
+def decode_frames(paths: Sequence[str | Path], frame_rate: float) -> DecodedClip:
+    """An image sequence (png, jpeg, ...; grey or colour) as RGB frames at ``i / frame_rate`` seconds, with no audio.
+
+    Raises ``BadInputError`` naming the file for a missing, empty, unreadable or undecodable image, and for
+    frames of different sizes.
+    """
+    frames = []
+    for path in map(Path, paths):
+        check_readable(path)
+        try:
+            image = decode_image(torch.from_numpy(np.fromfile(path, dtype=np.uint8)), mode=ImageReadMode.RGB)
+        except RuntimeError as error:
+            raise BadInputError(path, f"not an image: {error} (it begins with {describe_start(path)})") from error
+        if frames and image.shape != frames[0].shape:
+            raise BadInputError(path, f"frame of {tuple(image.shape[1:])} pixels in a sequence of {tuple(frames[0].shape[1:])}")
+        frames.append(image)
+    if not frames:
+        raise ValueError("an image sequence needs at least one frame")
+    video = torch.stack(frames).permute(0, 2, 3, 1).contiguous().numpy()
+    times = np.arange(len(frames), dtype=np.float64) / frame_rate
+    return DecodedClip(np.zeros(0, np.float32), 0, video, times, float(frame_rate), len(frames) / frame_rate)

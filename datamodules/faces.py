@@ -94,6 +94,16 @@ class FaceDetector:
         return boxes
 
 
+class WholeFrameFaces:
+    """The "detector" of frames that are face crops already (CK+48, ``faces.detect: false``): every frame's
+    face is the whole frame."""
+
+    def detect(self, frames: np.ndarray) -> np.ndarray:
+        """The box ``(0, 0, W, H)`` for each of ``[T, H, W, 3]`` frames: float ``[T, 4]``."""
+        height, width = frames.shape[1:3]
+        return np.tile(np.array([0.0, 0.0, width, height]), (len(frames), 1))
+
+
 def _resize_hwc(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Antialiased bilinear resize of ``[N, H, W, 3]`` frames; returns float ``[N, h, w, 3]`` in 0-255."""
     resized = F.interpolate(
@@ -213,7 +223,7 @@ def build_face_track(
     frames: np.ndarray,
     frame_times: np.ndarray,
     segment_times: np.ndarray | torch.Tensor,
-    detector: FaceDetector,
+    detector: FaceDetector | WholeFrameFaces,
     size: int,
     margin: float = 0.0,
     fallback: Literal["none", "center"] = "none",

@@ -138,6 +138,22 @@ def segment_times(
     return torch.stack([starts, starts + segment_length_s(window, window_ms, hop_ms)], dim=-1)
 
 
+def segment_times_for_duration(
+    duration_s: float,
+    *,
+    window: int = SEGMENT_FRAMES,
+    shift: int = SEGMENT_SHIFT,
+    window_ms: float = WINDOW_MS,
+    hop_ms: float = HOP_MS,
+) -> torch.Tensor:
+    """The segments ``[K, 2]`` (start, end seconds) of a clip without audio (an image sequence) lasting
+    ``duration_s``: those of audio as long, so video-only segments cover 655 ms every 300 ms as in the
+    paper; a clip shorter than one segment gets one, which holds all its frames."""
+    n_frames = frame_count(round(duration_s * 1000), 1000, window_ms, hop_ms)  # 1000 "samples" a second: ms
+    timing = {"window_ms": window_ms, "hop_ms": hop_ms}
+    return segment_times(num_segments(n_frames, window, shift), window=window, shift=shift, **timing).float()
+
+
 def segment_length_s(window: int = SEGMENT_FRAMES, window_ms: float = WINDOW_MS, hop_ms: float = HOP_MS) -> float:
     """Seconds of audio one segment of ``window`` MFCC frames covers: (window - 1) hops and one analysis window."""
     return ((window - 1) * hop_ms + window_ms) / 1000

@@ -36,9 +36,9 @@ import torch
 from tqdm.auto import tqdm
 
 from datamodules.clips import Clip, IndexResult
-from datamodules.decode import BadInputError, decode_clip
-from datamodules.faces import FaceDetector, build_face_track
-from datamodules.mfcc import mfcc_images, segment_length_s
+from datamodules.decode import BadInputError, DecodedClip, decode_clip, decode_frames
+from datamodules.faces import FaceDetector, WholeFrameFaces, build_face_track
+from datamodules.mfcc import mfcc_images, segment_length_s, segment_times_for_duration
 from datamodules.vad import detect_speech_span, plot_vad, trim_to_speech
 
 PIPELINE_VERSION = 1  # bump when the code changes what a cache file holds
@@ -155,33 +155,53 @@ def find_speech(
     return speech, span, found
 
 
-def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | None) -> dict:
-    """Decode, trim by VAD, cut MFCC images and the matching face segments of one clip.
+def decode(clip: Clip, cfg: dict) -> DecodedClip:
+    """The clip's audio and frames: an image sequence (``clip.extra["frames"]``, CK+) at ``cfg["sequence_fps"]``,
+    any other clip by FFmpeg; ``BadInputError`` for a video corpus's clip without frames."""
+    if "frames" in clip.extra:
+        return decode_frames(clip.extra["frames"], cfg["sequence_fps"])
+    decoded = decode_clip(clip.path, sample_rate=cfg["sample_rate"], with_video=cfg["video"])
+    if cfg["video"] and decoded.frames is None:
+        raise BadInputError(clip.path, "audio only: no video stream, and this corpus is audio-visual (video: true)")
+    return decoded
+
+
+def audio_segments(decoded: DecodedClip, cfg: dict, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The MFCC images of the speech the VAD keeps and their times (``audio``, ``segment_times``), and what
+    the report says of them (``vad_found``, ``vad_span_s``)."""
+    with step("duration"):
+        check_duration(decoded.audio, decoded.sample_rate, cfg["mfcc"], path)
+    with step("vad"):
+        speech, span, vad_found = find_speech(decoded.audio, decoded.sample_rate, cfg, path)
+    with step("mfcc"):
+        images, segment_times = mfcc_images(speech, decoded.sample_rate, **cfg["mfcc"])
+    record = {"audio": images, "segment_times": (segment_times + span[0]).float()}
+    return record, {"vad_found": bool(vad_found), "vad_span_s": [round(float(span[0]), 4), round(float(span[1]), 4)]}
+
+
+def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | WholeFrameFaces | None) -> dict:
+    """Decode, trim by VAD, cut MFCC images and the matching face segments of one clip; a clip without audio
+    (``cfg["audio"]`` false: image sequences) is cut into segments of the same length by time alone.
 
     Raises ``ClipFailure`` naming the step that failed and its exception (``BadInputError`` with the reason
     when the input cannot be used).
     """
-    sample_rate = cfg["sample_rate"]
     with step("decode"):
-        decoded = decode_clip(clip.path, sample_rate=sample_rate, with_video=cfg["video"])
-        if cfg["video"] and decoded.frames is None:
-            raise BadInputError(clip.path, "audio only: no video stream, and this corpus is audio-visual (video: true)")
-    with step("duration"):
-        check_duration(decoded.audio, sample_rate, cfg["mfcc"], clip.path)
-    with step("vad"):
-        speech, span, vad_found = find_speech(decoded.audio, sample_rate, cfg, clip.path)
-    with step("mfcc"):
-        images, segment_times = mfcc_images(speech, sample_rate, **cfg["mfcc"])
-        segment_times = segment_times + span[0]
-    record: dict[str, Any] = {"audio": images, "segment_times": segment_times.float()}
+        decoded = decode(clip, cfg)
+    if cfg["audio"]:
+        record, vad = audio_segments(decoded, cfg, clip.path)
+    else:
+        timing = {k: cfg["mfcc"][k] for k in ("window", "shift", "window_ms", "hop_ms") if k in cfg["mfcc"]}
+        record, vad = {"segment_times": segment_times_for_duration(decoded.duration_s, **timing)}, {}
     meta = {
         "clip_id": clip.clip_id,
         "subject": clip.subject,
         "label": clip.label,
         "duration_s": round(decoded.duration_s, 4),
-        "vad_found": bool(vad_found),
-        "vad_span_s": [round(float(span[0]), 4), round(float(span[1]), 4)],
-        "n_segments": int(images.shape[0]),
+        "vad_found": None,
+        "vad_span_s": None,
+        **vad,
+        "n_segments": int(record["segment_times"].shape[0]),
         "n_frames": 0,
         "face_detected_frames": 0,
         "face_fallback_frames": 0,
@@ -190,7 +210,7 @@ def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | None) -> dic
         faces = cfg["faces"]
         with step("faces"):
             track = build_face_track(
-                decoded.frames, decoded.frame_times, segment_times, detector,
+                decoded.frames, decoded.frame_times, record["segment_times"], detector,
                 size=faces["size"], margin=faces["margin"], fallback=faces["fallback"], path=clip.path,
                 frames_per_segment=faces["frames_per_segment"],
             )
@@ -205,7 +225,7 @@ def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | None) -> dic
     return record
 
 
-_worker_detector: FaceDetector | None = None
+_worker_detector: FaceDetector | WholeFrameFaces | None = None
 
 
 def _init_worker(cfg: dict, torch_threads: int) -> None:
@@ -216,7 +236,7 @@ def _init_worker(cfg: dict, torch_threads: int) -> None:
         _worker_detector = FaceDetector(
             min_confidence=faces["min_confidence"], detect_max_side=faces["detect_max_side"],
             min_face_size=faces["min_face_size"],
-        )
+        ) if faces["detect"] else WholeFrameFaces()
 
 
 def file_signature(path: Path) -> list[int] | None:
@@ -581,6 +601,7 @@ def build_report(
             "excluded": len(indexed.excluded),
             "skipped": len(indexed.skipped),
             "other_files": indexed.other_files,
+            **({"further_frames": indexed.further_frames} if indexed.further_frames else {}),
             **({"not_reached": not_reached} if not_reached else {}),
         },
         "clips_indexed": len(indexed.clips),
@@ -589,7 +610,7 @@ def build_report(
         "clips_per_subject": dict(sorted(Counter(c.subject for c in kept).items())),
         "segments": sum(m["n_segments"] for m in kept_metas),
         "segments_per_class": _segments_per_class(kept, metas),
-        "vad_not_found": sorted(c.clip_id for c in kept if not metas[c.clip_id]["vad_found"]),
+        "vad_not_found": sorted(c.clip_id for c in kept if metas[c.clip_id]["vad_found"] is False),
         "face_frames": used_frames,
         "face_detection_rate": (
             sum(m["face_detected_frames"] for m in kept_metas) / used_frames if used_frames else None
@@ -623,6 +644,7 @@ def format_report(report: dict, listed: int = 20) -> str:
         f"files under the root: {files['found']} = {files['prepared']} prepared + {files['dropped']} dropped + "
         f"{files['excluded']} excluded by selection + {files['skipped']} skipped by the indexer + "
         f"{files['other_files']} other files (no recordings by name)"
+        + (f" + {files['further_frames']} further frames of image sequences" if "further_frames" in files else "")
         + (f" + {files['not_reached']} not reached" if "not_reached" in files else ""),
         f"clips: {report['clips_prepared']} prepared of {report['clips_indexed']} indexed, "
         f"{report['clips_processed_now']} processed now in {report['seconds']} s"

@@ -1,7 +1,9 @@
-"""Utterance-level acoustic features for the classical baseline (``stage=baseline``): one vector per clip.
+"""Clip-level features for the classical baseline (``stage=baseline``): one vector per clip, cached.
 
-Each clip is decoded at the extractor's sample rate and cut to the span the preprocessing's VAD keeps
-(``data.preprocess.vad``), so the baseline hears what the audio network hears. Feature sets:
+Acoustic extractors (``AudioFeatures``) decode each clip at their sample rate and cut it to the span the
+preprocessing's VAD keeps (``data.preprocess.vad``), so the baseline hears what the audio network hears;
+face extractors (``datamodules.face_features``) read the prepared clip's face crops, so it sees what the
+visual network sees. Acoustic feature sets:
 
 * ``MfccStats``: mean, standard deviation, minimum and maximum over frames of 40 MFCCs and the standard
   deviation of their deltas (200 values), from the project's MFCC (``datamodules.mfcc.mfcc_frames``);
@@ -9,15 +11,16 @@ Each clip is decoded at the extractor's sample rate and cut to the span the prep
   (6373 values), from the ``opensmile`` package (its binary ships inside the wheel).
 
 Vectors are cached one file per clip, ``<cache_dir>/utterance_features/<corpus>/<key>/<clip_id>.pt``, the
-key hashing the extractor's identity, the VAD config and the corpus's resolved root.
+key hashing the extractor's identity, what it reads of the preprocessing (``ClipFeatures.inputs``: the VAD
+config, or the clip cache) and the corpus's resolved root.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -29,20 +32,44 @@ from datamodules.mfcc import mfcc_frames
 from datamodules.preprocess import atomic_save, cache_folder
 from datamodules.vad import trim_to_speech
 
+if TYPE_CHECKING:
+    from datamodules.datamodule import EmotionDataModule
 
-class UtteranceFeatures(Protocol):
-    """Maps a clip's trimmed audio (float32 ``[N]`` at ``sample_rate``) to one feature vector."""
+
+class ClipFeatures(Protocol):
+    """Maps a clip of a corpus to one feature vector."""
+
+    def identity(self) -> dict:
+        """Everything the vectors depend on but the corpus: part of the cache key."""
+
+    def inputs(self, corpus: EmotionDataModule) -> dict:
+        """What the vectors read of ``corpus``'s preprocessing (part of the cache key), made ready to read."""
+
+    def clip_vector(self, clip: Clip, corpus: EmotionDataModule) -> np.ndarray:
+        """The clip's vector; ``BadInputError`` when the clip cannot be read."""
+
+
+class AudioFeatures:
+    """An acoustic extractor: maps a clip's speech span (float32 ``[N]`` at ``sample_rate``) to one vector."""
 
     sample_rate: int
 
-    def identity(self) -> dict:
-        """Everything the vectors depend on: part of the cache key."""
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
-    def __call__(self, audio: np.ndarray) -> np.ndarray: ...
+    def inputs(self, corpus: EmotionDataModule) -> dict:
+        """The VAD config: the span the vector describes."""
+        return {"vad": dict(corpus.preprocess_cfg["vad"])}
+
+    def clip_vector(self, clip: Clip, corpus: EmotionDataModule) -> np.ndarray:
+        """The vector of the clip's speech span; ``BadInputError`` when the clip cannot be decoded."""
+        audio = decode_clip(clip.path, sample_rate=self.sample_rate, with_video=False).audio
+        speech, _, _ = trim_to_speech(audio, self.sample_rate, corpus.preprocess_cfg["vad"])
+        return self(speech)
 
 
 @dataclass
-class MfccStats:
+class MfccStats(AudioFeatures):
     """Mean, std, min and max over frames of each MFCC, and the std of each delta: ``5 x n_mfcc`` values."""
 
     sample_rate: int = 16000
@@ -63,7 +90,7 @@ class MfccStats:
 
 
 @dataclass
-class OpenSmileFunctionals:
+class OpenSmileFunctionals(AudioFeatures):
     """openSMILE functionals of ``feature_set``, a name of ``opensmile.FeatureSet`` (eGeMAPSv02, ComParE_2016)."""
 
     feature_set: str
@@ -86,30 +113,25 @@ class OpenSmileFunctionals:
         return self._smile.process_signal(audio, self.sample_rate).to_numpy(dtype=np.float32)[0]
 
 
-def feature_folder(cache_dir: str | Path, corpus: str, extractor: UtteranceFeatures, vad_cfg: Mapping, source: str) -> Path:
-    """Where ``extractor``'s vectors of one corpus are cached (see the module docstring)."""
-    return cache_folder(Path(cache_dir) / "utterance_features", corpus, {**extractor.identity(), "vad": dict(vad_cfg)}, source)
+def feature_folder(cache_dir: str | Path, corpus: str, extractor: ClipFeatures, inputs: Mapping, source: str) -> Path:
+    """Where ``extractor``'s vectors of one corpus are cached (see the module docstring); ``inputs`` is
+    ``extractor.inputs`` of the corpus."""
+    return cache_folder(Path(cache_dir) / "utterance_features", corpus, {**extractor.identity(), **inputs}, source)
 
 
-def clip_vector(clip: Clip, extractor: UtteranceFeatures, vad_cfg: Mapping) -> np.ndarray:
-    """``extractor``'s vector of one clip's speech span; ``BadInputError`` when the clip cannot be decoded."""
-    audio = decode_clip(clip.path, sample_rate=extractor.sample_rate, with_video=False).audio
-    speech, _, _ = trim_to_speech(audio, extractor.sample_rate, vad_cfg)
-    return extractor(speech)
-
-
-def utterance_features(
-    clips: Sequence[Clip], extractor: UtteranceFeatures, vad_cfg: Mapping, folder: Path
+def cached_vectors(
+    clips: Sequence[Clip], clip_vector: Callable[[Clip], np.ndarray], folder: Path
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Per clip id its vector, read from ``folder`` or computed and saved there (atomically), and per clip
-    id that could not be decoded the reason (such clips are left out, as preprocessing drops them)."""
+    """Per clip id its vector, read from ``folder`` or computed by ``clip_vector`` and saved there
+    (atomically), and per clip id that could not be read the reason (such clips are left out, as
+    preprocessing drops them)."""
     folder.mkdir(parents=True, exist_ok=True)
     vectors: dict[str, np.ndarray] = {}
     dropped: dict[str, str] = {}
     todo = [clip for clip in clips if not (folder / f"{clip.clip_id}.pt").exists()]
     for clip in tqdm(todo, desc=f"features {folder.parent.name}", unit="clip", disable=not todo):
         try:
-            atomic_save(torch.tensor(clip_vector(clip, extractor, vad_cfg)), folder / f"{clip.clip_id}.pt")
+            atomic_save(torch.tensor(clip_vector(clip)), folder / f"{clip.clip_id}.pt")
         except BadInputError as error:
             dropped[clip.clip_id] = str(error)
     for clip in clips:

@@ -1,6 +1,7 @@
 """``stage=baseline``: the classical floor on the same folds, utterance features -> standardise -> SVM.
 
-Per fold: one feature vector per clip (``datamodules.utterance_features``, cached), a scikit-learn
+Per fold: one feature vector per clip (``datamodules.utterance_features``, ``datamodules.face_features``;
+cached), a scikit-learn
 pipeline (``StandardScaler`` then ``model.baseline.classifier``, an SVM, inside ``model.baseline.calibration``,
 which maps its decisions to class probabilities) fitted on the training clips once per value of
 ``model.baseline.C_grid``. C is chosen on the validation subjects by
@@ -25,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 from datamodules.datamodule import EmotionDataModule
 from datamodules.preprocess import atomic_write_text
-from datamodules.utterance_features import UtteranceFeatures, feature_folder, utterance_features
+from datamodules.utterance_features import ClipFeatures, cached_vectors, feature_folder
 from lightning_modules.cross_validation import fold_dir, fold_provenance, subjects_of_fold, write_fold_files
 from lightning_modules.cv_summary import check_objective, fold_metrics, metric_row, split_metrics
 from lightning_modules.evaluation import evaluate
@@ -51,16 +52,15 @@ def evaluate_clips(model: ClassifierMixin, features: np.ndarray, labels: np.ndar
 
 
 def part_features(
-    datamodule: EmotionDataModule, part: str, extractor: UtteranceFeatures, cache_dir: str
+    datamodule: EmotionDataModule, part: str, extractor: ClipFeatures, cache_dir: str
 ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     """Features ``[N, D]`` and class indices ``[N]`` of the current fold's ``part`` (train, val or test; read
-    from the corpus that holds it), and the clips of that part that could not be decoded, with the reason."""
+    from the corpus that holds it), and the clips of that part that could not be read, with the reason."""
     wanted = set(getattr(datamodule.current_fold, part))
     corpus = datamodule.corpus_of(part)
     clips = [clip for clip in corpus.index().clips if clip.clip_id in wanted]
-    vad_cfg = corpus.preprocess_cfg["vad"]
-    folder = feature_folder(cache_dir, corpus.name, extractor, vad_cfg, corpus.source)
-    vectors, dropped = utterance_features(clips, extractor, vad_cfg, folder)
+    folder = feature_folder(cache_dir, corpus.name, extractor, extractor.inputs(corpus), corpus.source)
+    vectors, dropped = cached_vectors(clips, lambda clip: extractor.clip_vector(clip, corpus), folder)
     kept = [clip for clip in clips if clip.clip_id in vectors]
     features = np.stack([vectors[clip.clip_id] for clip in kept])
     return features, np.array([datamodule.classes.index(clip.label) for clip in kept]), dropped
@@ -100,7 +100,7 @@ def train_baseline(cfg: DictConfig, fold: int, datamodule: EmotionDataModule) ->
     with removed_if_failed(out):
         clear_fold(out)
         write_fold_files(cfg, out, provenance)
-        extractor: UtteranceFeatures = instantiate(cfg.model.baseline.features)
+        extractor: ClipFeatures = instantiate(cfg.model.baseline.features)
         data, dropped = {}, {}
         for part in ("train", "val", "test"):
             features, labels, dropped[part] = part_features(datamodule, part, extractor, cfg.paths.cache_dir)

@@ -93,6 +93,21 @@ def check_stage(stage: str, allowed: Sequence[str], overrides: Sequence[str]) ->
         )
 
 
+def check_modalities(stages: Sequence[str], preprocess: DictConfig, corpus: str, overrides: Sequence[str]) -> None:
+    """A stage that needs audio on a corpus without sound (``data.preprocess.audio=false``, CK+), or faces on
+    one without video (``video=false``, RAVDESS speech)."""
+    needs = {"audio": ("audio", "fusion"), "video": ("visual", "fusion")}
+    other_stage = {"audio": "visual", "video": "audio"}
+    for modality, needing in needs.items():
+        refused = [stage for stage in stages if stage in needing]
+        if refused and not preprocess[modality]:
+            raise ConfigError(
+                f"stage={'/'.join(refused)}: data={corpus} has no {modality} (data.preprocess.{modality}=false); "
+                f"choose stage={other_stage[modality]} or baseline; "
+                f"{train_command(overrides, {'stage': other_stage[modality]})}"
+            )
+
+
 def check_fold(fold: str, n_folds: int, corpus: str, cv: str, overrides: Sequence[str]) -> list[int]:
     """The fold indices ``fold=`` names (one index, all, or summary: every fold, gathered without training)."""
     if fold in ("all", "summary"):

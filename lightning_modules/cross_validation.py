@@ -36,7 +36,14 @@ from datamodules.datamodule import EmotionDataModule
 from datamodules.features import FeatureDataModule
 from datamodules.corpora import natural_key
 from datamodules.preprocess import atomic_write_text
-from lightning_modules.config_errors import check_accelerator, check_fold, check_roots, check_stage, index_corpus
+from lightning_modules.config_errors import (
+    check_accelerator,
+    check_fold,
+    check_modalities,
+    check_roots,
+    check_stage,
+    index_corpus,
+)
 from lightning_modules.cv_summary import (
     check_objective,
     fold_metrics,
@@ -443,6 +450,7 @@ def run(cfg: DictConfig) -> dict[str, dict]:
     check_objective(cfg.objective)
     check_accelerator(cfg.trainer, overrides)
     check_roots(cfg, overrides)
+    check_modalities(stages, cfg.data.preprocess, cfg.data.name, overrides)
     seeds = [int(seed) for seed in cfg.get("seeds") or []]
     agent = detach_agent_run(os.environ)
     if agent is not None and (str(cfg.fold) != "all" or not is_wandb(cfg.get("logger")) or seeds):

@@ -27,7 +27,7 @@ def without_read_override(command: list[str]) -> list[str]:
     return ["setpriv", f"--inh-caps={capabilities}", f"--bounding-set={capabilities}", *command]
 
 
-SHARED_FIXTURES = frozenset({"ravdess_av_clip", "ravdess_speech_root"})
+SHARED_FIXTURES = frozenset({"ravdess_av_clip", "ravdess_speech_root", "ck48_root"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -45,6 +45,11 @@ def ravdess_av_clip() -> Path:
 @pytest.fixture(scope="session")
 def ravdess_speech_root() -> Path:
     return shared_path("ravdess-speech-16k")
+
+
+@pytest.fixture(scope="session")
+def ck48_root() -> Path:
+    return shared_path("ck48")
 
 
 TINY_MODELS = [

@@ -1,7 +1,9 @@
 """stage=baseline: utterance features (MFCC statistics, openSMILE), their per-clip cache, C chosen on
 validation clips, and whole runs on a generated RAVDESS-layout corpus (LOSO and hold-out)."""
 import json
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,13 +13,7 @@ from audio_trees import SAMPLE_RATE, voice, write_wav
 from datamodules.clips import Clip
 from datamodules.decode import decode_clip
 from datamodules.mfcc import mfcc_frames
-from datamodules.utterance_features import (
-    MfccStats,
-    OpenSmileFunctionals,
-    clip_vector,
-    feature_folder,
-    utterance_features,
-)
+from datamodules.utterance_features import MfccStats, OpenSmileFunctionals, cached_vectors, feature_folder
 from datamodules.vad import trim_to_speech
 from lightning_modules.baseline import choose_C, evaluate_clips, svm_pipeline
 from lightning_modules.cross_validation import run
@@ -25,6 +21,11 @@ from test_train import compose_train
 
 VAD = {"enabled": True, "window_ms": 30, "hop_ms": 10, "band": [100.0, 4000.0], "ratio_threshold": 0.6,
        "min_rel_energy_db": -30.0, "median_windows": 11, "pre_s": 0.25, "post_s": 0.25}
+
+
+def corpus_with_vad(vad: dict) -> SimpleNamespace:
+    """What an acoustic extractor reads of a corpus: its preprocessing's VAD config."""
+    return SimpleNamespace(preprocess_cfg={"vad": vad})
 
 
 def padded_voice(tmp_path: Path) -> tuple[Clip, np.ndarray]:
@@ -59,8 +60,8 @@ def test_a_clip_vector_describes_the_vad_span_only(tmp_path):
     extractor = MfccStats()
     speech, span, found = trim_to_speech(audio, SAMPLE_RATE, VAD)
     assert found and span[0] > 0.5 and len(speech) < len(audio) - SAMPLE_RATE
-    np.testing.assert_allclose(clip_vector(clip, extractor, VAD), extractor(speech), rtol=1e-5, atol=1e-5)
-    whole = clip_vector(clip, extractor, {**VAD, "enabled": False})
+    np.testing.assert_allclose(extractor.clip_vector(clip, corpus_with_vad(VAD)), extractor(speech), rtol=1e-5, atol=1e-5)
+    whole = extractor.clip_vector(clip, corpus_with_vad({**VAD, "enabled": False}))
     np.testing.assert_allclose(whole, extractor(audio), rtol=1e-5, atol=1e-5)
     assert not np.allclose(whole, extractor(speech), atol=1e-2)
 
@@ -71,17 +72,20 @@ def test_features_are_cached_per_clip_keyed_by_extractor_vad_and_root(tmp_path):
     broken.write_bytes(b"RIFF but not audio")
     clips = [clip, Clip(clip_id="broken", path=broken, subject="s1", label="anger")]
     extractor = MfccStats()
-    folder = feature_folder(tmp_path / "cache", "corpus", extractor, VAD, source=str(tmp_path))
-    vectors, dropped = utterance_features(clips, extractor, VAD, folder)
+    inputs = extractor.inputs(corpus_with_vad(VAD))
+    assert inputs == {"vad": VAD}
+    folder = feature_folder(tmp_path / "cache", "corpus", extractor, inputs, source=str(tmp_path))
+    vector = partial(extractor.clip_vector, corpus=corpus_with_vad(VAD))
+    vectors, dropped = cached_vectors(clips, vector, folder)
     assert list(vectors) == [clip.clip_id] and list(dropped) == ["broken"] and "broken.wav" in dropped["broken"]
     cached = folder / f"{clip.clip_id}.pt"
     written = cached.stat().st_mtime_ns
-    again, _ = utterance_features(clips, extractor, VAD, folder)
+    again, _ = cached_vectors(clips, vector, folder)
     assert cached.stat().st_mtime_ns == written and np.array_equal(again[clip.clip_id], vectors[clip.clip_id])
     others = {
-        feature_folder(tmp_path / "cache", "corpus", MfccStats(n_mfcc=20), VAD, source=str(tmp_path)),
-        feature_folder(tmp_path / "cache", "corpus", extractor, {**VAD, "pre_s": 0.5}, source=str(tmp_path)),
-        feature_folder(tmp_path / "cache", "corpus", extractor, VAD, source="/another/root"),
+        feature_folder(tmp_path / "cache", "corpus", MfccStats(n_mfcc=20), inputs, source=str(tmp_path)),
+        feature_folder(tmp_path / "cache", "corpus", extractor, {"vad": {**VAD, "pre_s": 0.5}}, source=str(tmp_path)),
+        feature_folder(tmp_path / "cache", "corpus", extractor, inputs, source="/another/root"),
     }
     assert len(others) == 3 and folder not in others
 

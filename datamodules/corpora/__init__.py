@@ -17,7 +17,7 @@ from pathlib import Path
 
 from datamodules.clips import Clip, CorpusLayoutError, IndexResult, NoClipsError
 
-CORPORA: tuple[str, ...] = ("rml", "enterface", "ravdess", "demo", "emodb")
+CORPORA: tuple[str, ...] = ("rml", "enterface", "ravdess", "demo", "emodb", "ck")
 ON_ERROR_CHOICES: tuple[str, ...] = ("skip", "raise")
 _MAX_LISTED_PROBLEMS = 10
 _UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
