@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lightning_modules.base import Batch, EmotionModule, checkpoint_backbone_kwargs
+from lightning_modules.components.augment import FaceAugment
 from lightning_modules.components.vgg import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -25,6 +26,8 @@ class VisualModule(EmotionModule):
         lstm_dropout: dropout on the frame features entering the LSTM and between LSTM layers.
         frames_per_chunk: frames per VGG call (bounds memory when the VGG is frozen or in inference).
         num_classes, head_dropout, input_mean, input_std: as in AudioModule.
+        face_augment: FaceAugment kwargs (crop_scale, flip, rotation_deg, brightness, contrast,
+            saturation) applied to each training sequence; None or {} trains on the crops as they are.
         training: EmotionModule's arguments (class_names, optimizer, lr, weight_decay, ...).
     """
 
@@ -41,10 +44,11 @@ class VisualModule(EmotionModule):
         head_dropout: float = 0.5,
         input_mean: Sequence[float] = IMAGENET_MEAN,
         input_std: Sequence[float] = IMAGENET_STD,
+        face_augment: Mapping[str, Any] | None = None,
         **training: Any,
     ) -> None:
         # plain containers, so that hparams.yaml and checkpoints hold no tuples or OmegaConf objects
-        backbone = dict(backbone or {})
+        backbone, face_augment = dict(backbone or {}), dict(face_augment or {})
         input_mean, input_std = list(input_mean), list(input_std)
         if training.get("class_names") is not None:
             training["class_names"] = list(training["class_names"])
@@ -52,6 +56,7 @@ class VisualModule(EmotionModule):
         self.save_hyperparameters()
         self.hparams["backbone"] = checkpoint_backbone_kwargs(backbone)
         self.input_mean, self.input_std = input_mean, input_std
+        self.augment = FaceAugment(**face_augment)
         self.encoder = FaceSequenceEncoder(
             VGGFeatureExtractor(**backbone), lstm_hidden, lstm_layers, lstm_dropout, frames_per_chunk
         )
@@ -60,5 +65,5 @@ class VisualModule(EmotionModule):
 
     def extract_features(self, batch: Batch) -> torch.Tensor:
         """Face crops -> segment features `[B, lstm_hidden]` (the LSTM's last hidden state)."""
-        faces = preprocess_uint8_images(batch["faces"], self.input_mean, self.input_std)
+        faces = preprocess_uint8_images(self.augment(batch["faces"]), self.input_mean, self.input_std)
         return self.encoder(faces, memory_format=self.memory_format)

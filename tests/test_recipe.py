@@ -1,11 +1,12 @@
-"""The audio recipe's switches: SpecAugment, mixup, the globally pooled VGG head, the one-cycle schedule."""
+"""The recipes' switches: SpecAugment, mixup, modality dropout, face augmentation, the globally pooled VGG head,
+the one-cycle schedule."""
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from test_models import _audio_module, _fusion_module, _loader, _segment_rows, _trainer
+from test_models import _audio_module, _fusion_module, _loader, _segment_rows, _trainer, _visual_module
 
-from lightning_modules.components.augment import ModalityDropout, SpecAugment, mix_tensor
+from lightning_modules.components.augment import FaceAugment, ModalityDropout, SpecAugment, mix_tensor
 from lightning_modules.components.vgg import VGGFeatureExtractor
 
 
@@ -80,6 +81,64 @@ def test_fusion_module_applies_modality_dropout_to_its_inputs():
     module.train()
     module.head.eval()  # the head's own dropout aside
     assert torch.allclose(module.segment_outputs(batch)[0], plain)
+
+
+def _face_sequences(batch: int = 6, frames: int = 5) -> torch.Tensor:
+    """uint8 ``[B, T, 3, 32, 32]``: a bright square left of centre on a noisy background, moving along T."""
+    torch.manual_seed(0)
+    faces = (torch.rand(batch, frames, 3, 32, 32) * 80).to(torch.uint8)
+    for t in range(frames):
+        faces[:, t, :, 8:16, 4 + t:10 + t] = 220
+    return faces
+
+
+def test_face_augment_moves_and_lights_every_frame_of_a_sequence_alike():
+    faces = _face_sequences()
+    augment = FaceAugment(crop_scale=0.8, flip=True, rotation_deg=10, brightness=0.3, contrast=0.3, saturation=0.3)
+    torch.manual_seed(1)
+    out = augment(faces)
+    assert out.dtype == torch.uint8 and out.shape == faces.shape
+    assert not torch.equal(out, faces)
+    # one draw per sequence: two frames that were equal stay equal, so the whole clip got one transform
+    still = faces[:, :1].repeat(1, 3, 1, 1, 1)
+    torch.manual_seed(2)
+    moved = augment(still)
+    assert all(torch.equal(moved[:, 0], moved[:, t]) for t in range(3))
+    assert not torch.equal(moved[0, 0], moved[1, 0])  # and another draw for the next sequence
+    augment.eval()
+    assert torch.equal(augment(faces), faces)
+    assert torch.equal(FaceAugment().train()(faces), faces)
+
+
+def test_face_augment_flip_mirrors_exactly_and_colour_jitter_keeps_the_geometry():
+    faces = _face_sequences(batch=64)
+    torch.manual_seed(0)
+    flipped = FaceAugment(flip=True)(faces)
+    mirrored = torch.tensor([torch.equal(f, x.flip(-1)) for f, x in zip(flipped, faces)])
+    kept = torch.tensor([torch.equal(f, x) for f, x in zip(flipped, faces)])
+    assert (mirrored | kept).all() and 16 < int(mirrored.sum()) < 48
+    lit = FaceAugment(brightness=0.5)(faces.float() / 255)
+    ratio = lit / (faces.float() / 255).clamp_min(1e-6)
+    per_clip = ratio[faces > 0].view(-1)
+    assert lit.dtype == torch.float32 and float(per_clip.std()) > 0.05  # clips get different factors
+    assert torch.allclose(ratio[0][faces[0] > 0], ratio[0][faces[0] > 0][0].expand(int((faces[0] > 0).sum())),
+                          atol=1e-4)  # one factor within a clip
+    with pytest.raises(ValueError, match="crop_scale"):
+        FaceAugment(crop_scale=0.0)
+
+
+def test_visual_module_augments_faces_in_training_only():
+    module = _visual_module(face_augment={"flip": True, "brightness": 0.4})
+    assert isinstance(module.augment, FaceAugment) and module.hparams.face_augment["flip"] is True
+    batch = {"faces": _face_sequences(batch=4).repeat_interleave(4, dim=1)[:, :20]}
+    module.eval()
+    plain = module.extract_features(batch)
+    assert torch.equal(module.extract_features(batch), plain)
+    module.train()
+    module.encoder.eval()  # the encoder's own dropout aside: what differs is the augmented input
+    torch.manual_seed(0)
+    assert not torch.allclose(module.extract_features(batch), plain)
+    assert _visual_module().augment.crop_scale == 1.0  # the paper: no augmentation
 
 
 def test_globally_pooled_vgg_has_a_small_fc6_and_the_same_output():

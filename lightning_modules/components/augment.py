@@ -1,4 +1,5 @@
-"""Training-time augmentation: SpecAugment masking of MFCC / log-mel images and mixup of batches."""
+"""Training-time augmentation: SpecAugment masking of MFCC / log-mel images, mixup of batches, modality
+dropout of fusion inputs and crop / flip / rotation / colour jitter of face sequences."""
 from __future__ import annotations
 
 import torch
@@ -74,3 +75,68 @@ class ModalityDropout(nn.Module):
         drop_audio = dropped & (torch.rand(audio.shape[0], device=audio.device) < 0.5)
         drop_visual = dropped & ~drop_audio
         return audio.masked_fill(drop_audio[:, None], 0.0), visual.masked_fill(drop_visual[:, None], 0.0)
+
+
+class FaceAugment(nn.Module):
+    """Random crop, horizontal flip, rotation and colour jitter of face sequences ``[B, T, C, H, W]`` in
+    training mode, drawn once per sequence so that its frames move and are lit alike (the LSTM sees one
+    face over time, not a flicker).
+
+    The geometric part is one affine warp per sequence: zoom to a side fraction in ``[crop_scale, 1]``
+    at a random position inside the frame, rotate by up to ``rotation_deg`` either way, mirror with
+    probability 0.5 when ``flip``. The colour part scales brightness, contrast (about each frame's grey
+    mean) and saturation (about each pixel's grey) by factors uniform in ``[1 - x, 1 + x]``, which is
+    how skin tone and lighting differ between people and recordings. Accepts uint8 (returned rounded to
+    uint8) or float images in [0, 1]. Identity in eval mode or with the defaults.
+    """
+
+    def __init__(self, crop_scale: float = 1.0, flip: bool = False, rotation_deg: float = 0.0,
+                 brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 < crop_scale <= 1.0:
+            raise ValueError(f"face augment crop_scale={crop_scale}: must be in (0, 1]")
+        if min(rotation_deg, brightness, contrast, saturation) < 0 or max(brightness, contrast, saturation) >= 1:
+            raise ValueError("face augment rotation_deg must be >= 0 and brightness, contrast, saturation in [0, 1)")
+        self.crop_scale, self.flip, self.rotation_deg = crop_scale, flip, rotation_deg
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+
+    def _factors(self, amount: float, batch: int, device: torch.device) -> torch.Tensor:
+        return 1.0 + amount * (2.0 * torch.rand(batch, 1, 1, 1, 1, device=device) - 1.0)
+
+    def _warp(self, images: torch.Tensor) -> torch.Tensor:
+        batch, frames, channels, height, width = images.shape
+        device = images.device
+        scale = self.crop_scale + (1.0 - self.crop_scale) * torch.rand(batch, device=device)
+        angle = torch.deg2rad(self.rotation_deg * (2.0 * torch.rand(batch, device=device) - 1.0))
+        mirror = torch.where(torch.rand(batch, device=device) < 0.5, -1.0, 1.0) if self.flip else torch.ones(
+            batch, device=device)
+        shift = (1.0 - scale)[:, None] * (2.0 * torch.rand(batch, 2, device=device) - 1.0)
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        theta = torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0]], dim=1),
+                             torch.stack([sin * mirror, cos, shift[:, 1]], dim=1)], dim=1)
+        theta = theta.repeat_interleave(frames, dim=0)
+        flat = images.reshape(batch * frames, channels, height, width)
+        grid = nn.functional.affine_grid(theta, list(flat.shape), align_corners=False)
+        warped = nn.functional.grid_sample(flat, grid, mode="bilinear", padding_mode="reflection",
+                                           align_corners=False)
+        return warped.reshape(images.shape)
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        geometric = self.crop_scale < 1.0 or self.flip or self.rotation_deg > 0
+        colour = self.brightness > 0 or self.contrast > 0 or self.saturation > 0
+        if not self.training or not (geometric or colour):
+            return faces
+        images = faces.float() / 255.0 if faces.dtype == torch.uint8 else faces
+        batch = images.shape[0]
+        if geometric:
+            images = self._warp(images)
+        if colour:
+            grey_weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 1, 3, 1, 1)
+            images = images * self._factors(self.brightness, batch, images.device)
+            grey = (images * grey_weights).sum(dim=2, keepdim=True) if images.shape[2] == 3 else images
+            mean = grey.mean(dim=(2, 3, 4), keepdim=True)
+            contrast = self._factors(self.contrast, batch, images.device)
+            images, grey = mean + (images - mean) * contrast, mean + (grey - mean) * contrast
+            images = grey + (images - grey) * self._factors(self.saturation, batch, images.device)
+        images = images.clamp(0.0, 1.0)
+        return (images * 255.0).round().to(torch.uint8) if faces.dtype == torch.uint8 else images
