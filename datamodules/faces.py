@@ -4,8 +4,9 @@ Each audio segment gets 20 video frames: the frames whose times fall inside the 
 exactly 20 by the paper's rules 2 and 3 (``segment_frame_indices``). The face in each frame is the
 largest MTCNN detection (the paper used an SSD face detector with a ResNet backbone, which has no
 weights we can ship; facenet-pytorch's MTCNN does). A frame without a face takes the face of the
-nearest frame that has one (rule 1, ``nearest_detected``). Faces are cropped as squares around the
-detected box and resized to ``size`` x ``size``.
+nearest frame that has one (rule 1, ``nearest_detected``), or only of a frame of its own segment
+(``fill_faces``). Faces are cropped as squares around the detected box and resized to ``size`` x ``size``.
+The track counts what a report needs to tell the truth: frames decoded, frames with a face, frames filled.
 """
 from __future__ import annotations
 
@@ -25,6 +26,26 @@ CENTER_BOX_FRACTION = 0.6
 
 class NoFaceError(BadInputError):
     """No face was found in any frame a clip's segments use."""
+
+
+class FewFacesError(NoFaceError):
+    """A face is found in too few of a clip's frames, or is missing for too long (``faces.min_detection_rate``,
+    ``faces.max_gap_s``)."""
+
+
+FEW_FACES_CHOICES: tuple[str, ...] = ("drop", "keep")
+
+
+def few_faces_reason(track: FaceTrack, min_detection_rate: float, max_gap_s: float | None) -> str | None:
+    """Why a track has too few faces, in the terms of the settings, or None when it has enough."""
+    if track.detection_rate < min_detection_rate:
+        return (
+            f"face found in {track.detected_frames} of {track.decoded_frames} frames ({track.detection_rate:.2f} < "
+            f"min_detection_rate {min_detection_rate:g})"
+        )
+    if max_gap_s is not None and track.longest_gap_s > max_gap_s:
+        return f"no face for {track.longest_gap_s:.2f} s on end (max_gap_s {max_gap_s:g})"
+    return None
 
 
 class FaceDetector:
@@ -207,6 +228,9 @@ def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int, margin: float =
     return crops
 
 
+FILL_RULES: tuple[str, ...] = ("nearest", "segment")
+
+
 @dataclass
 class FaceTrack:
     """The face crops of one clip's segments; ``face_frames[face_index]`` is ``[K, 20, 3, S, S]`` (the paper's n = 20)."""
@@ -215,8 +239,44 @@ class FaceTrack:
     face_index: torch.Tensor  # int64 [K, frames_per_segment], rows into face_frames
     source_frames: np.ndarray  # int64 [F], the video frame each crop was cut from
     boxes: np.ndarray  # float [F, 4], the crop's face box (x1, y1, x2, y2) in that frame
-    detected_frames: int  # frames used by some segment in which a face was detected
+    segments: np.ndarray  # int64 [K], the input segments kept (fill="segment" drops those without a face)
+    decoded_frames: int  # video frames decoded, each searched for a face
+    detected_frames: int  # decoded frames in which a face was detected
+    filled_frames: int  # frames used by a kept segment that show no face and take another frame's
     fallback_frames: int  # frames used by some segment that got the centre box
+    segments_without_face: int  # input segments none of whose own frames shows a face
+    longest_gap_s: float  # the longest run of decoded frames without a face, in seconds
+
+    @property
+    def detection_rate(self) -> float:
+        """Decoded frames with a detected face over decoded frames."""
+        return self.detected_frames / self.decoded_frames
+
+
+def longest_gap_s(has_face: np.ndarray, frame_times: np.ndarray) -> float:
+    """The longest run of frames without a face, in seconds: its frame count times the median frame interval."""
+    interval = float(np.median(np.diff(frame_times))) if len(frame_times) > 1 else 0.0
+    longest = run = 0
+    for found in has_face:
+        run = 0 if found else run + 1
+        longest = max(longest, run)
+    return longest * interval
+
+
+def fill_faces(per_segment: np.ndarray, has_face: np.ndarray, fill: str) -> tuple[np.ndarray, np.ndarray]:
+    """The frame whose face fills each slot of the segments ``[K, n]``, for the kept segments, and their indices.
+
+    ``fill="nearest"`` (rule 1): a frame without a face takes the face of the nearest frame with one, by
+    distance in frames (ties: the earlier), wherever it is; every segment is kept. ``"segment"``: only a
+    frame of the same segment may lend its face; a segment with no face of its own is dropped.
+    """
+    if fill == "nearest":
+        return nearest_detected(has_face)[per_segment], np.arange(len(per_segment))
+    kept = np.asarray([k for k, frames in enumerate(per_segment) if has_face[frames].any()], dtype=np.int64)
+    sources = np.zeros((len(kept), per_segment.shape[1]), dtype=np.int64)
+    for row, frames in enumerate(per_segment[kept]):
+        sources[row] = frames[nearest_detected(has_face[frames])]
+    return sources, kept
 
 
 def build_face_track(
@@ -229,46 +289,52 @@ def build_face_track(
     fallback: Literal["none", "center"] = "none",
     path: str | Path = "<frames>",
     frames_per_segment: int = FRAMES_PER_SEGMENT,
+    fill: str = "nearest",
 ) -> FaceTrack:
     """Face track for segments ``[K, 2]`` (start, end seconds on the same axis as ``frame_times``).
 
-    Faces are detected only on the frames some segment uses. A used frame without a face takes the
-    face of the nearest used frame with one (rule 1). If no used frame has a face: ``fallback="center"``
-    crops a centred square from every frame; ``"none"`` raises ``NoFaceError`` naming ``path``.
+    Faces are detected on every decoded frame (the detection rate and the gaps are the clip's). A used frame
+    without a face is filled by ``fill_faces``. If no frame has a face: ``fallback="center"`` crops a centred
+    square from every used frame; ``"none"`` raises ``NoFaceError`` naming ``path``, as does ``fill="segment"``
+    when no segment has a face of its own.
     """
     if fallback not in ("none", "center"):
         raise ValueError(f"fallback must be 'none' or 'center', got {fallback!r}")
+    if fill not in FILL_RULES:
+        raise ValueError(f"fill must be one of {FILL_RULES}, got {fill!r}")
     segment_times = np.asarray(segment_times, dtype=np.float64).reshape(-1, 2)
     if segment_times.shape[0] == 0:
         raise ValueError(f"{path}: no segments to build a face track for")
     per_segment = np.stack(
         [segment_frame_indices(frame_times, start, end, frames_per_segment) for start, end in segment_times]
     )
-    used = np.unique(per_segment)
-    used_boxes = detector.detect(frames[used])
-    has_face = ~np.isnan(used_boxes[:, 0])
-    detected_frames = int(has_face.sum())
+    boxes = detector.detect(frames)
+    has_face = ~np.isnan(boxes[:, 0])
+    segments_without_face = sum(not has_face[row].any() for row in per_segment)
     fallback_frames = 0
-    if detected_frames:
-        detected_mask = np.zeros(len(frames), dtype=bool)
-        detected_mask[used[has_face]] = True
-        replacement = nearest_detected(detected_mask)[used]  # by distance in frames, not in list position
+    if has_face.any():
+        source_per_slot, kept = fill_faces(per_segment, has_face, fill)
+        if not len(kept):
+            raise NoFaceError(path, f"no segment of its {len(per_segment)} has a face in its own frames (fill=segment)")
     elif fallback == "center":
-        used_boxes = center_boxes(frames.shape[1:], used.size)
-        replacement = used
-        fallback_frames = int(used.size)
+        boxes = center_boxes(frames.shape[1:], len(frames))
+        source_per_slot, kept = per_segment, np.arange(len(per_segment))
+        fallback_frames = int(np.unique(per_segment).size)
     else:
-        raise NoFaceError(path, f"no face detected in any of the {used.size} frames its segments use")
+        raise NoFaceError(path, f"no face detected in any of its {len(frames)} frames")
 
-    source_frames = np.unique(replacement)
-    source_per_slot = replacement[np.searchsorted(used, per_segment)]
-    face_index = np.searchsorted(source_frames, source_per_slot)
-    boxes = used_boxes[np.searchsorted(used, source_frames)]
+    used = np.unique(per_segment[kept])
+    source_frames = np.unique(source_per_slot)
     return FaceTrack(
-        face_frames=crop_faces(frames[source_frames], boxes, size, margin),
-        face_index=torch.as_tensor(face_index, dtype=torch.int64),
+        face_frames=crop_faces(frames[source_frames], boxes[source_frames], size, margin),
+        face_index=torch.as_tensor(np.searchsorted(source_frames, source_per_slot), dtype=torch.int64),
         source_frames=source_frames.astype(np.int64),
-        boxes=boxes,
-        detected_frames=detected_frames,
+        boxes=boxes[source_frames],
+        segments=kept,
+        decoded_frames=len(frames),
+        detected_frames=int(has_face.sum()),
+        filled_frames=int((~has_face[used]).sum()) if not fallback_frames else 0,
         fallback_frames=fallback_frames,
+        segments_without_face=int(segments_without_face),
+        longest_gap_s=longest_gap_s(has_face, frame_times),
     )

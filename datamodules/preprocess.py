@@ -37,7 +37,15 @@ from tqdm.auto import tqdm
 
 from datamodules.clips import Clip, IndexResult
 from datamodules.decode import BadInputError, DecodedClip, decode_clip, decode_frames
-from datamodules.faces import FaceDetector, WholeFrameFaces, build_face_track
+from datamodules.faces import (
+    FEW_FACES_CHOICES,
+    FILL_RULES,
+    FaceDetector,
+    FewFacesError,
+    WholeFrameFaces,
+    build_face_track,
+    few_faces_reason,
+)
 from datamodules.mfcc import mfcc_images, segment_length_s, segment_times_for_duration
 from datamodules.vad import detect_speech_span, plot_vad, trim_to_speech
 
@@ -123,12 +131,19 @@ def check_duration(audio: np.ndarray, sample_rate: int, mfcc_cfg: dict, path: Pa
 
 
 def check_failure_settings(cfg: dict) -> None:
-    """A ``ValueError`` for a ``no_speech`` or ``max_failed_fraction`` value that means nothing, before any clip
-    is tried (a typo must not turn into a dropped corpus)."""
+    """A ``ValueError`` for a ``no_speech``, ``max_failed_fraction`` or face rule value that means nothing, before
+    any clip is tried (a typo must not turn into a dropped corpus)."""
     if cfg["no_speech"] not in NO_SPEECH_CHOICES:
         raise ValueError(f"no_speech must be one of {NO_SPEECH_CHOICES}, got {cfg['no_speech']!r}")
     if not 0 <= cfg["max_failed_fraction"] <= 1:
         raise ValueError(f"max_failed_fraction must be in [0, 1], got {cfg['max_failed_fraction']}")
+    faces = cfg["faces"]
+    if faces["few_faces"] not in FEW_FACES_CHOICES:
+        raise ValueError(f"faces.few_faces must be one of {FEW_FACES_CHOICES}, got {faces['few_faces']!r}")
+    if faces["fill"] not in FILL_RULES:
+        raise ValueError(f"faces.fill must be one of {FILL_RULES}, got {faces['fill']!r}")
+    if not 0 <= faces["min_detection_rate"] <= 1:
+        raise ValueError(f"faces.min_detection_rate must be in [0, 1], got {faces['min_detection_rate']}")
 
 
 def no_speech_reason(vad_cfg: dict) -> str:
@@ -179,6 +194,38 @@ def audio_segments(decoded: DecodedClip, cfg: dict, path: Path) -> tuple[dict[st
     return record, {"vad_found": bool(vad_found), "vad_span_s": [round(float(span[0]), 4), round(float(span[1]), 4)]}
 
 
+def face_segments(
+    decoded: DecodedClip, record: dict, faces: dict, detector: FaceDetector | WholeFrameFaces, path: Path
+) -> tuple[dict, dict]:
+    """``record`` with the face track of its segments (``face_frames``, ``face_index``; the segments without a
+    face of their own removed under ``faces["fill"] == "segment"``, their audio too) and the track's counts.
+
+    ``FewFacesError`` when the face is found in fewer than ``min_detection_rate`` of the frames or is missing
+    longer than ``max_gap_s``, unless ``few_faces`` is ``keep`` (then the meta's ``few_faces`` says why).
+    """
+    track = build_face_track(
+        decoded.frames, decoded.frame_times, record["segment_times"], detector, size=faces["size"],
+        margin=faces["margin"], fallback=faces["fallback"], path=path,
+        frames_per_segment=faces["frames_per_segment"], fill=faces["fill"],
+    )
+    few = few_faces_reason(track, faces["min_detection_rate"], faces["max_gap_s"])
+    if few and faces["few_faces"] == "drop":
+        raise FewFacesError(path, f"{few}; faces.few_faces=keep keeps such clips")
+    kept = torch.as_tensor(track.segments)
+    record = {**{key: value[kept] for key, value in record.items()}, "face_frames": track.face_frames,
+              "face_index": track.face_index}
+    return record, {
+        "n_frames": int(track.face_frames.shape[0]),
+        "decoded_frames": track.decoded_frames,
+        "face_detected_frames": track.detected_frames,
+        "face_filled_frames": track.filled_frames,
+        "face_fallback_frames": track.fallback_frames,
+        "segments_without_face": track.segments_without_face,
+        "face_longest_gap_s": round(track.longest_gap_s, 4),
+        "few_faces": few,
+    }
+
+
 def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | WholeFrameFaces | None) -> dict:
     """Decode, trim by VAD, cut MFCC images and the matching face segments of one clip; a clip without audio
     (``cfg["audio"]`` false: image sequences) is cut into segments of the same length by time alone.
@@ -203,24 +250,18 @@ def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | WholeFrameFa
         **vad,
         "n_segments": int(record["segment_times"].shape[0]),
         "n_frames": 0,
+        "decoded_frames": 0,
         "face_detected_frames": 0,
+        "face_filled_frames": 0,
         "face_fallback_frames": 0,
+        "segments_without_face": 0,
+        "face_longest_gap_s": 0.0,
+        "few_faces": None,
     }
     if cfg["video"]:
-        faces = cfg["faces"]
         with step("faces"):
-            track = build_face_track(
-                decoded.frames, decoded.frame_times, record["segment_times"], detector,
-                size=faces["size"], margin=faces["margin"], fallback=faces["fallback"], path=clip.path,
-                frames_per_segment=faces["frames_per_segment"],
-            )
-        record["face_frames"] = track.face_frames
-        record["face_index"] = track.face_index
-        meta.update(
-            n_frames=int(track.face_frames.shape[0]),
-            face_detected_frames=int(track.detected_frames),
-            face_fallback_frames=int(track.fallback_frames),
-        )
+            record, face_meta = face_segments(decoded, record, cfg["faces"], detector, clip.path)
+        meta.update(face_meta, n_segments=int(record["segment_times"].shape[0]))
     record["meta"] = meta
     return record
 
@@ -612,10 +653,7 @@ def build_report(
         "segments_per_class": _segments_per_class(kept, metas),
         "vad_not_found": sorted(c.clip_id for c in kept if metas[c.clip_id]["vad_found"] is False),
         "face_frames": used_frames,
-        "face_detection_rate": (
-            sum(m["face_detected_frames"] for m in kept_metas) / used_frames if used_frames else None
-        ),
-        "face_fallback_frames": sum(m["face_fallback_frames"] for m in kept_metas),
+        **face_counts(kept, metas, dropped),
         "dropped": dict(sorted(dropped.items())),
         "dropped_by_reason": dict(Counter(reason_kind(failure) for failure in dropped.values()).most_common()),
         "excluded": [list(item) for item in indexed.excluded],
@@ -626,6 +664,31 @@ def build_report(
         "seconds": round(total_s, 2),
         "clips_per_second": round(len(processed_now) / work_s, 3) if processed_now else None,
         "media_seconds_per_second": round(new_media_s / work_s, 3) if processed_now else None,
+    }
+
+
+def face_counts(kept: list[Clip], metas: dict[str, dict], dropped: dict[str, dict]) -> dict:
+    """The report's faces: frames decoded and with a face (the detection rate, over the corpus and per clip),
+    frames filled from another frame, segments without a face of their own, centre-crop fallbacks, and the
+    clips with too few faces, dropped (by reason) and kept (``few_faces: keep``)."""
+    kept_metas = [metas[c.clip_id] for c in kept]
+    decoded = sum(m["decoded_frames"] for m in kept_metas)
+    detected = sum(m["face_detected_frames"] for m in kept_metas)
+    return {
+        "decoded_frames": decoded,
+        "face_detected_frames": detected,
+        "face_detection_rate": detected / decoded if decoded else None,
+        "face_detection_rate_per_clip": {
+            m["clip_id"]: round(m["face_detected_frames"] / m["decoded_frames"], 4) for m in kept_metas
+            if m["decoded_frames"]
+        },
+        "face_filled_frames": sum(m["face_filled_frames"] for m in kept_metas),
+        "segments_without_face": sum(m["segments_without_face"] for m in kept_metas),
+        "face_fallback_frames": sum(m["face_fallback_frames"] for m in kept_metas),
+        "few_faces": {
+            "dropped": sum(failure["error"] == FewFacesError.__name__ for failure in dropped.values()),
+            "kept": {m["clip_id"]: m["few_faces"] for m in kept_metas if m["few_faces"]},
+        },
     }
 
 
@@ -657,9 +720,14 @@ def format_report(report: dict, listed: int = 20) -> str:
         "per subject: " + ", ".join(f"{k} {v}" for k, v in report["clips_per_subject"].items()),
     ]
     if report["face_frames"]:
+        few = report["few_faces"]
         lines.append(
-            f"faces: {report['face_frames']} frames, detection rate {report['face_detection_rate']:.3f}, "
-            f"fallback crops {report['face_fallback_frames']}"
+            f"faces: {report['decoded_frames']} frames decoded, a face in {report['face_detected_frames']} (detection "
+            f"rate {report['face_detection_rate']:.3f}, lowest clip "
+            f"{min(report['face_detection_rate_per_clip'].values()):.3f}); {report['face_frames']} crops kept, "
+            f"{report['face_filled_frames']} frames filled from another frame, {report['segments_without_face']} "
+            f"segments without a face of their own, {report['face_fallback_frames']} centre-crop fallbacks; too few "
+            f"faces: {few['dropped']} clips dropped, {len(few['kept'])} kept"
         )
     if report["vad_not_found"]:
         lines.append(f"VAD found no speech (whole clip kept): {len(report['vad_not_found'])}")

@@ -1,10 +1,13 @@
-"""Face alignment rules (paper §3.3) and MTCNN face tracks on the real RAVDESS clip."""
+"""Face alignment rules (paper §3.3), the detection rate and the rules on clips with too few faces, and MTCNN face
+tracks on the real RAVDESS clip."""
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from datamodules.clips import Clip
 from datamodules.decode import BadInputError, decode_clip
 from datamodules.faces import (
     FaceDetector,
@@ -12,9 +15,11 @@ from datamodules.faces import (
     build_face_track,
     center_boxes,
     crop_faces,
+    few_faces_reason,
     nearest_detected,
     segment_frame_indices,
 )
+from datamodules.preprocess import face_counts
 from datamodules.mfcc import mfcc_images
 from datamodules.vad import detect_speech_span
 
@@ -163,3 +168,69 @@ def test_detector_pickles_without_weights(detector):
     detector.detect(np.full((1, 60, 80, 3), 128, np.uint8))  # builds the network
     clone = pickle.loads(pickle.dumps(detector))
     assert clone._mtcnn is None and clone.min_confidence == detector.min_confidence
+
+
+# ---------------------------------------------------------------- detection that reports the truth
+
+
+class BrightCentreDetector:
+    """A face wherever a frame's centre pixel is bright: a detector whose answer the test decides."""
+
+    def detect(self, frames: np.ndarray) -> np.ndarray:
+        height, width = frames.shape[1:3]
+        found = frames[:, height // 2, width // 2, 0] > 128
+        return np.where(found[:, None], np.array([[width / 4, height / 4, 3 * width / 4, 3 * height / 4]]), np.nan)
+
+
+def partly_faceless(n_frames: int, hidden: slice) -> np.ndarray:
+    frames = np.full((n_frames, 40, 40, 3), 200, np.uint8)
+    frames[hidden] = 50
+    return frames
+
+
+def test_the_detection_rate_is_frames_with_a_face_over_frames_decoded():
+    frames = partly_faceless(40, slice(10, 26))  # 16 of 40 frames without a face
+    segments = np.array([[0.0, 0.655], [0.3, 0.955]])  # frames 0-19 and 9-28 at 30 fps
+    track = build_face_track(frames, np.arange(40) / 30.0, segments, BrightCentreDetector(), size=16)
+    assert track.decoded_frames == 40 and track.detected_frames == 24 and track.detection_rate == 0.6
+    assert track.longest_gap_s == pytest.approx(16 / 30)
+    assert track.filled_frames == 16 and track.segments_without_face == 0
+    assert few_faces_reason(track, 0.5, 1.0) is None
+    assert few_faces_reason(track, 0.7, None) == "face found in 24 of 40 frames (0.60 < min_detection_rate 0.7)"
+    assert few_faces_reason(track, 0.5, 0.5) == "no face for 0.53 s on end (max_gap_s 0.5)"
+
+
+def test_fill_segment_takes_faces_from_the_segment_only_and_drops_a_segment_without_one():
+    frames = partly_faceless(60, slice(20, 45))
+    segments = np.array([[0.0, 0.655], [0.7, 1.355], [1.0, 1.655]])  # frames 0-19, 21-40, 30-49
+    nearest = build_face_track(frames, np.arange(60) / 30.0, segments, BrightCentreDetector(), size=16)
+    assert nearest.segments.tolist() == [0, 1, 2] and nearest.segments_without_face == 1
+    by_segment = build_face_track(frames, np.arange(60) / 30.0, segments, BrightCentreDetector(), size=16,
+                                  fill="segment")
+    assert by_segment.segments.tolist() == [0, 2] and by_segment.face_index.shape == (2, 20)
+    sources = by_segment.source_frames[by_segment.face_index[1].numpy()]
+    assert set(sources.tolist()) == set(range(45, 50))  # segment 2's own faces, frames 45-49
+    with pytest.raises(NoFaceError, match="no segment of its 1 has a face"):
+        build_face_track(frames, np.arange(60) / 30.0, segments[1:2], BrightCentreDetector(), size=16, fill="segment")
+
+
+def test_the_report_counts_frames_decoded_filled_and_clips_with_too_few_faces():
+    meta = {"decoded_frames": 40, "face_detected_frames": 24, "face_filled_frames": 16, "face_fallback_frames": 0,
+            "segments_without_face": 0}
+    metas = {"a": {**meta, "clip_id": "a", "few_faces": None},
+             "b": {**meta, "clip_id": "b", "face_detected_frames": 10, "few_faces": "face found in 10 of 40 frames"}}
+    clips = [Clip(clip_id, Path(clip_id), "s1", "anger") for clip_id in metas]
+    dropped = {"c": {"error": "FewFacesError"}, "d": {"error": "BadInputError"}}
+    counts = face_counts(clips, metas, dropped)
+    assert counts["face_detection_rate"] == 34 / 80 and counts["face_detection_rate_per_clip"] == {"a": 0.6, "b": 0.25}
+    assert counts["face_filled_frames"] == 32
+    assert counts["few_faces"] == {"dropped": 1, "kept": {"b": "face found in 10 of 40 frames"}}
+
+
+@pytest.mark.shared
+def test_mtcnn_rate_on_a_real_clip_whose_face_is_hidden_for_part_of_the_frames(av_clip, detector):
+    frames = av_clip.frames[:60].copy()
+    frames[15:39] = 128  # 24 of 60 frames show no face
+    track = build_face_track(frames, av_clip.frame_times[:60], np.array([[0.0, 0.655]]), detector, size=32)
+    assert track.decoded_frames == 60 and track.detected_frames == 36 and track.detection_rate == 0.6
+    assert track.longest_gap_s == pytest.approx(24 / 29.97, rel=0.01)

@@ -217,6 +217,20 @@ def test_face_sequence_encoder_shapes_and_chunking():
         encoder(faces[0])
 
 
+def test_face_sequence_encoder_runs_the_vgg_once_per_run_of_repeated_frames():
+    torch.manual_seed(0)
+    encoder = FaceSequenceEncoder(TINY_VGG, lstm_hidden=16).eval()
+    distinct = torch.randn(2, 3, 3, FACE_SIZE, FACE_SIZE)
+    faces = distinct[:, [0] * 10 + [1] + [2] * 9]  # rule 3 on a 3-frame clip
+    calls = []
+    handle = encoder.vgg.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    features = encoder(faces)
+    handle.remove()
+    assert calls == [6]
+    outputs, _ = encoder.lstm(encoder.vgg(faces.flatten(0, 1)).view(2, 20, -1))
+    assert torch.allclose(outputs[:, -1], features, atol=1e-6)
+
+
 # ---------------------------------------------------------------- LightningModules
 
 

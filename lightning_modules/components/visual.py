@@ -13,7 +13,9 @@ class FaceSequenceEncoder(nn.Module):
     """Face crops of one segment `[B, T, 3, S, S]` (T = 20 in the paper) -> segment feature `[B, lstm_hidden]`.
 
     Every frame goes through the same VGG (fc7, §3.3), the `[B, T, fc7]` sequence through an LSTM, and
-    the last layer's final hidden state is the segment feature (4096-D in the paper). Under mixed
+    the last layer's final hidden state is the segment feature (4096-D in the paper). A frame equal to the one
+    before it in its segment (rule 3 repeats the first and last frames, rule 1 the nearest face) reuses that
+    frame's features instead of going through the VGG again. Under mixed
     precision the VGG follows autocast and the LSTM runs in its parameters' dtype.
 
     Args:
@@ -63,8 +65,11 @@ class FaceSequenceEncoder(nn.Module):
         if faces.dim() != 5:
             raise ValueError(f"expected faces of shape [B, T, 3, S, S], got {tuple(faces.shape)}")
         batch, steps = faces.shape[:2]
-        frames = faces.flatten(0, 1).contiguous(memory_format=memory_format)
-        sequence = self.frame_features(frames).view(batch, steps, -1)
+        repeated = torch.zeros(batch, steps, dtype=torch.bool, device=faces.device)
+        repeated[:, 1:] = (faces[:, 1:] == faces[:, :-1]).flatten(2).all(dim=2)
+        frames = faces[~repeated].contiguous(memory_format=memory_format)
+        distinct = self.frame_features(frames)
+        sequence = distinct[(~repeated).flatten().cumsum(0) - 1].view(batch, steps, -1)
         # CUDA autocast runs cuDNN RNNs in float16 whatever its dtype (bf16-mixed would get fp16 LSTM
         # gradients without loss scaling), so the LSTM runs outside autocast in its parameters' dtype.
         with torch.autocast(device_type=sequence.device.type, enabled=False):
