@@ -20,16 +20,17 @@ from datamodules.splits import Fold, with_test_corpus
 class SegmentDataset(Dataset):
     """The segments of a set of prepared clips; one item per 655 ms segment.
 
-    ``inputs`` picks the tensors a batch carries: ``"audio"`` (uint8 [3,64,64]) and/or ``"faces"``
-    (uint8 [20,3,S,S]).
+    ``inputs`` picks the tensors a batch carries: ``"audio"`` (uint8 [3,64,64]), ``"faces"`` (uint8
+    [20,3,S,S]) and/or ``"frame_features"`` ([20,D]: rows of ``frame_features``, each clip's frozen-part
+    output per face crop, in the order of its ``face_frames``).
     """
 
     def __init__(
         self, records: Sequence[dict], clip_indices: Sequence[int], labels: Sequence[int],
-        first_segment_ids: Sequence[int], inputs: Sequence[str],
+        first_segment_ids: Sequence[int], inputs: Sequence[str], frame_features: Sequence[torch.Tensor] = (),
     ) -> None:
         self.records, self.clip_indices, self.labels = records, clip_indices, labels
-        self.first_segment_ids, self.inputs = first_segment_ids, tuple(inputs)
+        self.first_segment_ids, self.inputs, self.frame_features = first_segment_ids, tuple(inputs), frame_features
         self.starts = [0, *accumulate(int(r["segment_times"].shape[0]) for r in records)]
         self.length = self.starts.pop()
 
@@ -49,6 +50,8 @@ class SegmentDataset(Dataset):
             item["audio"] = record["audio"][k]
         if "faces" in self.inputs:
             item["faces"] = record["face_frames"][record["face_index"][k]]
+        if "frame_features" in self.inputs:
+            item["frame_features"] = self.frame_features[pos][record["face_index"][k]]
         return item
 
 
@@ -96,6 +99,7 @@ class EmotionDataModule(L.LightningDataModule):
         # torch already spreads one clip's work over 2 threads: more processes than cores/2 only compete
         self.preprocess_workers = preprocess_workers or max(1, (os.cpu_count() or 2) // 2)
         self.clips: list[Clip] = []
+        self.frame_features: dict[str, torch.Tensor] = {}  # clip id -> frozen-part output per face crop
         self._prepared: PreparedCorpus | None = None
         self._indexed: IndexResult | None = None
         self._folds: list[Fold] | None = None
@@ -177,13 +181,15 @@ class EmotionDataModule(L.LightningDataModule):
 
     def dataset(self, clip_ids: Sequence[str], inputs: Sequence[str] | None = None) -> SegmentDataset:
         """The segments of the prepared clips among ``clip_ids`` (clips dropped in preprocessing vanish),
-        carrying ``inputs`` (default: the module's)."""
+        carrying ``inputs`` (default: the module's; ``frame_features`` reads ``self.frame_features``)."""
         wanted = set(clip_ids)
         positions = [i for i, c in enumerate(self.clips) if c.clip_id in wanted]
+        inputs = inputs or self.inputs
+        features = [self.frame_features[self.clips[i].clip_id] for i in positions] if "frame_features" in inputs else ()
         return SegmentDataset(
             [self.records[i] for i in positions], positions,
             [self.classes.index(self.clips[i].label) for i in positions],
-            [self.first_segment_ids[i] for i in positions], inputs or self.inputs,
+            [self.first_segment_ids[i] for i in positions], inputs, features,
         )
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:

@@ -1,22 +1,20 @@
-"""Fusion-stage data: every segment's audio and visual features, computed once by the frozen extractors."""
+"""Fusion-stage data: every segment's audio and visual features, computed once by the frozen extractors and
+kept in ``datamodules.feature_cache`` (the extractors come in as callables: no LightningModule is imported here)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import nullcontext
-from pathlib import Path
-
 import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from datamodules.datamodule import EmotionDataModule
-from datamodules.preprocess import atomic_save
+from datamodules.feature_cache import Extractor, FeatureCache
 
-
-AUTOCAST_DTYPES: dict[str, torch.dtype] = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+EXTRACTED: tuple[str, ...] = ("audio", "visual")
 
 
 def file_digest(path: Path) -> str:
@@ -47,15 +45,17 @@ class FeatureDataset(Dataset):
 class FeatureDataModule(L.LightningDataModule):
     """The fold's segments as (audio feature, visual feature) pairs for the fusion network.
 
-    ``prepare_data`` (rank zero) runs the best audio and visual checkpoints of the fold, frozen, over
-    every prepared segment and caches the features in ``cache_path``; ``setup`` reads that cache. The
-    cache is keyed by both checkpoints' content, the fold's ``fold_hash`` and the extraction precision
-    (``precision``: the trainer's; "16-mixed" and "bf16-mixed" extract under autocast, others in fp32).
+    ``prepare_data`` (rank zero) runs each frozen extractor over every prepared clip's segments once, into a
+    ``FeatureCache`` under ``<cache_root>/<audio|visual>/``; ``setup`` reads both. ``extractors`` maps "audio"
+    and "visual" to a function that loads the extractor, called only when its cache lacks clips, and returns a
+    callable from a batch of segments (``{"audio": ...}`` or ``{"faces": ...}``) to their features; ``keys`` says
+    what each one's features depend on (its checkpoint's content, the extraction precision), to which the
+    clip cache's key is added.
     """
 
     def __init__(
-        self, segments: EmotionDataModule, audio_checkpoint: Path, visual_checkpoint: Path, cache_path: Path,
-        fold_hash: str, precision: str = "32-true", batch_size: int = 64, extract_batch_size: int = 16,
+        self, segments: EmotionDataModule, extractors: Mapping[str, Callable[[], Extractor]], keys: Mapping[str, dict],
+        cache_root: Path, batch_size: int = 64, extract_batch_size: int = 16,
     ) -> None:
         super().__init__()
         if segments.test_corpus is not None:
@@ -63,60 +63,54 @@ class FeatureDataModule(L.LightningDataModule):
                 f"stage=fusion does not run cross-corpus ({segments.name} -> {segments.test_corpus.name}): its "
                 "features are extracted from one corpus; run stage=audio, visual or baseline"
             )
-        self.segments, self.cache_path = segments, Path(cache_path)
-        self.audio_checkpoint, self.visual_checkpoint = Path(audio_checkpoint), Path(visual_checkpoint)
-        self.fold_hash, self.precision = fold_hash, str(precision)
-        self.batch_size, self.extract_batch_size = batch_size, extract_batch_size
+        self.segments, self.extractors, self.keys = segments, extractors, keys
+        self.cache_root, self.batch_size, self.extract_batch_size = Path(cache_root), batch_size, extract_batch_size
         self.features: dict[str, torch.Tensor] = {}
-        self._key: str | None = None
 
-    @property
-    def key(self) -> str:
-        if self._key is None:
-            digests = [file_digest(path) for path in (self.audio_checkpoint, self.visual_checkpoint)]
-            self._key = "|".join([*digests, self.fold_hash, self.precision])
-        return self._key
+    @cached_property
+    def caches(self) -> dict[str, FeatureCache]:
+        return {
+            name: FeatureCache(self.cache_root / name, {"clips": self.segments.cache_folder.name, **self.keys[name]},
+                               batch_rows=self.extract_batch_size)
+            for name in EXTRACTED
+        }
 
     @property
     def cache_is_current(self) -> bool:
-        """Whether the feature cache holds the features of these checkpoints, fold and precision."""
-        return self.cache_path.exists() and torch.load(self.cache_path, mmap=True)["key"] == self.key
+        """Whether features of these extractors (their keys) have been cached: a retrained one has another key."""
+        return all(cache.shards for cache in self.caches.values())
+
+    def segment_inputs(self, name: str) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+        """Each prepared clip's segments as the ``name`` extractor reads them."""
+        for clip, record in zip(self.segments.clips, self.segments.records):
+            if name == "audio":
+                yield clip.clip_id, {"audio": record["audio"]}
+            else:
+                yield clip.clip_id, {"faces": record["face_frames"][record["face_index"]]}
 
     def prepare_data(self) -> None:
-        if self.cache_is_current:
-            return
-        from lightning_modules.audio_module import AudioModule
-        from lightning_modules.visual_module import VisualModule
-
         self.segments.prepare_data()
         self.segments.setup()
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        audio = AudioModule.load_from_checkpoint(self.audio_checkpoint, map_location=device).eval()
-        visual = VisualModule.load_from_checkpoint(self.visual_checkpoint, map_location=device).eval()
-        dataset = self.segments.dataset([c.clip_id for c in self.segments.clips], inputs=("audio", "faces"))
-        loader = DataLoader(dataset, batch_size=self.extract_batch_size, num_workers=self.segments.num_workers)
-        dtype = AUTOCAST_DTYPES.get(self.precision)
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("audio", "visual", "label", "clip_index", "segment_id")}
-        with torch.inference_mode(), autocast:
-            for batch in tqdm(loader, desc="fusion features", unit="batch"):
-                on_device = {k: v.to(device) for k, v in batch.items()}
-                parts["audio"].append(audio.extract_features(on_device).float().cpu())
-                parts["visual"].append(visual.extract_features(on_device).float().cpu())
-                for name in ("label", "clip_index", "segment_id"):
-                    parts[name].append(batch[name])
-        features = {k: torch.cat(v) for k, v in parts.items()}
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({"key": self.key, **features}, self.cache_path)
+        for name, cache in self.caches.items():
+            if {clip.clip_id for clip in self.segments.clips} - cache.cached_ids():
+                cache.fill(self.segment_inputs(name), self.extractors[name](), total=len(self.segments.clips))
 
     def setup(self, stage: str | None = None) -> None:
         if self.features:
             return
-        cached = torch.load(self.cache_path, mmap=True)
-        if cached["key"] != self.key:
-            raise RuntimeError(f"{self.cache_path} was computed from other checkpoints: run prepare_data")
-        self.features = {k: v for k, v in cached.items() if k != "key"}
         self.segments.setup()
+        cached = {name: cache.load() for name, cache in self.caches.items()}
+        clip_ids = [clip.clip_id for clip in self.segments.clips]
+        if any(clip_id not in cached[name] for name in EXTRACTED for clip_id in clip_ids):
+            raise RuntimeError(f"{self.cache_root} lacks features of these extractors: run prepare_data")
+        counts = [int(record["segment_times"].shape[0]) for record in self.segments.records]
+        labels = [self.segments.classes.index(clip.label) for clip in self.segments.clips]
+        self.features = {
+            **{name: torch.cat([cached[name][clip_id] for clip_id in clip_ids]).float() for name in EXTRACTED},
+            "label": torch.tensor(labels).repeat_interleave(torch.tensor(counts)),
+            "clip_index": torch.arange(len(clip_ids)).repeat_interleave(torch.tensor(counts)),
+            "segment_id": torch.arange(sum(counts)),
+        }
 
     def _loader(self, clip_ids: Sequence[str], shuffle: bool) -> DataLoader:
         ids = set(clip_ids)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -33,7 +34,8 @@ from callbacks.leakage import LeakageGuard
 from callbacks.loggers import AgentRun, build_logger, detach_agent_run, finish_logger, is_wandb
 from callbacks.results_table import append_result, format_results_table, read_results, results_row
 from datamodules.datamodule import EmotionDataModule
-from datamodules.features import FeatureDataModule
+from datamodules.feature_cache import Extractor, FeatureCache
+from datamodules.features import FeatureDataModule, file_digest
 from datamodules.corpora import natural_key
 from datamodules.preprocess import atomic_write_text
 from lightning_modules.config_errors import (
@@ -53,12 +55,16 @@ from lightning_modules.cv_summary import (
     summarize_folds,
     summarize_seeds,
 )
+from lightning_modules.audio_module import AudioModule
+from lightning_modules.base import EmotionModule
+from lightning_modules.visual_module import VisualModule
 from lightning_modules.resume import LAST_CHECKPOINT, FoldPlan, KeepEarlyStop, clear_fold, plan_fold, removed_if_failed
 
 STAGES = ("audio", "visual", "fusion")  # stage=all
 BASELINE = "baseline"  # the classical floor (lightning_modules/baseline.py), run only when named
 SUMMARY = "summary"  # fold=summary: summarise the folds that separate jobs trained, without training
 STAGE_INPUTS = {"audio": ("audio",), "visual": ("faces",)}
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
 
 class MissingCheckpointError(FileNotFoundError):
@@ -256,10 +262,28 @@ def stage_data(
         return datamodule
     audio_ckpt, visual_ckpt = upstream_checkpoints(cfg, fold, _task_overrides())
     check_upstream_provenance(provenance, {"audio": audio_ckpt, "visual": visual_ckpt}, _task_overrides())
+    precision = str(cfg.trainer.precision)
+    checkpoints = {"audio": (AudioModule, audio_ckpt), "visual": (VisualModule, visual_ckpt)}
     return FeatureDataModule(
-        datamodule, audio_ckpt, visual_ckpt, fold_dir(cfg, stage, fold) / "features.pt",
-        fold_hash=provenance["fold_hash"], precision=str(cfg.trainer.precision), batch_size=batch_size,
+        datamodule,
+        {name: partial(frozen_extractor, module_class, path, precision) for name, (module_class, path) in checkpoints.items()},
+        {name: {"checkpoint": file_digest(path), "precision": precision} for name, (_, path) in checkpoints.items()},
+        fold_dir(cfg, stage, fold) / "features", batch_size=batch_size,
     )
+
+
+def frozen_extractor(module_class: type[EmotionModule], checkpoint: Path, precision: str) -> Extractor:
+    """The fold's trained extractor, frozen: a batch of segments -> their features (``extract_features``), on
+    the GPU when there is one, under autocast for the "16-mixed" and "bf16-mixed" precisions (fp32 otherwise)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module = module_class.load_from_checkpoint(checkpoint, map_location=device).eval()
+    dtype = AUTOCAST_DTYPES.get(precision)
+
+    def extract(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return module.extract_features({name: value.to(device) for name, value in batch.items()}).float()
+
+    return extract
 
 
 def upstream_change(data: L.LightningDataModule, out: Path) -> str | None:
@@ -267,7 +291,7 @@ def upstream_change(data: L.LightningDataModule, out: Path) -> str | None:
     retrained since), or None."""
     has_results = (out / "metrics.json").exists() or (out / LAST_CHECKPOINT).exists()
     if isinstance(data, FeatureDataModule) and has_results and not data.cache_is_current:
-        return f"its audio or visual extractor changed since ({data.cache_path.name} is of other checkpoints)"
+        return f"its audio or visual extractor changed since ({data.cache_root.name}/ holds other checkpoints' features)"
     return None
 
 
@@ -310,6 +334,8 @@ def fit_and_test(
     module = instantiate(
         stage_cfg.module, _convert_="all", num_classes=len(datamodule.classes), class_names=list(datamodule.classes)
     )
+    if stage == "visual":
+        read_frozen_features(cfg, module, datamodule)
     subjects = subjects_of_fold(datamodule)
     logger = build_logger(cfg, stage=stage, fold=fold, out_dir=out, resume=resume_from is not None)
     context = {"dirpath": str(out / "checkpoints"), "out_dir": str(out), "stage": stage, "fold": fold,
@@ -341,6 +367,27 @@ def fit_and_test(
     if trainer.is_global_zero:
         atomic_write_text(json.dumps(metrics, indent=2), out / "metrics.json")
     return metrics
+
+
+def read_frozen_features(cfg: DictConfig, module: VisualModule, datamodule: EmotionDataModule) -> None:
+    """When ``module`` has a frozen part whose output can stand for the face crops (``frozen_extractor``), fill
+    its cache once per distinct crop of every prepared clip (of the test corpus too) under
+    ``<cache_dir>/frozen_features/<corpus>/`` and make the batches carry that output instead of the crops."""
+    extractor = module.frozen_extractor()
+    if extractor is None:
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module.to(device)
+    for corpus in filter(None, (datamodule, datamodule.test_corpus)):
+        corpus.prepare_data()
+        corpus.setup()
+        key = {"clips": corpus.cache_folder.name, **module.frozen_key()}
+        cache = FeatureCache(Path(cfg.paths.cache_dir) / "frozen_features" / corpus.name, key)
+        crops = ((clip.clip_id, {"faces": record["face_frames"]}) for clip, record in zip(corpus.clips, corpus.records))
+        cache.fill(crops, extractor, total=len(corpus.clips))
+        corpus.frame_features = cache.load()
+    module.cpu()
+    datamodule.inputs = ("frame_features",)
 
 
 def subjects_of_fold(datamodule: EmotionDataModule) -> dict[str, list[str]]:

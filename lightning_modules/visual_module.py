@@ -1,11 +1,13 @@
 """Visual network, §3.3: 20 face crops per segment -> VGG19 fc7 per frame -> LSTM (4096-D) -> segment emotion."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from datamodules.feature_cache import tensor_digest
 from lightning_modules.base import Batch, EmotionModule, checkpoint_backbone_kwargs
 from lightning_modules.components.augment import FaceAugment
 from lightning_modules.components.vgg import (
@@ -19,6 +21,11 @@ from lightning_modules.components.visual import FaceSequenceEncoder
 
 class VisualModule(EmotionModule):
     """batch["faces"] uint8 `[B, 20, 3, S, S]` -> FaceSequenceEncoder (VGG fc7 + LSTM) -> linear head.
+
+    With a frozen VGG part (``backbone.freeze``: features or all) and no face augmentation, the frozen part's
+    output never changes, so it can be computed once per face crop (``frozen_extractor``, cached by
+    ``datamodules.feature_cache`` under ``frozen_key``): a batch then carries ``frame_features`` `[B, 20, D]`
+    instead of ``faces`` and only the trainable rest runs.
 
     Args:
         backbone: VGGFeatureExtractor kwargs for the per-frame VGG.
@@ -56,7 +63,7 @@ class VisualModule(EmotionModule):
         self.save_hyperparameters()
         self.hparams["backbone"] = checkpoint_backbone_kwargs(backbone)
         self.input_mean, self.input_std = input_mean, input_std
-        self.augment = FaceAugment(**face_augment)
+        self.augment, self.augments = FaceAugment(**face_augment), bool(face_augment)
         self.encoder = FaceSequenceEncoder(
             VGGFeatureExtractor(**backbone), lstm_hidden, lstm_layers, lstm_dropout, frames_per_chunk
         )
@@ -64,6 +71,31 @@ class VisualModule(EmotionModule):
         self._finish_init()
 
     def extract_features(self, batch: Batch) -> torch.Tensor:
-        """Face crops -> segment features `[B, lstm_hidden]` (the LSTM's last hidden state)."""
+        """Face crops, or the frozen part's cached output of them -> segment features `[B, lstm_hidden]` (the
+        LSTM's last hidden state)."""
+        if "frame_features" in batch:
+            return self.encoder.from_frozen(batch["frame_features"])
         faces = preprocess_uint8_images(self.augment(batch["faces"]), self.input_mean, self.input_std)
         return self.encoder(faces, memory_format=self.memory_format)
+
+    def frozen_extractor(self) -> Callable[[Batch], torch.Tensor] | None:
+        """The frozen part as a callable, ``{"faces": uint8 [N, 3, S, S]}`` -> ``[N, D]`` (pool5 or fc7), when
+        its output can stand for the crops in training: a frozen part, no face augmentation and no mixup (both
+        change the crops); else None."""
+        vgg = self.encoder.vgg
+        if vgg.frozen_layer is None or self.augments or self.mixup_alpha > 0:
+            return None
+
+        def frozen_output(batch: Batch) -> torch.Tensor:
+            faces = batch["faces"].to(self.device)
+            return vgg.frozen_output(preprocess_uint8_images(faces, self.input_mean, self.input_std))
+
+        return frozen_output
+
+    def frozen_key(self) -> dict:
+        """What the frozen part's output depends on besides the crops: the layer, the input normalisation and
+        the content of the frozen weights (so a retrained or other backbone never reads stale features)."""
+        vgg = self.encoder.vgg
+        frozen = vgg.features if vgg.frozen_layer == "pool5" else vgg
+        return {"layer": vgg.frozen_layer, "input_mean": self.input_mean, "input_std": self.input_std,
+                "weights": tensor_digest(frozen.state_dict().values())}

@@ -39,7 +39,7 @@ def test_one_fold_trains_on_one_corpus_and_tests_on_every_clip_of_the_other(ravd
     assert {training[clip_id].subject for clip_id in fold.val} == {"actor_04"}
     assert datamodule.corpus_of("test") is datamodule.test_corpus and datamodule.corpus_of("val") is datamodule
     with pytest.raises(ValueError, match="stage=fusion does not run cross-corpus"):
-        FeatureDataModule(datamodule, Path("audio.ckpt"), Path("visual.ckpt"), Path("features.pt"), fold.content_hash)
+        FeatureDataModule(datamodule, {}, {}, Path("features"))
 
 
 def test_classes_missing_on_either_side_are_dropped_and_named(generated_ravdess, generated_emodb):

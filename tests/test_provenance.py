@@ -51,15 +51,16 @@ def test_fusion_features_are_keyed_by_checkpoint_content(extractors):
     cfg = compose_train([*extractors, "stage=fusion"])
     fold_dir = Path(cfg.paths.run_dir) / "fusion" / "fold_0"
     run(cfg)
-    features = fold_dir / "features.pt"
-    built = features.stat().st_mtime_ns
+    audio_features = fold_dir / "features" / "audio"
+    built = {path: path.stat().st_mtime_ns for path in audio_features.glob("*/shard_*.pt")}
+    assert len(built) == 1
     audio_ckpt = Path(cfg.paths.run_dir) / "audio" / "fold_0" / "checkpoints" / "best.ckpt"
     os.utime(audio_ckpt)  # touched or copied, same content: the cache is reused
     run(cfg)
-    assert features.stat().st_mtime_ns == built
-    run(compose_train([*extractors, "stage=audio", "seed=7"]))  # retrained: other weights
+    assert {path: path.stat().st_mtime_ns for path in audio_features.glob("*/shard_*.pt")} == built
+    run(compose_train([*extractors, "stage=audio", "seed=7"]))  # retrained: other weights, another key
     run(cfg)
-    assert features.stat().st_mtime_ns != built
+    assert len(list(audio_features.glob("*/shard_*.pt"))) == 2
 
 
 @pytest.mark.slow

@@ -133,8 +133,7 @@ def test_fusion_loaders_serving_every_clip_fail_the_guard(tiny_demo, tmp_path, m
     datamodule.setup()
     datamodule.fold = 1
     segments_per_clip = torch.tensor([int(record["audio"].shape[0]) for record in datamodule.records])
-    fusion = FeatureDataModule(datamodule, tmp_path / "audio.ckpt", tmp_path / "visual.ckpt", tmp_path / "features.pt",
-                               fold_hash=datamodule.current_fold.content_hash)
+    fusion = FeatureDataModule(datamodule, {}, {}, tmp_path / "features")
     fusion.features = {"clip_index": torch.arange(len(datamodule.clips)).repeat_interleave(segments_per_clip)}
     guard = LeakageGuard(datamodule)
     for split in ("train", "val", "test"):

@@ -42,12 +42,12 @@ def test_fusion_trains_on_the_frozen_extractors_features(tiny_demo, tmp_path):
     cfg = compose_train([*common, "stage=fusion", "model.fusion.trainer.max_epochs=1"])
     summary = run(cfg)["fusion"]
     fold_dir = tmp_path / "demo" / "loso" / "fusion" / "fold_0"
-    features = fold_dir / "features.pt"
-    assert features.exists() and (fold_dir / "metrics.json").exists()
+    shards = sorted((fold_dir / "features").glob("*/*/shard_*.pt"))
+    assert len(shards) == 2 and (fold_dir / "metrics.json").exists()  # one cache each for audio and visual
     assert summary["test"]["folds"][0]["subjects"] == ["s01"]
-    stamp = features.stat().st_mtime_ns
+    stamps = [shard.stat().st_mtime_ns for shard in shards]
     run(compose_train([*common, "stage=fusion", "model.fusion.trainer.max_epochs=1", "resume=false"]))
-    assert features.stat().st_mtime_ns == stamp  # trained again, from the cached features
+    assert [shard.stat().st_mtime_ns for shard in shards] == stamps  # trained again, from the cached features
 
 
 def test_cv_summary_arithmetic():

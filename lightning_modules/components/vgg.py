@@ -186,7 +186,7 @@ class VGGFeatureExtractor(nn.Module):
         config = _scaled_config(variant, width)
         last_channels = [v for v in config if v != "M"][-1]
         self.variant, self.batch_norm, self.freeze = variant, batch_norm, freeze
-        self.out_dim = fc_dim
+        self.out_dim, self.last_channels = fc_dim, last_channels
         self.features = tv_vgg.make_layers(config, batch_norm=batch_norm)
         side = POOLS[pool]
         self.avgpool = AdaptiveAvgPool2d((side, side))
@@ -231,5 +231,24 @@ class VGGFeatureExtractor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images `[B, 3, H, W]` (H, W >= 32) -> fc7 features `[B, out_dim]`."""
-        x = self.avgpool(self.features(images))
-        return self.classifier(torch.flatten(x, 1))
+        return self.from_frozen(self.features(images), "pool5")
+
+    @property
+    def frozen_layer(self) -> str | None:
+        """The output of the frozen part: "pool5" (the conv stack's, ``freeze="features"``), "fc7"
+        (``freeze="all"``), or None when nothing is frozen."""
+        return {"none": None, "features": "pool5", "all": "fc7"}[self.freeze]
+
+    def frozen_output(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images `[B, 3, H, W]` -> the frozen part's output, flattened to `[B, D]`."""
+        return self.features(images).flatten(1) if self.frozen_layer == "pool5" else self(images)
+
+    def from_frozen(self, frozen: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+        """The rest of the network on the frozen part's output: pool5 maps `[B, C, h, w]` (or flattened,
+        square) through the pool, fc6 and fc7; fc7 `[B, out_dim]` is already the output."""
+        if (layer or self.frozen_layer) == "fc7":
+            return frozen
+        if frozen.dim() == 2:
+            side = int(round((frozen.shape[1] / self.last_channels) ** 0.5))
+            frozen = frozen.view(-1, self.last_channels, side, side)
+        return self.classifier(torch.flatten(self.avgpool(frozen), 1))

@@ -69,7 +69,17 @@ class FaceSequenceEncoder(nn.Module):
         repeated[:, 1:] = (faces[:, 1:] == faces[:, :-1]).flatten(2).all(dim=2)
         frames = faces[~repeated].contiguous(memory_format=memory_format)
         distinct = self.frame_features(frames)
-        sequence = distinct[(~repeated).flatten().cumsum(0) - 1].view(batch, steps, -1)
+        return self.sequence_feature(distinct[(~repeated).flatten().cumsum(0) - 1].view(batch, steps, -1))
+
+    def from_frozen(self, frozen: torch.Tensor) -> torch.Tensor:
+        """The frozen VGG part's cached output of each frame `[B, T, D]` (``VGGFeatureExtractor.frozen_output``)
+        -> segment features `[B, lstm_hidden]`, through the VGG's trainable rest and the LSTM."""
+        batch, steps = frozen.shape[:2]
+        rows = frozen.flatten(0, 1).to(self.lstm.weight_ih_l0.dtype)
+        return self.sequence_feature(self.vgg.from_frozen(rows).view(batch, steps, -1))
+
+    def sequence_feature(self, sequence: torch.Tensor) -> torch.Tensor:
+        """Frame features `[B, T, D]` -> the LSTM's last hidden state `[B, lstm_hidden]`."""
         # CUDA autocast runs cuDNN RNNs in float16 whatever its dtype (bf16-mixed would get fp16 LSTM
         # gradients without loss scaling), so the LSTM runs outside autocast in its parameters' dtype.
         with torch.autocast(device_type=sequence.device.type, enabled=False):

@@ -1,0 +1,88 @@
+"""Epoch time of the paper-size visual stage with and without the frozen-feature cache, in one run.
+
+    python scripts/benchmark_visual.py [--segments 6] [--shift 9] [--size 227]
+
+The paper's visual network (VGG19 with its convolutions frozen, ``freeze: features``; fc6, fc7, an LSTM of
+4096 and the head trained) on the same segments twice: one training epoch reading the face crops (every
+crop of every segment through the frozen convolutions, as without the cache), and one reading the frozen
+part's cached pool5 output; plus the one-off cost of filling the cache (each distinct crop once) and the
+backbone's images per second in it. Segments overlap as the paper's do (20 frames every ``shift`` frames:
+at 30 fps, 655 ms every 300 ms), so neighbouring segments share crops. Random weights: the time of a
+network does not depend on its values.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from datamodules.feature_cache import FeatureCache  # noqa: E402
+from lightning_modules.visual_module import VisualModule  # noqa: E402
+
+PAPER_BACKBONE = {"variant": "vgg19", "batch_norm": False, "weights": "none", "width": 1.0, "fc_dim": 4096,
+                  "dropout": 0.5, "freeze": "features", "pool": "7x7"}
+
+
+def overlapping_segments(segments: int, shift: int, frames: int = 20) -> torch.Tensor:
+    """``[K, frames]`` rows into the distinct crops: segment k holds crops k*shift ... k*shift + frames - 1."""
+    return torch.arange(segments)[:, None] * shift + torch.arange(frames)[None]
+
+
+def train_epoch(module: VisualModule, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Seconds of one training epoch (forward, backward, optimiser step per batch) over ``batches``."""
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    module.train()
+    start = time.perf_counter()
+    for batch in batches:
+        loss = torch.nn.functional.cross_entropy(module(batch), batch["label"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--segments", type=int, default=6)
+    parser.add_argument("--shift", type=int, default=9, help="frames between segment starts (300 ms at 30 fps)")
+    parser.add_argument("--size", type=int, default=227, help="face crop side (the paper's 227)")
+    parser.add_argument("--batch", type=int, default=2)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    module = VisualModule(backbone=PAPER_BACKBONE, lstm_hidden=4096, num_classes=6)
+    index = overlapping_segments(args.segments, args.shift)
+    crops = torch.randint(0, 256, (int(index.max()) + 1, 3, args.size, args.size), dtype=torch.uint8)
+    labels = torch.arange(args.segments) % 6
+    rows = [slice(first, first + args.batch) for first in range(0, args.segments, args.batch)]
+    print(f"paper-size visual stage: VGG19 (convolutions frozen), {args.size} px, LSTM 4096; {args.segments} segments "
+          f"of 20 frames every {args.shift} frames = {index.numel()} crop slots, {len(crops)} distinct crops; "
+          f"{torch.get_num_threads()} threads")
+
+    images_s = train_epoch(module, [{"faces": crops[index[part]], "label": labels[part]} for part in rows])
+    print(f"epoch reading the crops:       {images_s:8.1f} s ({index.numel() / images_s:.2f} crop slots/s)")
+
+    with tempfile.TemporaryDirectory() as folder:
+        cache = FeatureCache(folder, module.frozen_key(), batch_rows=8)
+        module.eval()
+        start = time.perf_counter()
+        cache.fill([("clip", {"faces": crops})], module.frozen_extractor(), total=1)
+        fill_s = time.perf_counter() - start
+        frozen = cache.load()["clip"]
+    print(f"filling the cache (once):      {fill_s:8.1f} s ({len(crops) / fill_s:.2f} images/s through VGG19's "
+          f"convolutions; {frozen.shape[1]} pool5 values per crop in fp16)")
+
+    cached_s = train_epoch(module, [{"frame_features": frozen[index[part]], "label": labels[part]} for part in rows])
+    print(f"epoch reading the cache:       {cached_s:8.1f} s")
+    print(f"per epoch: {images_s / cached_s:.1f}x faster with the cache; the fill and one cached epoch take "
+          f"{fill_s + cached_s:.1f} s, one epoch reading the crops {images_s:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
