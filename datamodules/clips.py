@@ -40,8 +40,9 @@ class IndexResult:
     modality), with the rule; ``skipped`` are recordings the indexer could not use (a name that does not
     parse, a broken link), with the reason; ``other_files`` counts the files that are no recordings by
     their name (other extensions, hidden files); ``further_frames`` counts the frame files of image-sequence
-    clips (and excluded sequences) other than the one that is the clip's ``path``. ``notes`` are facts about the corpus worth reporting that
-    did not cost a clip (a subject lacking an emotion, a folder name that disagrees with the file name).
+    clips (and excluded sequences) other than the one that is the clip's ``path``. ``notes`` are facts about
+    the corpus worth reporting that did not cost a clip (a subject lacking an emotion, a folder name that
+    disagrees with the file name).
     """
 
     clips: list[Clip]

@@ -166,7 +166,8 @@ def decode_frames(paths: Sequence[str | Path], frame_rate: float) -> DecodedClip
         except RuntimeError as error:
             raise BadInputError(path, f"not an image: {error} (it begins with {describe_start(path)})") from error
         if frames and image.shape != frames[0].shape:
-            raise BadInputError(path, f"frame of {tuple(image.shape[1:])} pixels in a sequence of {tuple(frames[0].shape[1:])}")
+            sizes = f"{tuple(image.shape[1:])} pixels in a sequence of {tuple(frames[0].shape[1:])}"
+            raise BadInputError(path, f"frame of {sizes}")
         frames.append(image)
     if not frames:
         raise ValueError("an image sequence needs at least one frame")

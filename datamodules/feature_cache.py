@@ -60,7 +60,9 @@ class FeatureCache:
     def cached_ids(self) -> set[str]:
         return {item for shard in self.shards for item in torch.load(self.folder / shard, mmap=True)["ids"]}
 
-    def fill(self, items: Iterable[tuple[str, dict[str, torch.Tensor]]], extractor: Extractor, total: int | None = None) -> int:
+    def fill(
+        self, items: Iterable[tuple[str, dict[str, torch.Tensor]]], extractor: Extractor, total: int | None = None
+    ) -> int:
         """Compute and store the features of the ``items`` not cached yet; returns how many items were computed."""
         self.folder.mkdir(parents=True, exist_ok=True)
         if not (self.folder / "key.json").exists():

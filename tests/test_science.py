@@ -97,7 +97,8 @@ def test_loader_guard_names_clips_outside_the_val_and_test_parts():
 
 def test_served_clip_ids_of_segment_and_feature_datasets():
     clips = synthetic_clips(subjects=3, per_label=1)
-    records = [{"audio": torch.zeros(2, 3, 64, 64, dtype=torch.uint8)} for _ in range(2)]
+    record = {"audio": torch.zeros(2, 3, 64, 64, dtype=torch.uint8), "segment_times": torch.zeros(2, 2)}
+    records = [record, record]
     segments = SegmentDataset(records, clip_indices=[3, 7], labels=[0, 1], first_segment_ids=[0, 2], inputs=["audio"])
     assert served_clip_ids(segments, clips) == {clips[3].clip_id, clips[7].clip_id}
     features = {"clip_index": torch.arange(len(clips)).repeat_interleave(2)}  # two segments per clip

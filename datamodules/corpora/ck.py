@@ -22,7 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datamodules.clips import PAPER_EMOTIONS, Clip, IndexResult, class_rule
-from datamodules.corpora import MediaScan, Problem, check_classes, check_on_error, finish_index, require_root, scan_media
+from datamodules.corpora import (
+    MediaScan,
+    Problem,
+    check_classes,
+    check_on_error,
+    finish_index,
+    require_root,
+    scan_media,
+)
 
 EMOTIONS: dict[int, str] = {
     0: "neutral", 1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "happiness", 6: "sadness", 7: "surprise",
