@@ -54,11 +54,7 @@ class Recording:
     speech_span_s: tuple[float, float] | None  # the span the VAD kept; None without audio
     faces: FaceTrack | None  # None without video, when no network reads faces, or when no face was found
     face_times: np.ndarray | None  # float [F] seconds of the frame each of faces.face_frames was cut from
-
-    @property
-    def face_detection_rate(self) -> float | None:
-        """The share of the video frames the segments use in which a face was detected."""
-        return None if self.faces is None else self.faces.detected_frames / self.faces.used_frames
+    face_detection_rate: float | None  # share of the frames the segments use that show a face; None: not looked
 
     def segment_has_face(self) -> np.ndarray:
         """bool ``[K]``: a face was detected in one of the segment's own frames at least."""
@@ -126,13 +122,15 @@ def prepare_recording(path: Path, cfg: dict, inputs: ModelInputs, detector: Face
     has_audio = decoded.audio.size > 0
     speech = speech_segments(decoded, cfg, path) if has_audio else None
     times = speech.times if speech is not None else whole_recording_times(decoded.duration_s, cfg)
-    track = None
+    track, face_rate = None, None
     if decoded.frames is not None:
         try:
             track = segment_faces(decoded, times, cfg, detector, path)
+            face_rate = track.detected_frames / track.used_frames
         except ClipFailure as failure:
             if not (isinstance(failure.error, NoFaceError) and has_audio and not inputs.faces_required):
                 raise
+            face_rate = 0.0
     return Recording(
         path=path,
         duration_s=decoded.duration_s,
@@ -143,6 +141,7 @@ def prepare_recording(path: Path, cfg: dict, inputs: ModelInputs, detector: Face
         speech_span_s=speech.span_s if speech is not None else None,
         faces=track,
         face_times=None if track is None else decoded.frame_times[track.source_frames],
+        face_detection_rate=face_rate,
     )
 
 

@@ -248,11 +248,13 @@ def run_networks(
         for source in dict.fromkeys(sources):
             rows = torch.tensor([row for row, kind in enumerate(sources) if kind == source])
             for chunk in rows.split(batch_size):
-                batch = {name: tensor.to(run.device) for name, tensor in recording.batch(chunk, SOURCES[source][1]).items()}
+                batch = recording.batch(chunk, SOURCES[source][1])
+                batch = {name: tensor.to(run.device) for name, tensor in batch.items()}
                 outputs = [source_outputs(networks, source, batch) for networks in run.networks]
-                probs[chunk] = torch.stack([torch.softmax(logits.float(), dim=1) for logits, _ in outputs]).mean(0).cpu().double()
+                fold_probs = [torch.softmax(logits.float(), dim=1) for logits, _ in outputs]
+                probs[chunk] = torch.stack(fold_probs).mean(dim=0).cpu().double()
                 if source == "fusion":
-                    attention[chunk] = torch.stack([weights for _, weights in outputs]).mean(0).cpu().double()
+                    attention[chunk] = torch.stack([weights for _, weights in outputs]).mean(dim=0).cpu().double()
     return probs, attention
 
 
@@ -275,6 +277,7 @@ def file_entry(
     label = int(voted[0])
     mean = probs.mean(dim=0)
     fused = attention[~torch.isnan(attention[:, 0])]
+    face_rate = recording.face_detection_rate
     segments = [
         {
             "start_s": _rounded(start), "end_s": _rounded(end), "label": class_names[int(row.argmax())],
@@ -293,7 +296,7 @@ def file_entry(
         "n_segments": len(sources),
         "duration_s": _rounded(recording.duration_s),
         "speech_span_s": None if recording.speech_span_s is None else list(map(_rounded, recording.speech_span_s)),
-        "face_detection_rate": None if recording.faces is None else _rounded(recording.face_detection_rate),
+        "face_detection_rate": None if face_rate is None else _rounded(face_rate),
         "sources": {source: sources.count(source) for source in dict.fromkeys(sources)},
         "attention": _attention_entry(fused.mean(dim=0)) if len(fused) else None,
         "timeline": f"{name}.png",
@@ -423,6 +426,7 @@ def predict_file(run: TrainedRun, recording: Recording, name: str, out: Path, cf
         probs, attention = run_networks(run, recording, sources, cfg.batch_size)
     entry = file_entry(recording, name, sources, probs, attention, run.class_names)
     with step("timeline"):
-        figure = timeline_figure(entry, recording.waveform, recording.sample_rate, face_crops(recording, cfg.face_crops))
-        save_figure(figure, out / entry["timeline"], dpi=cfg.dpi)
+        crops = face_crops(recording, cfg.face_crops)
+        save_figure(timeline_figure(entry, recording.waveform, recording.sample_rate, crops), out / entry["timeline"],
+                    dpi=cfg.dpi)
     return entry

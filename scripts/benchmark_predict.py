@@ -64,7 +64,8 @@ def main() -> None:
                   f"{', '.join(map(str, run.folds))}) on {device}; load average {os.getloadavg()[0]:.1f} "
                   f"on {os.cpu_count()} cores")
             print(f"  1 file                             : {one:5.2f} s of media per s ({one_s:.1f} s)")
-            print(f"  {args.copies} files, one after the other   : {serial:5.2f} s of media per s ({serial_s:.1f} s, baseline)")
+            print(f"  {args.copies} files, one after the other   : {serial:5.2f} s of media per s "
+                  f"({serial_s:.1f} s, baseline)")
             print(f"  {args.copies} files, next one prepared ahead: {overlapped:5.2f} s of media per s "
                   f"({overlapped_s:.1f} s, {serial_s / overlapped_s:.2f}x)")
 
