@@ -63,11 +63,12 @@ def main() -> None:
             print(f"\n{CLIP} (4.0 s, 640x480) with the {run.stage} model of {args.run} (folds "
                   f"{', '.join(map(str, run.folds))}) on {device}; load average {os.getloadavg()[0]:.1f} "
                   f"on {os.cpu_count()} cores")
-            print(f"  1 file                             : {one:5.2f} s of media per s ({one_s:.1f} s)")
-            print(f"  {args.copies} files, one after the other   : {serial:5.2f} s of media per s "
-                  f"({serial_s:.1f} s, baseline)")
-            print(f"  {args.copies} files, next one prepared ahead: {overlapped:5.2f} s of media per s "
-                  f"({overlapped_s:.1f} s, {serial_s / overlapped_s:.2f}x)")
+            rows = [("1 file", one, f"{one_s:.1f} s"),
+                    (f"{args.copies} files, one after the other", serial, f"{serial_s:.1f} s, baseline"),
+                    (f"{args.copies} files, next one prepared ahead", overlapped,
+                     f"{overlapped_s:.1f} s, {serial_s / overlapped_s:.2f}x")]
+            for label, speed, detail in rows:
+                print(f"  {label:<38}: {speed:5.2f} s of media per s ({detail})")
 
 
 if __name__ == "__main__":
