@@ -205,8 +205,10 @@ class FaceTrack:
     face_index: torch.Tensor  # int64 [K, frames_per_segment], rows into face_frames
     source_frames: np.ndarray  # int64 [F], the video frame each crop was cut from
     boxes: np.ndarray  # float [F, 4], the crop's face box (x1, y1, x2, y2) in that frame
+    used_frames: int  # distinct frames the segments use
     detected_frames: int  # frames used by some segment in which a face was detected
     fallback_frames: int  # frames used by some segment that got the centre box
+    segment_has_face: np.ndarray  # bool [K]: a face was detected in one of the segment's own frames at least
 
 
 def build_face_track(
@@ -225,6 +227,8 @@ def build_face_track(
     Faces are detected only on the frames some segment uses. A used frame without a face takes the
     face of the nearest used frame with one (rule 1). If no used frame has a face: ``fallback="center"``
     crops a centred square from every frame; ``"none"`` raises ``NoFaceError`` naming ``path``.
+    ``segment_has_face`` tells the segments that show a detected face from those whose crops all come from
+    other moments (rule 1) or from the centre box.
     """
     if fallback not in ("none", "center"):
         raise ValueError(f"fallback must be 'none' or 'center', got {fallback!r}")
@@ -238,10 +242,10 @@ def build_face_track(
     used_boxes = detector.detect(frames[used])
     has_face = ~np.isnan(used_boxes[:, 0])
     detected_frames = int(has_face.sum())
+    detected_mask = np.zeros(len(frames), dtype=bool)
+    detected_mask[used[has_face]] = True
     fallback_frames = 0
     if detected_frames:
-        detected_mask = np.zeros(len(frames), dtype=bool)
-        detected_mask[used[has_face]] = True
         replacement = nearest_detected(detected_mask)[used]  # by distance in frames, not in list position
     elif fallback == "center":
         used_boxes = center_boxes(frames.shape[1:], used.size)
@@ -259,6 +263,8 @@ def build_face_track(
         face_index=torch.as_tensor(face_index, dtype=torch.int64),
         source_frames=source_frames.astype(np.int64),
         boxes=boxes,
+        used_frames=int(used.size),
         detected_frames=detected_frames,
         fallback_frames=fallback_frames,
+        segment_has_face=detected_mask[per_segment].any(axis=1),
     )

@@ -26,6 +26,12 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def feature_cache_key(audio_checkpoint: Path, visual_checkpoint: Path, fold_hash: str, precision: str) -> str:
+    """What a fusion feature cache was computed from: both extractors' content, the fold's clips and the
+    extraction precision (a fusion model trained on it learnt the features of exactly these checkpoints)."""
+    return "|".join([file_digest(audio_checkpoint), file_digest(visual_checkpoint), fold_hash, precision])
+
+
 class FeatureDataset(Dataset):
     def __init__(self, features: dict[str, torch.Tensor], rows: torch.Tensor) -> None:
         self.features, self.rows = features, rows
@@ -73,8 +79,7 @@ class FeatureDataModule(L.LightningDataModule):
     @property
     def key(self) -> str:
         if self._key is None:
-            digests = [file_digest(path) for path in (self.audio_checkpoint, self.visual_checkpoint)]
-            self._key = "|".join([*digests, self.fold_hash, self.precision])
+            self._key = feature_cache_key(self.audio_checkpoint, self.visual_checkpoint, self.fold_hash, self.precision)
         return self._key
 
     @property

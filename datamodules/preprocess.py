@@ -36,8 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from datamodules.clips import Clip, IndexResult
-from datamodules.decode import BadInputError, decode_clip
-from datamodules.faces import FaceDetector, build_face_track
+from datamodules.decode import BadInputError, DecodedClip, decode_clip
+from datamodules.faces import FaceDetector, FaceTrack, build_face_track
 from datamodules.mfcc import mfcc_images, segment_length_s
 from datamodules.vad import detect_speech_span, plot_vad, trim_to_speech
 
@@ -155,45 +155,78 @@ def find_speech(
     return speech, span, found
 
 
+@dataclass(frozen=True)
+class SpeechSegments:
+    """The MFCC images of the span of a clip the VAD keeps, and where they lie in the clip."""
+
+    images: torch.Tensor  # uint8 [K, 3, n_mfcc, window]
+    times: torch.Tensor  # float32 [K, 2] start and end seconds in the clip
+    span_s: tuple[float, float]  # the span the VAD kept
+    vad_found: bool  # False: no speech found, the whole clip kept (no_speech=keep)
+
+
+def speech_segments(decoded: DecodedClip, cfg: dict, path: Path) -> SpeechSegments:
+    """The duration, vad and mfcc steps of a decoded clip (§3.1-3.2), each under ``step``."""
+    sample_rate = cfg["sample_rate"]
+    with step("duration"):
+        check_duration(decoded.audio, sample_rate, cfg["mfcc"], path)
+    with step("vad"):
+        speech, span, vad_found = find_speech(decoded.audio, sample_rate, cfg, path)
+    with step("mfcc"):
+        images, times = mfcc_images(speech, sample_rate, **cfg["mfcc"])
+    return SpeechSegments(images, times + span[0], span, vad_found)
+
+
+def segment_faces(
+    decoded: DecodedClip, segment_times: torch.Tensor, cfg: dict, detector: FaceDetector, path: Path
+) -> FaceTrack:
+    """The faces step (§3.3): the face crops of each segment, under ``step``."""
+    faces = cfg["faces"]
+    with step("faces"):
+        return build_face_track(
+            decoded.frames, decoded.frame_times, segment_times, detector,
+            size=faces["size"], margin=faces["margin"], fallback=faces["fallback"], path=path,
+            frames_per_segment=faces["frames_per_segment"],
+        )
+
+
+def face_detector(cfg: dict, device: str = "cpu") -> FaceDetector | None:
+    """The face detector of the preprocessing config ``cfg``, or None when it has no video."""
+    if not cfg["video"]:
+        return None
+    faces = cfg["faces"]
+    return FaceDetector(
+        device=device, min_confidence=faces["min_confidence"], detect_max_side=faces["detect_max_side"],
+        min_face_size=faces["min_face_size"],
+    )
+
+
 def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | None) -> dict:
     """Decode, trim by VAD, cut MFCC images and the matching face segments of one clip.
 
     Raises ``ClipFailure`` naming the step that failed and its exception (``BadInputError`` with the reason
     when the input cannot be used).
     """
-    sample_rate = cfg["sample_rate"]
     with step("decode"):
-        decoded = decode_clip(clip.path, sample_rate=sample_rate, with_video=cfg["video"])
+        decoded = decode_clip(clip.path, sample_rate=cfg["sample_rate"], with_video=cfg["video"])
         if cfg["video"] and decoded.frames is None:
             raise BadInputError(clip.path, "audio only: no video stream, and this corpus is audio-visual (video: true)")
-    with step("duration"):
-        check_duration(decoded.audio, sample_rate, cfg["mfcc"], clip.path)
-    with step("vad"):
-        speech, span, vad_found = find_speech(decoded.audio, sample_rate, cfg, clip.path)
-    with step("mfcc"):
-        images, segment_times = mfcc_images(speech, sample_rate, **cfg["mfcc"])
-        segment_times = segment_times + span[0]
-    record: dict[str, Any] = {"audio": images, "segment_times": segment_times.float()}
+    segments = speech_segments(decoded, cfg, clip.path)
+    record: dict[str, Any] = {"audio": segments.images, "segment_times": segments.times.float()}
     meta = {
         "clip_id": clip.clip_id,
         "subject": clip.subject,
         "label": clip.label,
         "duration_s": round(decoded.duration_s, 4),
-        "vad_found": bool(vad_found),
-        "vad_span_s": [round(float(span[0]), 4), round(float(span[1]), 4)],
-        "n_segments": int(images.shape[0]),
+        "vad_found": bool(segments.vad_found),
+        "vad_span_s": [round(float(segments.span_s[0]), 4), round(float(segments.span_s[1]), 4)],
+        "n_segments": int(segments.images.shape[0]),
         "n_frames": 0,
         "face_detected_frames": 0,
         "face_fallback_frames": 0,
     }
     if cfg["video"]:
-        faces = cfg["faces"]
-        with step("faces"):
-            track = build_face_track(
-                decoded.frames, decoded.frame_times, segment_times, detector,
-                size=faces["size"], margin=faces["margin"], fallback=faces["fallback"], path=clip.path,
-                frames_per_segment=faces["frames_per_segment"],
-            )
+        track = segment_faces(decoded, segments.times, cfg, detector, clip.path)
         record["face_frames"] = track.face_frames
         record["face_index"] = track.face_index
         meta.update(
@@ -211,12 +244,7 @@ _worker_detector: FaceDetector | None = None
 def _init_worker(cfg: dict, torch_threads: int) -> None:
     global _worker_detector
     torch.set_num_threads(torch_threads)
-    if cfg["video"]:
-        faces = cfg["faces"]
-        _worker_detector = FaceDetector(
-            min_confidence=faces["min_confidence"], detect_max_side=faces["detect_max_side"],
-            min_face_size=faces["min_face_size"],
-        )
+    _worker_detector = face_detector(cfg)
 
 
 def file_signature(path: Path) -> list[int] | None:
