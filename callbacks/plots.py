@@ -76,3 +76,100 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+SOURCE_STYLES: dict[str, tuple[str, str]] = {  # a segment's network in a timeline: colour, legend label
+    "audio_only": ("0.75", "audio model (no face)"),
+    "visual_only": ("0.55", "visual model (no audio)"),
+}
+
+
+def waveform_envelope(waveform: np.ndarray, sample_rate: int, points: int = 2000) -> tuple[np.ndarray, ...]:
+    """(times, minima, maxima) of ``waveform`` over at most ``points`` equal stretches: what a plot of any
+    length shows, without drawing every sample."""
+    per_point = max(1, int(np.ceil(waveform.size / points)))
+    padded = np.pad(waveform, (0, -waveform.size % per_point), mode="edge").reshape(-1, per_point)
+    times = (np.arange(padded.shape[0]) + 0.5) * per_point / sample_rate
+    return times, padded.min(axis=1), padded.max(axis=1)
+
+
+def timeline_figure(
+    entry: dict, waveform: np.ndarray, sample_rate: int, crops: Sequence[tuple[float, np.ndarray]]
+) -> Figure:
+    """One recording's predictions over time, from its predictions.json ``entry``: face crops at their times
+    (``crops``: seconds, uint8 ``[S, S, 3]``), the waveform with the span the VAD kept, each segment's class
+    probabilities as stacked bands, and for a fusion run the attention weight on audio and on visual
+    features per segment (segments predicted by one modality's model shown as such)."""
+    segments = entry["segments"]
+    class_names = list(entry["probabilities"])
+    duration = entry["duration_s"]
+    fused = any(segment["source"] in ("fusion", *SOURCE_STYLES) for segment in segments)
+    heights = [1.1] * bool(crops) + [1.2, 2.2] + [1.2] * fused
+    fig = Figure(figsize=(10, 0.6 + sum(heights)), layout="constrained")
+    axes = list(fig.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights}))
+    if crops:
+        _draw_crops(axes.pop(0), crops, duration, crop_width=duration * heights[0] / 8.5)
+    ax_wave, ax_probs = axes[:2]
+    _draw_waveform(ax_wave, waveform, sample_rate, entry["speech_span_s"])
+    starts = np.array([segment["start_s"] for segment in segments])
+    centres = (starts + np.array([segment["end_s"] for segment in segments])) / 2
+    width = float(np.median(np.diff(starts))) if len(starts) > 1 else segments[0]["end_s"] - segments[0]["start_s"]
+    bottom = np.zeros(len(segments))
+    colours = [f"C{k % 10}" for k in range(len(class_names))]
+    for name, colour in zip(class_names, colours):
+        values = np.array([segment["probabilities"][name] for segment in segments])
+        ax_probs.bar(centres, values, width, bottom=bottom, color=colour, label=name, linewidth=0)
+        bottom += values
+    ax_probs.set_ylim(0, 1)
+    ax_probs.set_ylabel("probability")
+    ax_probs.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="class", title_fontsize=8)
+    if fused:
+        _draw_attention(axes[2], segments, centres, width)
+    axes[-1].set_xlabel("time (s)")
+    axes[-1].set_xlim(0, duration)
+    fig.suptitle(
+        f"{entry['name']}: {entry['label']} (confidence {entry['confidence']:.2f}, "
+        f"{entry['votes']}/{entry['n_segments']} segments)", fontsize=11,
+    )
+    return fig
+
+
+def _draw_crops(ax, crops: Sequence[tuple[float, np.ndarray]], duration: float, crop_width: float) -> None:
+    """Face crops centred on their times, square on a panel as wide as the others."""
+    for seconds, image in crops:
+        left = min(max(seconds - crop_width / 2, 0.0), duration - crop_width)
+        ax.imshow(image, extent=(left, left + crop_width, 0, 1), aspect="auto", interpolation="bilinear")
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+    ax.set_ylabel("faces", rotation=0, ha="right", va="center")
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+
+
+def _draw_waveform(ax, waveform: np.ndarray, sample_rate: int, speech_span_s: list[float] | None) -> None:
+    if waveform.size == 0:
+        ax.text(0.5, 0.5, "no audio track", transform=ax.transAxes, ha="center", va="center", color="0.4")
+    else:
+        times, low, high = waveform_envelope(waveform, sample_rate)
+        ax.fill_between(times, low, high, color="0.25", linewidth=0.5)
+    if speech_span_s is not None:
+        ax.axvspan(*speech_span_s, color="tab:green", alpha=0.15, label="speech span (VAD)")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_ylabel("waveform")
+
+
+def _draw_attention(ax, segments: Sequence[dict], centres: np.ndarray, width: float) -> None:
+    """Per segment the attention weight on audio (from 0) and on visual (on top of it), or the model that
+    predicted it alone."""
+    fused = np.array([segment["attention"] is not None for segment in segments])
+    audio = np.array([segment["attention"]["audio"] if segment["attention"] else 0.0 for segment in segments])
+    ax.bar(centres[fused], audio[fused], width, color="tab:blue", label="on audio", linewidth=0)
+    ax.bar(centres[fused], 1 - audio[fused], width, bottom=audio[fused], color="tab:orange", label="on visual",
+           linewidth=0)
+    for source, (colour, label) in SOURCE_STYLES.items():
+        alone = np.array([segment["source"] == source for segment in segments])
+        if alone.any():
+            ax.bar(centres[alone], np.ones(alone.sum()), width, color=colour, hatch="//", label=label, linewidth=0)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("attention")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)

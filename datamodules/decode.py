@@ -36,12 +36,12 @@ class BadInputError(ValueError):
 class DecodedClip:
     """One decoded recording; all times in seconds from the first audio sample."""
 
-    audio: np.ndarray  # float32 [N], mono, in [-1, 1]
+    audio: np.ndarray  # float32 [N], mono, in [-1, 1]; [0] for a video without audio (audio_required=False)
     sample_rate: int
     frames: np.ndarray | None  # uint8 [T,H,W,3] RGB; None for audio-only input or with_video=False
     frame_times: np.ndarray | None  # float64 [T] presentation times
     fps: float | None  # the video stream's average frame rate
-    duration_s: float  # len(audio) / sample_rate; for an image sequence (no audio), frames / frame rate
+    duration_s: float  # len(audio) / sample_rate; without audio (image sequences too), to the end of the last frame
 
 
 def _declared_duration_s(stream: av.stream.Stream) -> float | None:
@@ -69,13 +69,17 @@ def describe_start(path: Path, n_bytes: int = 24) -> str:
     return f"bytes {head.hex(' ')}"
 
 
-def decode_clip(path: str | Path, sample_rate: int = 16000, with_video: bool = True) -> DecodedClip:
+def decode_clip(
+    path: str | Path, sample_rate: int = 16000, with_video: bool = True, audio_required: bool = True
+) -> DecodedClip:
     """Decode ``path``: audio resampled to mono float32 at ``sample_rate``; video as RGB24 frames.
 
     Raises ``BadInputError`` for a missing, empty or unreadable file, a file that is not media (FFmpeg
     cannot read it, or its reader finds no stream header), a truncated or corrupt stream, no audio
     stream, or audio of zero length. Audio-only containers (flac, wav) give ``frames=None`` even when
-    ``with_video`` is true; whether that is an error is the caller's call.
+    ``with_video`` is true; whether that is an error is the caller's call. ``audio_required=False`` (with
+    ``with_video``) takes a video without an audio track too: its ``audio`` is empty, its times start at
+    its first frame and its duration runs to the end of its last frame.
     """
     path = Path(path)
     check_readable(path)
@@ -84,16 +88,16 @@ def decode_clip(path: str | Path, sample_rate: int = 16000, with_video: bool = T
     except av.FFmpegError as error:
         raise BadInputError(path, f"not a media file: FFmpeg cannot read it ({error})") from error
     with container:
-        if not container.streams.audio:
+        audio_stream = container.streams.audio[0] if container.streams.audio else None
+        if audio_stream is None and (audio_required or not (with_video and container.streams.video)):
             raise BadInputError(path, "no audio stream" + (": a video-only file" if container.streams.video else ""))
-        audio_stream = container.streams.audio[0]
-        if not audio_stream.codec_context.sample_rate and not container.streams.video:
+        if audio_stream is not None and not audio_stream.codec_context.sample_rate and not container.streams.video:
             # FFmpeg picked its reader by the file name and found no header to read: text, random bytes.
             raise BadInputError(
                 path, f"not a media file: no {container.format.name} header; it begins with {describe_start(path)}"
             )
         video_stream = container.streams.video[0] if with_video and container.streams.video else None
-        streams = [audio_stream] + ([video_stream] if video_stream is not None else [])
+        streams = [stream for stream in (audio_stream, video_stream) if stream is not None]
         if video_stream is not None:
             video_stream.thread_type = "AUTO"
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
@@ -111,21 +115,15 @@ def decode_clip(path: str | Path, sample_rate: int = 16000, with_video: bool = T
                     else:
                         frames.append(frame.to_ndarray(format="rgb24"))
                         frame_pts_s.append(frame.time if frame.time is not None else np.nan)
-            audio_chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(None))
+            if audio_stream is not None:
+                audio_chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(None))
         except av.FFmpegError as error:
             raise BadInputError(path, f"corrupt or truncated stream ({error})") from error
 
         audio = np.concatenate(audio_chunks).astype(np.float32) if audio_chunks else np.zeros(0, np.float32)
-        if audio.size == 0:
-            raise BadInputError(path, "audio stream has zero length")
         duration_s = audio.size / sample_rate
-        declared_s = _declared_duration_s(audio_stream)
-        if declared_s is not None and declared_s - duration_s > max(
-            _TRUNCATION_TOLERANCE_S, _TRUNCATION_TOLERANCE_FRACTION * declared_s
-        ):
-            raise BadInputError(
-                path, f"truncated: decoded {duration_s:.2f} s of audio, the stream declares {declared_s:.2f} s"
-            )
+        if audio_stream is not None:
+            _check_audio_length(path, duration_s, _declared_duration_s(audio_stream))
 
         if video_stream is None:
             return DecodedClip(audio, sample_rate, None, None, None, duration_s)
@@ -135,13 +133,27 @@ def decode_clip(path: str | Path, sample_rate: int = 16000, with_video: bool = T
         if np.isnan(frame_times).any():  # frames without timestamps: nominal rate from the audio's start
             frame_times = _times_from_rate(path, len(frames), video_stream)
         else:
-            frame_times -= audio_start_s
+            frame_times -= audio_start_s if audio_stream is not None else frame_times.min()
         video = np.stack(frames)
         if np.any(np.diff(frame_times) < 0):
             order = np.argsort(frame_times, kind="stable")
             video, frame_times = video[order], frame_times[order]
         fps = float(video_stream.average_rate) if video_stream.average_rate else None
+        if audio_stream is None:
+            duration_s = float(frame_times[-1]) + (1.0 / fps if fps else 0.0)
         return DecodedClip(audio, sample_rate, video, frame_times, fps, duration_s)
+
+
+def _check_audio_length(path: Path, duration_s: float, declared_s: float | None) -> None:
+    """``BadInputError`` for audio of zero length, or much shorter than its stream declares (cut off)."""
+    if duration_s == 0:
+        raise BadInputError(path, "audio stream has zero length")
+    if declared_s is not None and declared_s - duration_s > max(
+        _TRUNCATION_TOLERANCE_S, _TRUNCATION_TOLERANCE_FRACTION * declared_s
+    ):
+        raise BadInputError(
+            path, f"truncated: decoded {duration_s:.2f} s of audio, the stream declares {declared_s:.2f} s"
+        )
 
 
 def _times_from_rate(path: Path, n_frames: int, video_stream: av.video.stream.VideoStream) -> np.ndarray:

@@ -246,6 +246,7 @@ class FaceTrack:
     fallback_frames: int  # frames used by some segment that got the centre box
     segments_without_face: int  # input segments none of whose own frames shows a face
     longest_gap_s: float  # the longest run of decoded frames without a face, in seconds
+    segment_has_face: np.ndarray  # bool [len(segments)]: a face was detected in one of the kept segment's own frames
 
     @property
     def detection_rate(self) -> float:
@@ -296,7 +297,8 @@ def build_face_track(
     Faces are detected on every decoded frame (the detection rate and the gaps are the clip's). A used frame
     without a face is filled by ``fill_faces``. If no frame has a face: ``fallback="center"`` crops a centred
     square from every used frame; ``"none"`` raises ``NoFaceError`` naming ``path``, as does ``fill="segment"``
-    when no segment has a face of its own.
+    when no segment has a face of its own. ``segment_has_face`` tells the kept segments that show a detected
+    face from those whose crops all come from other moments (rule 1) or from the centre box.
     """
     if fallback not in ("none", "center"):
         raise ValueError(f"fallback must be 'none' or 'center', got {fallback!r}")
@@ -337,4 +339,5 @@ def build_face_track(
         fallback_frames=fallback_frames,
         segments_without_face=int(segments_without_face),
         longest_gap_s=longest_gap_s(has_face, frame_times),
+        segment_has_face=has_face[per_segment[kept]].any(axis=1),
     )

@@ -3,6 +3,7 @@ kept in ``datamodules.feature_cache`` (the extractors come in as callables: no L
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +23,17 @@ def file_digest(path: Path) -> str:
     touched one does not."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def extracted_with(cache_root: Path, checkpoints: Mapping[str, Path]) -> bool:
+    """Whether a fusion fold's feature cache ``cache_root`` holds features of exactly these extractor
+    checkpoints (by content), e.g. ``{"audio": ..., "visual": ...}``: its fusion model learnt those."""
+    for name, checkpoint in checkpoints.items():
+        digest = file_digest(checkpoint)
+        keys = [json.loads(path.read_text()) for path in (cache_root / name).glob("*/key.json")]
+        if not any(key.get("checkpoint") == digest for key in keys):
+            return False
+    return True
 
 
 class FeatureDataset(Dataset):

@@ -41,6 +41,7 @@ from datamodules.faces import (
     FEW_FACES_CHOICES,
     FILL_RULES,
     FaceDetector,
+    FaceTrack,
     FewFacesError,
     WholeFrameFaces,
     build_face_track,
@@ -181,17 +182,46 @@ def decode(clip: Clip, cfg: dict) -> DecodedClip:
     return decoded
 
 
-def audio_segments(decoded: DecodedClip, cfg: dict, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The MFCC images of the speech the VAD keeps and their times (``audio``, ``segment_times``), and what
-    the report says of them (``vad_found``, ``vad_span_s``)."""
+@dataclass(frozen=True)
+class SpeechSegments:
+    """The MFCC images of the span of a clip the VAD keeps, and where they lie in the clip."""
+
+    images: torch.Tensor  # uint8 [K, 3, n_mfcc, window]
+    times: torch.Tensor  # float32 [K, 2] start and end seconds in the clip
+    span_s: tuple[float, float]  # the span the VAD kept
+    vad_found: bool  # False: no speech found, the whole clip kept (no_speech=keep)
+
+
+def speech_segments(decoded: DecodedClip, cfg: dict, path: Path) -> SpeechSegments:
+    """The duration, vad and mfcc steps of a decoded clip (§3.1-3.2), each under ``step``."""
+    sample_rate = cfg["sample_rate"]
     with step("duration"):
-        check_duration(decoded.audio, decoded.sample_rate, cfg["mfcc"], path)
+        check_duration(decoded.audio, sample_rate, cfg["mfcc"], path)
     with step("vad"):
-        speech, span, vad_found = find_speech(decoded.audio, decoded.sample_rate, cfg, path)
+        speech, span, vad_found = find_speech(decoded.audio, sample_rate, cfg, path)
     with step("mfcc"):
-        images, segment_times = mfcc_images(speech, decoded.sample_rate, **cfg["mfcc"])
-    record = {"audio": images, "segment_times": (segment_times + span[0]).float()}
-    return record, {"vad_found": bool(vad_found), "vad_span_s": [round(float(span[0]), 4), round(float(span[1]), 4)]}
+        images, times = mfcc_images(speech, sample_rate, **cfg["mfcc"])
+    return SpeechSegments(images, (times + span[0]).float(), span, vad_found)
+
+
+def silent_segments(duration_s: float, cfg: dict) -> torch.Tensor:
+    """Segment times ``[K, 2]`` of a clip without audio, laid out as the MFCC segments of ``cfg["mfcc"]`` would
+    be over audio as long (``segment_times_for_duration``)."""
+    timing = {k: cfg["mfcc"][k] for k in ("window", "shift", "window_ms", "hop_ms") if k in cfg["mfcc"]}
+    return segment_times_for_duration(duration_s, **timing)
+
+
+def segment_faces(
+    decoded: DecodedClip, segment_times: torch.Tensor, faces: dict, detector: FaceDetector | WholeFrameFaces,
+    path: Path, fill: str | None = None,
+) -> FaceTrack:
+    """The face track of the segments (§3.3) under ``faces`` (the config's ``faces``), its fill rule unless
+    ``fill`` names another."""
+    return build_face_track(
+        decoded.frames, decoded.frame_times, segment_times, detector, size=faces["size"], margin=faces["margin"],
+        fallback=faces["fallback"], path=path, frames_per_segment=faces["frames_per_segment"],
+        fill=fill or faces["fill"],
+    )
 
 
 def face_segments(
@@ -203,11 +233,7 @@ def face_segments(
     ``FewFacesError`` when the face is found in fewer than ``min_detection_rate`` of the frames or is missing
     longer than ``max_gap_s``, unless ``few_faces`` is ``keep`` (then the meta's ``few_faces`` says why).
     """
-    track = build_face_track(
-        decoded.frames, decoded.frame_times, record["segment_times"], detector, size=faces["size"],
-        margin=faces["margin"], fallback=faces["fallback"], path=path,
-        frames_per_segment=faces["frames_per_segment"], fill=faces["fill"],
-    )
+    track = segment_faces(decoded, record["segment_times"], faces, detector, path)
     few = few_faces_reason(track, faces["min_detection_rate"], faces["max_gap_s"])
     if few and faces["few_faces"] == "drop":
         raise FewFacesError(path, f"{few}; faces.few_faces=keep keeps such clips")
@@ -226,6 +252,20 @@ def face_segments(
     }
 
 
+def face_detector(cfg: dict, device: str = "cpu") -> FaceDetector | WholeFrameFaces | None:
+    """The face detector of the preprocessing config ``cfg`` (``WholeFrameFaces`` for frames that are face crops
+    already, ``faces.detect: false``), or None when it has no video."""
+    if not cfg["video"]:
+        return None
+    faces = cfg["faces"]
+    if not faces.get("detect", True):
+        return WholeFrameFaces()
+    return FaceDetector(
+        device=device, min_confidence=faces["min_confidence"], detect_max_side=faces["detect_max_side"],
+        min_face_size=faces["min_face_size"],
+    )
+
+
 def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | WholeFrameFaces | None) -> dict:
     """Decode, trim by VAD, cut MFCC images and the matching face segments of one clip; a clip without audio
     (``cfg["audio"]`` false: image sequences) is cut into segments of the same length by time alone.
@@ -236,10 +276,11 @@ def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | WholeFrameFa
     with step("decode"):
         decoded = decode(clip, cfg)
     if cfg["audio"]:
-        record, vad = audio_segments(decoded, cfg, clip.path)
+        speech = speech_segments(decoded, cfg, clip.path)
+        record: dict[str, Any] = {"audio": speech.images, "segment_times": speech.times}
+        vad = {"vad_found": bool(speech.vad_found), "vad_span_s": [round(float(t), 4) for t in speech.span_s]}
     else:
-        timing = {k: cfg["mfcc"][k] for k in ("window", "shift", "window_ms", "hop_ms") if k in cfg["mfcc"]}
-        record, vad = {"segment_times": segment_times_for_duration(decoded.duration_s, **timing)}, {}
+        record, vad = {"segment_times": silent_segments(decoded.duration_s, cfg)}, {}
     meta = {
         "clip_id": clip.clip_id,
         "subject": clip.subject,
@@ -272,12 +313,7 @@ _worker_detector: FaceDetector | WholeFrameFaces | None = None
 def _init_worker(cfg: dict, torch_threads: int) -> None:
     global _worker_detector
     torch.set_num_threads(torch_threads)
-    if cfg["video"]:
-        faces = cfg["faces"]
-        _worker_detector = FaceDetector(
-            min_confidence=faces["min_confidence"], detect_max_side=faces["detect_max_side"],
-            min_face_size=faces["min_face_size"],
-        ) if faces["detect"] else WholeFrameFaces()
+    _worker_detector = face_detector(cfg)
 
 
 def file_signature(path: Path) -> list[int] | None:

@@ -52,14 +52,14 @@ def override_key(override: str) -> str:
     return override.lstrip("+~").partition("=")[0]
 
 
-def train_command(overrides: Sequence[str], changes: Mapping[str, str | None]) -> str:
-    """``try: python train.py <overrides>`` with the keys of ``changes`` set to their values in place
+def train_command(overrides: Sequence[str], changes: Mapping[str, str | None], program: str = "train.py") -> str:
+    """``try: python <program> <overrides>`` with the keys of ``changes`` set to their values in place
     (appended when absent) or, for None, left out."""
     args = [o if override_key(o) not in changes else f"{o.partition('=')[0]}={changes[override_key(o)]}"
             for o in overrides if changes.get(override_key(o), "") is not None]
     given = {override_key(o) for o in overrides}
     args += [f"{key}={value}" for key, value in changes.items() if value is not None and key not in given]
-    return " ".join(["try: python train.py", *args])
+    return " ".join([f"try: python {program}", *args])
 
 
 def closest(value: str, allowed: Sequence[str]) -> str:

@@ -114,7 +114,8 @@ def other_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.startswith(("stage=", "fold="))]
 
 
-def _task_overrides() -> list[str]:
+def task_overrides() -> list[str]:
+    """The command line's overrides in a Hydra run (none outside one): the rest of a command to suggest."""
     from hydra.core.hydra_config import HydraConfig
 
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
@@ -260,8 +261,8 @@ def stage_data(
     if stage != "fusion":
         datamodule.inputs, datamodule.batch_size = STAGE_INPUTS[stage], batch_size
         return datamodule
-    audio_ckpt, visual_ckpt = upstream_checkpoints(cfg, fold, _task_overrides())
-    check_upstream_provenance(provenance, {"audio": audio_ckpt, "visual": visual_ckpt}, _task_overrides())
+    audio_ckpt, visual_ckpt = upstream_checkpoints(cfg, fold, task_overrides())
+    check_upstream_provenance(provenance, {"audio": audio_ckpt, "visual": visual_ckpt}, task_overrides())
     precision = str(cfg.trainer.precision)
     checkpoints = {"audio": (AudioModule, audio_ckpt), "visual": (VisualModule, visual_ckpt)}
     return FeatureDataModule(
@@ -406,7 +407,7 @@ def finish_cross_validation(cfg: DictConfig, summary: dict, agent: AgentRun | No
     plots = save_cv_summary_plots(summary, stage_dir)
     log_cv_summary_run(cfg, summary, plots, stage_dir, agent if is_last else None)
     results = Path(cfg.paths.output_dir) / summary["corpus"] / summary["cv"] / "results.csv"
-    append_result(results, results_row(summary, str(cfg.tag), _task_overrides(), Path(cfg.paths.run_dir)))
+    append_result(results, results_row(summary, str(cfg.tag), task_overrides(), Path(cfg.paths.run_dir)))
     print(f"\n{results}:\n" + format_results_table(read_results(results), stage=summary["stage"]))
 
 
@@ -417,7 +418,7 @@ def summarises(cfg: DictConfig) -> bool:
 
 def resolve_folds(cfg: DictConfig, datamodule: EmotionDataModule) -> list[int]:
     """The fold indices ``fold=`` names (one index, all or summary), or an error naming the valid range."""
-    return check_fold(str(cfg.fold), len(datamodule.folds), datamodule.name, cfg.cv.name, _task_overrides())
+    return check_fold(str(cfg.fold), len(datamodule.folds), datamodule.name, cfg.cv.name, task_overrides())
 
 
 def gather_fold_metrics(cfg: DictConfig, stage: str, datamodule: EmotionDataModule) -> list[dict]:
@@ -428,7 +429,7 @@ def gather_fold_metrics(cfg: DictConfig, stage: str, datamodule: EmotionDataModu
     paths = [fold_dir(cfg, stage, fold) / "metrics.json" for fold in folds]
     missing = [fold for fold, path in zip(folds, paths) if not path.is_file()]
     if missing:
-        kept = " ".join(other_overrides(_task_overrides()))
+        kept = " ".join(other_overrides(task_overrides()))
         raise MissingFoldsError(
             f"fold={SUMMARY} of stage={stage}: fold(s) {', '.join(map(str, missing))} of {len(folds)} have no "
             f"metrics.json under {Path(cfg.paths.run_dir) / stage}; train them first, e.g.\n"
@@ -491,7 +492,7 @@ def run(cfg: DictConfig) -> dict[str, dict]:
     seed's extractors) and ``fold=all`` adds ``<run_dir>/<stage>/seeds_summary.json``: per seed the fold
     means, and the spread over seeds beside the spread over folds.
     """
-    overrides = _task_overrides()
+    overrides = task_overrides()
     check_stage(str(cfg.stage), (*STAGES, "all", BASELINE), overrides)
     stages = STAGES if cfg.stage == "all" else (cfg.stage,)
     check_objective(cfg.objective)

@@ -60,11 +60,15 @@ class FusionModule(EmotionModule):
         logits, weights = self.head(*self.modality_dropout(batch["audio_feat"], batch["visual_feat"]))
         return logits, {"attention": weights}
 
+    def modality_weights(self, attention: torch.Tensor) -> torch.Tensor:
+        """Per segment, the attention weight (beta, Eq. 6) on the audio and on the visual features `[B, 2]`
+        from the token weights `[B, T]`: each token's beta split by the share of audio features in it.
+        Each row sums to 1."""
+        audio_share = self.head.token_audio_fraction().to(attention.device, torch.float64)
+        on_audio = attention.double() @ audio_share
+        return torch.stack([on_audio, attention.double().sum(dim=1) - on_audio], dim=1)
+
     def extra_evaluation(self, rows: dict[str, torch.Tensor]) -> dict[str, float]:
         """Mean attention weight on audio and on visual features over the evaluated segments."""
-        mean_weights = rows["attention"].double().mean(dim=0)
-        audio_share = self.head.token_audio_fraction().double()
-        return {
-            "attn_audio": (mean_weights * audio_share).sum().item(),
-            "attn_visual": (mean_weights * (1.0 - audio_share)).sum().item(),
-        }
+        attn_audio, attn_visual = self.modality_weights(rows["attention"]).mean(dim=0).tolist()
+        return {"attn_audio": attn_audio, "attn_visual": attn_visual}

@@ -119,6 +119,11 @@ def test_video_without_audio_track(tmp_path):
     with pytest.raises(BadInputError, match="no audio stream: a video-only file") as error:
         decode_clip(path)
     assert error.value.path == str(path)
+    silent = decode_clip(path, audio_required=False)  # predict.py: the visual model alone
+    assert silent.audio.size == 0 and silent.frames.shape == (10, 48, 64, 3)
+    assert silent.frame_times.tolist() == pytest.approx(np.arange(10) / 25) and silent.duration_s == pytest.approx(0.4)
+    with pytest.raises(BadInputError, match="no audio stream"):
+        decode_clip(path, with_video=False, audio_required=False)
 
 
 def test_zero_length_audio(tmp_path):

@@ -137,8 +137,10 @@ def test_crops_are_centred_on_the_face(real_track, detector):
 def test_frames_without_face_take_the_nearest_face(av_clip, detector):
     frames = av_clip.frames[30:50].copy()  # one segment's 20 frames
     frames[[3, 4, 5]] = 128  # no face in these three
-    track = build_face_track(frames, np.arange(20) / 30.0, np.array([[0.0, 20 / 30]]), detector, size=32)
-    assert track.detected_frames == 17 and track.fallback_frames == 0
+    segments = np.array([[0.0, 20 / 30], [3 / 30, 6 / 30]])  # the second: the three frames without a face
+    track = build_face_track(frames, np.arange(20) / 30.0, segments, detector, size=32)
+    assert track.detected_frames == 17 and track.decoded_frames == 20 and track.fallback_frames == 0
+    assert track.segment_has_face.tolist() == [True, False]
     assert track.source_frames.tolist() == [0, 1, 2] + list(range(6, 20))
     sources = track.source_frames[track.face_index[0].numpy()]
     assert sources.tolist() == [0, 1, 2, 2, 2, 6] + list(range(6, 20))  # 4 ties between 2 and 6: the earlier
@@ -148,7 +150,8 @@ def test_flat_grey_frames_use_centre_fallback(detector):
     frames = np.full((12, 120, 160, 3), 128, np.uint8)
     frame_times = np.arange(12) / 25.0
     track = build_face_track(frames, frame_times, np.array([[0.0, 0.655]]), detector, size=32, fallback="center")
-    assert track.detected_frames == 0 and track.fallback_frames == 12
+    assert track.detected_frames == 0 and track.fallback_frames == 12 == track.decoded_frames
+    assert track.segment_has_face.tolist() == [False]
     assert track.face_frames.shape == (12, 3, 32, 32) and track.face_index.shape == (1, 20)
     assert track.face_index[0].tolist() == [0, 0, 0, 0] + list(range(12)) + [11, 11, 11, 11]
     assert np.allclose(track.boxes, center_boxes((120, 160), 12))
