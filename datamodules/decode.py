@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -42,6 +42,8 @@ class DecodedClip:
     frame_times: np.ndarray | None  # float64 [T] presentation times
     fps: float | None  # the video stream's average frame rate
     duration_s: float  # len(audio) / sample_rate; without audio (image sequences too), to the end of the last frame
+    has_video: bool = False  # the file has a video stream (its frames may not be decoded yet: ``decode_video``)
+    time_origin_s: float | None = None  # the stream time of t = 0 (the first audio sample); None without audio
 
 
 def _declared_duration_s(stream: av.stream.Stream) -> float | None:
@@ -69,6 +71,23 @@ def describe_start(path: Path, n_bytes: int = 24) -> str:
     return f"bytes {head.hex(' ')}"
 
 
+_decoder_threads = 0  # FFmpeg's video decoding threads in this process; 0: FFmpeg's choice (one per core)
+
+
+def set_decoder_threads(threads: int) -> None:
+    """How many threads FFmpeg decodes video with in this process (0: one per core), as ``torch.set_num_threads``
+    does for torch: a preprocessing worker sets its share of the cores."""
+    global _decoder_threads
+    if threads < 0:
+        raise ValueError(f"decoder threads must be >= 0, got {threads}")
+    _decoder_threads = threads
+
+
+def decoder_threads() -> int:
+    """The video decoding threads of this process (``set_decoder_threads``)."""
+    return _decoder_threads
+
+
 def decode_clip(
     path: str | Path, sample_rate: int = 16000, with_video: bool = True, audio_required: bool = True
 ) -> DecodedClip:
@@ -81,6 +100,16 @@ def decode_clip(
     ``with_video``) takes a video without an audio track too: its ``audio`` is empty, its times start at
     its first frame and its duration runs to the end of its last frame.
     """
+    decoded = decode_audio(path, sample_rate, with_video, audio_required)
+    return decode_video(decoded, path) if with_video and decoded.has_video else decoded
+
+
+def decode_audio(
+    path: str | Path, sample_rate: int = 16000, with_video: bool = True, audio_required: bool = True
+) -> DecodedClip:
+    """The audio of ``path`` (``decode_clip`` without the frames; ``has_video`` tells whether a video stream is
+    there for ``decode_video``). ``with_video`` and ``audio_required`` decide, as in ``decode_clip``, whether a
+    file without an audio track is an error."""
     path = Path(path)
     check_readable(path)
     try:
@@ -89,59 +118,86 @@ def decode_clip(
         raise BadInputError(path, f"not a media file: FFmpeg cannot read it ({error})") from error
     with container:
         audio_stream = container.streams.audio[0] if container.streams.audio else None
-        if audio_stream is None and (audio_required or not (with_video and container.streams.video)):
-            raise BadInputError(path, "no audio stream" + (": a video-only file" if container.streams.video else ""))
-        if audio_stream is not None and not audio_stream.codec_context.sample_rate and not container.streams.video:
+        has_video = bool(container.streams.video)
+        if audio_stream is None and (audio_required or not (with_video and has_video)):
+            raise BadInputError(path, "no audio stream" + (": a video-only file" if has_video else ""))
+        if audio_stream is not None and not audio_stream.codec_context.sample_rate and not has_video:
             # FFmpeg picked its reader by the file name and found no header to read: text, random bytes.
             raise BadInputError(
                 path, f"not a media file: no {container.format.name} header; it begins with {describe_start(path)}"
             )
-        video_stream = container.streams.video[0] if with_video and container.streams.video else None
-        streams = [stream for stream in (audio_stream, video_stream) if stream is not None]
-        if video_stream is not None:
-            video_stream.thread_type = "AUTO"
+        if audio_stream is None:
+            return DecodedClip(np.zeros(0, np.float32), sample_rate, None, None, None, 0.0, has_video=True)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         audio_chunks: list[np.ndarray] = []
         audio_start_s: float | None = None
-        frames: list[np.ndarray] = []
-        frame_pts_s: list[float] = []
         try:
-            for packet in container.demux(streams):
-                for frame in packet.decode():
-                    if packet.stream.type == "audio":
-                        if audio_start_s is None:
-                            audio_start_s = frame.time or 0.0
-                        audio_chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(frame))
-                    else:
-                        frames.append(frame.to_ndarray(format="rgb24"))
-                        frame_pts_s.append(frame.time if frame.time is not None else np.nan)
-            if audio_stream is not None:
-                audio_chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(None))
+            for frame in container.decode(audio_stream):
+                if audio_start_s is None:
+                    audio_start_s = frame.time or 0.0
+                audio_chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(frame))
+            audio_chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(None))
         except av.FFmpegError as error:
             raise BadInputError(path, f"corrupt or truncated stream ({error})") from error
-
         audio = np.concatenate(audio_chunks).astype(np.float32) if audio_chunks else np.zeros(0, np.float32)
         duration_s = audio.size / sample_rate
-        if audio_stream is not None:
-            _check_audio_length(path, duration_s, _declared_duration_s(audio_stream))
+        _check_audio_length(path, duration_s, _declared_duration_s(audio_stream))
+        return DecodedClip(
+            audio, sample_rate, None, None, None, duration_s, has_video=has_video, time_origin_s=audio_start_s or 0.0
+        )
 
-        if video_stream is None:
-            return DecodedClip(audio, sample_rate, None, None, None, duration_s)
-        if not frames:
-            raise BadInputError(path, "video stream has no decodable frames")
-        frame_times = np.asarray(frame_pts_s, dtype=np.float64)
-        if np.isnan(frame_times).any():  # frames without timestamps: nominal rate from the audio's start
-            frame_times = _times_from_rate(path, len(frames), video_stream)
-        else:
-            frame_times -= audio_start_s if audio_stream is not None else frame_times.min()
-        video = np.stack(frames)
-        if np.any(np.diff(frame_times) < 0):
-            order = np.argsort(frame_times, kind="stable")
-            video, frame_times = video[order], frame_times[order]
-        fps = float(video_stream.average_rate) if video_stream.average_rate else None
-        if audio_stream is None:
-            duration_s = float(frame_times[-1]) + (1.0 / fps if fps else 0.0)
-        return DecodedClip(audio, sample_rate, video, frame_times, fps, duration_s)
+
+def decode_video(decoded: DecodedClip, path: str | Path, span_s: tuple[float, float] | None = None) -> DecodedClip:
+    """``decoded`` (from ``decode_audio``) with the RGB24 frames of ``path`` shown in ``span_s`` (start <= t < end,
+    seconds on the audio's time axis), or all of them; FFmpeg decodes with ``decoder_threads()`` threads.
+
+    Frames before the span are decoded but not converted, and decoding stops at the span's end. A span that
+    no frame falls in gets every frame. Raises ``BadInputError`` for a corrupt stream or one without frames.
+    """
+    path = Path(path)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = _decoder_threads
+        rate = stream.average_rate or stream.guessed_rate
+        frames: list[np.ndarray] = []
+        times: list[float] = []
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                time_s = _frame_time(path, frame, index, rate, decoded.time_origin_s)
+                if span_s is not None and time_s >= span_s[1]:
+                    break
+                if span_s is None or time_s >= span_s[0]:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                    times.append(time_s)
+        except av.FFmpegError as error:
+            raise BadInputError(path, f"corrupt or truncated stream ({error})") from error
+        fps = float(stream.average_rate) if stream.average_rate else None
+    if not frames:
+        if span_s is not None:
+            return decode_video(decoded, path)
+        raise BadInputError(path, "video stream has no decodable frames")
+    frame_times = np.asarray(times, dtype=np.float64)
+    if decoded.time_origin_s is None:  # a video without audio: its times start at its first frame
+        frame_times -= frame_times.min()
+    video = np.stack(frames)
+    if np.any(np.diff(frame_times) < 0):
+        order = np.argsort(frame_times, kind="stable")
+        video, frame_times = video[order], frame_times[order]
+    duration_s = decoded.duration_s
+    if decoded.time_origin_s is None:
+        duration_s = float(frame_times[-1]) + (1.0 / fps if fps else 0.0)
+    return replace(decoded, frames=video, frame_times=frame_times, fps=fps, duration_s=duration_s)
+
+
+def _frame_time(path: Path, frame: av.VideoFrame, index: int, rate, origin_s: float | None) -> float:
+    """A frame's presentation time from the audio's start (from the stream's start without audio); a frame
+    without a timestamp is placed by the nominal rate."""
+    if frame.time is not None:
+        return frame.time - (origin_s or 0.0)
+    if not rate:
+        raise BadInputError(path, "video frames carry neither timestamps nor a frame rate")
+    return index / float(rate)
 
 
 def _check_audio_length(path: Path, duration_s: float, declared_s: float | None) -> None:
@@ -154,14 +210,6 @@ def _check_audio_length(path: Path, duration_s: float, declared_s: float | None)
         raise BadInputError(
             path, f"truncated: decoded {duration_s:.2f} s of audio, the stream declares {declared_s:.2f} s"
         )
-
-
-def _times_from_rate(path: Path, n_frames: int, video_stream: av.video.stream.VideoStream) -> np.ndarray:
-    """Frame times from the nominal rate, for containers whose frames carry no timestamps."""
-    rate = video_stream.average_rate or video_stream.guessed_rate
-    if not rate:
-        raise BadInputError(path, "video frames carry neither timestamps nor a frame rate")
-    return np.arange(n_frames, dtype=np.float64) / float(rate)
 
 
 def decode_frames(paths: Sequence[str | Path], frame_rate: float) -> DecodedClip:
@@ -185,4 +233,6 @@ def decode_frames(paths: Sequence[str | Path], frame_rate: float) -> DecodedClip
         raise ValueError("an image sequence needs at least one frame")
     video = torch.stack(frames).permute(0, 2, 3, 1).contiguous().numpy()
     times = np.arange(len(frames), dtype=np.float64) / frame_rate
-    return DecodedClip(np.zeros(0, np.float32), 0, video, times, float(frame_rate), len(frames) / frame_rate)
+    return DecodedClip(
+        np.zeros(0, np.float32), 0, video, times, float(frame_rate), len(frames) / frame_rate, has_video=True
+    )

@@ -7,6 +7,12 @@ weights we can ship; facenet-pytorch's MTCNN does). A frame without a face takes
 nearest frame that has one (rule 1, ``nearest_detected``), or only of a frame of its own segment
 (``fill_faces``). Faces are cropped as squares around the detected box and resized to ``size`` x ``size``.
 The track counts what a report needs to tell the truth: frames decoded, frames with a face, frames filled.
+
+The detector runs on every decoded frame (``Keyframes(every=1)``, the reference) or on keyframes, with the
+boxes followed in between (``track_faces``): every k-th frame and the frames on both sides of a scene cut are
+searched, and two neighbouring searched frames whose faces overlap by ``redetect_iou`` or more have the boxes
+of the frames between them interpolated; where they do not (no face on one side, or the face moved), the frame
+halfway between them is searched too, until every stretch is either followed or searched frame by frame.
 """
 from __future__ import annotations
 
@@ -34,6 +40,39 @@ class FewFacesError(NoFaceError):
 
 
 FEW_FACES_CHOICES: tuple[str, ...] = ("drop", "keep")
+
+
+@dataclass(frozen=True)
+class Keyframes:
+    """Where the detector runs (``faces.keyframe_every``, ``redetect_iou``, ``scene_cut`` of the config).
+
+    ``every=1`` searches every decoded frame (the reference). Larger: every ``every``-th frame and the two
+    frames of each scene cut are searched; the boxes between two searched frames are interpolated when both
+    show a face and the faces overlap by at least ``redetect_iou`` (IoU), else the frame halfway is searched.
+    A scene cut is a frame whose thumbnail differs from the previous one's by more than ``scene_cut`` grey
+    levels on average (None: no cut detection).
+    """
+
+    every: int = 1
+    redetect_iou: float = 0.8
+    scene_cut: float | None = 30.0
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"faces.keyframe_every must be >= 1, got {self.every}")
+        if not 0 < self.redetect_iou <= 1:
+            raise ValueError(f"faces.redetect_iou must be in (0, 1], got {self.redetect_iou}")
+
+
+EVERY_FRAME = Keyframes(every=1)
+
+
+def keyframes_of(faces: dict) -> Keyframes:
+    """The ``Keyframes`` of a config's ``faces``; a config written before keyframes existed searches every frame."""
+    return Keyframes(
+        every=faces.get("keyframe_every", 1), redetect_iou=faces.get("redetect_iou", 0.8),
+        scene_cut=faces.get("scene_cut", 30.0),
+    )
 
 
 def few_faces_reason(track: FaceTrack, min_detection_rate: float, max_gap_s: float | None) -> str | None:
@@ -126,11 +165,84 @@ class WholeFrameFaces:
 
 
 def _resize_hwc(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Antialiased bilinear resize of ``[N, H, W, 3]`` frames; returns float ``[N, h, w, 3]`` in 0-255."""
-    resized = F.interpolate(
-        frames.permute(0, 3, 1, 2).float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False
-    )
-    return resized.permute(0, 2, 3, 1)
+    """Antialiased bilinear resize of uint8 ``[N, H, W, 3]`` frames (torch's uint8 kernel, channels last): float
+    ``[N, h, w, 3]`` in 0-255."""
+    channels_last = frames.permute(0, 3, 1, 2)
+    resized = F.interpolate(channels_last, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return resized.permute(0, 2, 3, 1).float()
+
+
+def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes ``[N, 4]`` and ``[N, 4]`` (x1, y1, x2, y2), row by row; NaN boxes give 0."""
+    left, top = np.maximum(first[:, 0], second[:, 0]), np.maximum(first[:, 1], second[:, 1])
+    right, bottom = np.minimum(first[:, 2], second[:, 2]), np.minimum(first[:, 3], second[:, 3])
+    inter = np.clip(right - left, 0, None) * np.clip(bottom - top, 0, None)
+    area = lambda boxes: (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # noqa: E731
+    union = area(first) + area(second) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nan_to_num(inter / union, nan=0.0)
+
+
+def scene_cuts(frames: np.ndarray, threshold: float | None, stride: int = 8) -> np.ndarray:
+    """bool ``[T]``: frame t starts a new shot, its grey thumbnail (every ``stride``-th pixel) differing from frame
+    t - 1's by more than ``threshold`` levels on average (0-255). Frame 0 never does; None finds no cut."""
+    cuts = np.zeros(len(frames), dtype=bool)
+    if threshold is None or len(frames) < 2:
+        return cuts
+    thumbnails = frames[:, ::stride, ::stride].mean(axis=-1, dtype=np.float32)
+    cuts[1:] = np.abs(np.diff(thumbnails, axis=0)).mean(axis=(1, 2)) > threshold
+    return cuts
+
+
+def first_keyframes(n_frames: int, every: int, cuts: np.ndarray) -> np.ndarray:
+    """The frames searched first: 0, ``every``, 2 ``every``, ..., the last frame, and both frames of each cut."""
+    cut_at = np.flatnonzero(cuts)
+    chosen = np.concatenate([np.arange(0, n_frames, every), [n_frames - 1], cut_at - 1, cut_at])
+    return np.unique(chosen).astype(np.int64)
+
+
+def interpolated_boxes(first_box: np.ndarray, last_box: np.ndarray, steps: int) -> np.ndarray:
+    """The ``steps - 1`` boxes ``[steps - 1, 4]`` strictly between ``first_box`` and ``last_box``, ``steps``
+    frames apart, moving linearly."""
+    weights = np.arange(1, steps)[:, None] / steps
+    return (1 - weights) * first_box + weights * last_box
+
+
+@dataclass
+class FaceSearch:
+    """Where the face of each decoded frame is, and how it was found."""
+
+    boxes: np.ndarray  # float [T, 4], NaN where no face
+    searched: np.ndarray  # bool [T]: the detector ran on the frame (else its box was followed)
+
+    @property
+    def has_face(self) -> np.ndarray:
+        """bool ``[T]``: a face detected on the frame, or followed between two that agree."""
+        return ~np.isnan(self.boxes[:, 0])
+
+
+def track_faces(frames: np.ndarray, detector: FaceDetector | WholeFrameFaces, keyframes: Keyframes) -> FaceSearch:
+    """The face of every frame of uint8 ``[T, H, W, 3]``: detected on each (``keyframes.every == 1``), or on
+    keyframes and followed between them (module docstring). Each round of searches is one batched call."""
+    n_frames = len(frames)
+    if keyframes.every == 1:
+        return FaceSearch(detector.detect(frames), np.ones(n_frames, dtype=bool))
+    boxes = np.full((n_frames, 4), np.nan, dtype=np.float64)
+    searched = np.zeros(n_frames, dtype=bool)
+    to_search = first_keyframes(n_frames, keyframes.every, scene_cuts(frames, keyframes.scene_cut))
+    while to_search.size:
+        boxes[to_search] = detector.detect(frames[to_search])
+        searched[to_search] = True
+        left = np.flatnonzero(searched)
+        right = left[1:]
+        left = left[:-1]
+        open_gaps = right - left > 1
+        left, right = left[open_gaps], right[open_gaps]
+        agree = box_iou(boxes[left], boxes[right]) >= keyframes.redetect_iou
+        for first, last in zip(left[agree], right[agree]):
+            boxes[first + 1 : last] = interpolated_boxes(boxes[first], boxes[last], last - first)
+        to_search = (left[~agree] + right[~agree]) // 2
+    return FaceSearch(boxes, searched)
 
 
 def nearest_detected(has_face: np.ndarray) -> np.ndarray:
@@ -207,24 +319,25 @@ def square_crop_box(box: np.ndarray, margin: float, height: int, width: int) -> 
     return left, top, left + side, top + side
 
 
-def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int, margin: float = 0.0) -> torch.Tensor:
-    """Square face crops resized to ``size``: uint8 ``[T, 3, size, size]`` from uint8 ``[T, H, W, 3]``.
+def crop_faces(
+    frames: np.ndarray, boxes: np.ndarray, size: int, margin: float = 0.0, frame_indices: np.ndarray | None = None
+) -> torch.Tensor:
+    """Square face crops resized to ``size``: uint8 ``[N, 3, size, size]`` from uint8 ``[T, H, W, 3]`` frames, one
+    per box ``[N, 4]``, cut from ``frames[frame_indices]`` (all frames when None; no copy of the frames is made).
 
-    See ``square_crop_box`` for the square; resizing is antialiased bilinear.
+    See ``square_crop_box`` for the square; resizing is antialiased bilinear (torch's uint8 kernel).
     """
-    n_frames, height, width = frames.shape[:3]
-    crops = torch.empty((n_frames, 3, size, size), dtype=torch.uint8)
-    for i in range(n_frames):
+    height, width = frames.shape[1:3]
+    frame_indices = np.arange(len(frames)) if frame_indices is None else frame_indices
+    crops = torch.empty((len(frame_indices), 3, size, size), dtype=torch.uint8)
+    for i, frame in enumerate(frame_indices):
         left, top, right, bottom = square_crop_box(boxes[i], margin, height, width)
-        image = torch.as_tensor(frames[i]).permute(2, 0, 1)
+        image = torch.from_numpy(frames[frame]).permute(2, 0, 1)
         patch = image[:, max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
         pad = (max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
         if any(pad):
             patch = F.pad(patch, pad)
-        resized = F.interpolate(
-            patch[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )[0]
-        crops[i] = resized.round().clamp(0, 255).to(torch.uint8)
+        crops[i] = F.interpolate(patch[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     return crops
 
 
@@ -240,8 +353,9 @@ class FaceTrack:
     source_frames: np.ndarray  # int64 [F], the video frame each crop was cut from
     boxes: np.ndarray  # float [F, 4], the crop's face box (x1, y1, x2, y2) in that frame
     segments: np.ndarray  # int64 [K], the input segments kept (fill="segment" drops those without a face)
-    decoded_frames: int  # video frames decoded, each searched for a face
-    detected_frames: int  # decoded frames in which a face was detected
+    decoded_frames: int  # video frames decoded; each has a face or not (detected, or followed: ``track_faces``)
+    detected_frames: int  # decoded frames with a face: detected on them, or followed between two searched frames
+    searched_frames: int  # decoded frames the detector ran on (all of them with ``Keyframes(every=1)``)
     filled_frames: int  # frames used by a kept segment that show no face and take another frame's
     fallback_frames: int  # frames used by some segment that got the centre box
     segments_without_face: int  # input segments none of whose own frames shows a face
@@ -291,10 +405,12 @@ def build_face_track(
     path: str | Path = "<frames>",
     frames_per_segment: int = FRAMES_PER_SEGMENT,
     fill: str = "nearest",
+    keyframes: Keyframes = EVERY_FRAME,
 ) -> FaceTrack:
     """Face track for segments ``[K, 2]`` (start, end seconds on the same axis as ``frame_times``).
 
-    Faces are detected on every decoded frame (the detection rate and the gaps are the clip's). A used frame
+    Every decoded frame gets a face or none (``track_faces`` under ``keyframes``: detected on each, or on
+    keyframes and followed between them), so the detection rate and the gaps are the clip's. A used frame
     without a face is filled by ``fill_faces``. If no frame has a face: ``fallback="center"`` crops a centred
     square from every used frame; ``"none"`` raises ``NoFaceError`` naming ``path``, as does ``fill="segment"``
     when no segment has a face of its own. ``segment_has_face`` tells the kept segments that show a detected
@@ -310,8 +426,8 @@ def build_face_track(
     per_segment = np.stack(
         [segment_frame_indices(frame_times, start, end, frames_per_segment) for start, end in segment_times]
     )
-    boxes = detector.detect(frames)
-    has_face = ~np.isnan(boxes[:, 0])
+    search = track_faces(frames, detector, keyframes)
+    boxes, has_face = search.boxes, search.has_face
     segments_without_face = sum(not has_face[row].any() for row in per_segment)
     fallback_frames = 0
     if has_face.any():
@@ -328,13 +444,14 @@ def build_face_track(
     used = np.unique(per_segment[kept])
     source_frames = np.unique(source_per_slot)
     return FaceTrack(
-        face_frames=crop_faces(frames[source_frames], boxes[source_frames], size, margin),
+        face_frames=crop_faces(frames, boxes[source_frames], size, margin, frame_indices=source_frames),
         face_index=torch.as_tensor(np.searchsorted(source_frames, source_per_slot), dtype=torch.int64),
         source_frames=source_frames.astype(np.int64),
         boxes=boxes[source_frames],
         segments=kept,
         decoded_frames=len(frames),
         detected_frames=int(has_face.sum()),
+        searched_frames=int(search.searched.sum()),
         filled_frames=int((~has_face[used]).sum()) if not fallback_frames else 0,
         fallback_frames=fallback_frames,
         segments_without_face=int(segments_without_face),

@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from datamodules.clips import Clip, IndexResult
-from datamodules.decode import BadInputError, DecodedClip, decode_clip, decode_frames
+from datamodules.decode import BadInputError, DecodedClip, decode_audio, decode_clip, decode_frames, decode_video
 from datamodules.faces import (
     FEW_FACES_CHOICES,
     FILL_RULES,
@@ -46,6 +46,7 @@ from datamodules.faces import (
     WholeFrameFaces,
     build_face_track,
     few_faces_reason,
+    keyframes_of,
 )
 from datamodules.mfcc import mfcc_images, segment_length_s, segment_times_for_duration
 from datamodules.vad import detect_speech_span, plot_vad, trim_to_speech
@@ -145,6 +146,9 @@ def check_failure_settings(cfg: dict) -> None:
         raise ValueError(f"faces.fill must be one of {FILL_RULES}, got {faces['fill']!r}")
     if not 0 <= faces["min_detection_rate"] <= 1:
         raise ValueError(f"faces.min_detection_rate must be in [0, 1], got {faces['min_detection_rate']}")
+    if frames_decoded(faces) not in FRAMES_DECODED_CHOICES:
+        raise ValueError(f"faces.frames_decoded must be one of {FRAMES_DECODED_CHOICES}, got {faces['frames_decoded']!r}")
+    keyframes_of(faces)  # its own checks
 
 
 def no_speech_reason(vad_cfg: dict) -> str:
@@ -171,15 +175,37 @@ def find_speech(
     return speech, span, found
 
 
+FRAMES_DECODED_CHOICES: tuple[str, ...] = ("segments", "all")
+
+
 def decode(clip: Clip, cfg: dict) -> DecodedClip:
     """The clip's audio and frames: an image sequence (``clip.extra["frames"]``, CK+) at ``cfg["sequence_fps"]``,
-    any other clip by FFmpeg; ``BadInputError`` for a video corpus's clip without frames."""
+    any other clip by FFmpeg; ``BadInputError`` for a video corpus's clip without frames. With
+    ``faces.frames_decoded: segments`` a video's frames are left for ``segment_frames``, which decodes only
+    those its speech segments show."""
     if "frames" in clip.extra:
         return decode_frames(clip.extra["frames"], cfg["sequence_fps"])
-    decoded = decode_clip(clip.path, sample_rate=cfg["sample_rate"], with_video=cfg["video"])
-    if cfg["video"] and decoded.frames is None:
+    decoded = decode_audio(clip.path, sample_rate=cfg["sample_rate"], with_video=cfg["video"])
+    if cfg["video"] and not decoded.has_video:
         raise BadInputError(clip.path, "audio only: no video stream, and this corpus is audio-visual (video: true)")
+    if cfg["video"] and frames_decoded(cfg["faces"]) == "all":
+        return decode_video(decoded, clip.path)
     return decoded
+
+
+def frames_decoded(faces: dict) -> str:
+    """Which frames of a video are decoded (``faces.frames_decoded``); a config written before the setting
+    existed decoded all of them."""
+    return faces.get("frames_decoded", "all")
+
+
+def segment_frames(decoded: DecodedClip, path: Path, segment_times: torch.Tensor) -> DecodedClip:
+    """``decoded`` with the frames shown from its first segment's start to its last segment's end, unless its
+    frames are decoded already (``frames_decoded: all``, image sequences)."""
+    if decoded.frames is not None:
+        return decoded
+    span_s = (float(segment_times[:, 0].min()), float(segment_times[:, 1].max()))
+    return decode_video(decoded, path, span_s)
 
 
 @dataclass(frozen=True)
@@ -220,7 +246,7 @@ def segment_faces(
     return build_face_track(
         decoded.frames, decoded.frame_times, segment_times, detector, size=faces["size"], margin=faces["margin"],
         fallback=faces["fallback"], path=path, frames_per_segment=faces["frames_per_segment"],
-        fill=fill or faces["fill"],
+        fill=fill or faces["fill"], keyframes=keyframes_of(faces),
     )
 
 
@@ -244,6 +270,7 @@ def face_segments(
         "n_frames": int(track.face_frames.shape[0]),
         "decoded_frames": track.decoded_frames,
         "face_detected_frames": track.detected_frames,
+        "face_searched_frames": track.searched_frames,
         "face_filled_frames": track.filled_frames,
         "face_fallback_frames": track.fallback_frames,
         "segments_without_face": track.segments_without_face,
@@ -293,6 +320,7 @@ def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | WholeFrameFa
         "n_frames": 0,
         "decoded_frames": 0,
         "face_detected_frames": 0,
+        "face_searched_frames": 0,
         "face_filled_frames": 0,
         "face_fallback_frames": 0,
         "segments_without_face": 0,
@@ -300,6 +328,8 @@ def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | WholeFrameFa
         "few_faces": None,
     }
     if cfg["video"]:
+        with step("decode"):
+            decoded = segment_frames(decoded, clip.path, record["segment_times"])
         with step("faces"):
             record, face_meta = face_segments(decoded, record, cfg["faces"], detector, clip.path)
         meta.update(face_meta, n_segments=int(record["segment_times"].shape[0]))

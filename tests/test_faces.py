@@ -10,7 +10,11 @@ import torch
 from datamodules.clips import Clip
 from datamodules.decode import BadInputError, decode_clip
 from datamodules.faces import (
+    EVERY_FRAME,
     FaceDetector,
+    Keyframes,
+    box_iou,
+    track_faces,
     NoFaceError,
     build_face_track,
     center_boxes,
@@ -237,3 +241,75 @@ def test_mtcnn_rate_on_a_real_clip_whose_face_is_hidden_for_part_of_the_frames(a
     track = build_face_track(frames, av_clip.frame_times[:60], np.array([[0.0, 0.655]]), detector, size=32)
     assert track.decoded_frames == 60 and track.detected_frames == 36 and track.detection_rate == 0.6
     assert track.longest_gap_s == pytest.approx(24 / 29.97, rel=0.01)
+
+
+# ---------------------------------------------------------------- keyframes and tracking
+
+
+class BrightSquareDetector:
+    """The box of a frame's bright pixels (> 200) as its face, and the frames it was asked about."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def detect(self, frames: np.ndarray) -> np.ndarray:
+        self.calls.append(len(frames))
+        boxes = np.full((len(frames), 4), np.nan)
+        for i, frame in enumerate(frames):
+            rows, cols = np.nonzero(frame[:, :, 0] > 200)
+            if rows.size:
+                boxes[i] = [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+        return boxes
+
+
+def moving_face(n_frames: int, positions: np.ndarray, side: int = 40, shape: tuple[int, int] = (120, 160)) -> tuple:
+    """Frames with a bright ``side``-px square at ``positions[t]`` (x, y) on a grey background, and its true boxes."""
+    frames = np.full((n_frames, *shape, 3), 90, np.uint8)
+    boxes = np.zeros((n_frames, 4))
+    for t, (x, y) in enumerate(np.round(positions).astype(int)):
+        frames[t, y : y + side, x : x + side] = 230
+        boxes[t] = [x, y, x + side, y + side]
+    return frames, boxes
+
+
+def test_keyframes_follow_a_moving_face_between_searches():
+    positions = np.stack([10 + 0.4 * np.arange(60), 30 + 0.2 * np.arange(60)], axis=1)  # 4 px per 10 frames
+    frames, truth = moving_face(60, positions, side=60)
+    detector = BrightSquareDetector()
+    search = track_faces(frames, detector, Keyframes(every=10, redetect_iou=0.8))
+    assert search.has_face.all()
+    assert box_iou(search.boxes, truth).min() >= 0.95
+    assert search.searched.sum() == 7 == sum(detector.calls)  # frames 0, 10, ..., 50 and the last, 59
+    assert len(detector.calls) == 1, "the keyframes are searched in one batch"
+    fast = track_faces(*moving_face(60, positions * [6, 1], side=60)[:1], BrightSquareDetector(), Keyframes(every=10))
+    assert 7 < fast.searched.sum() < 60, "a face moving 24 px per 10 frames is searched between the keyframes"
+
+
+def test_a_jump_of_the_face_is_searched_again_where_it_happened():
+    positions = np.array([[20.0, 30.0]] * 37 + [[100.0, 60.0]] * 23)  # the face jumps at frame 37
+    frames, truth = moving_face(60, positions)
+    search = track_faces(frames, BrightSquareDetector(), Keyframes(every=10, redetect_iou=0.8, scene_cut=None))
+    assert box_iou(search.boxes, truth).min() == pytest.approx(1.0)
+    assert search.searched[[36, 37]].all(), "halving the stretch 30-40 finds both sides of the jump"
+    assert search.searched.sum() < 20
+
+
+def test_a_face_hidden_between_two_keyframes_is_found_missing_through_the_scene_cut():
+    frames, _ = moving_face(40, np.array([[50.0, 40.0]] * 40))
+    frames[22:25] = 90  # no face on frames 22-24, while keyframes 20 and 30 show the same face
+    search = track_faces(frames, BrightSquareDetector(), Keyframes(every=10, redetect_iou=0.8, scene_cut=5.0))
+    assert np.flatnonzero(~search.has_face).tolist() == [22, 23, 24]
+    blind = track_faces(frames, BrightSquareDetector(), Keyframes(every=10, redetect_iou=0.8, scene_cut=None))
+    assert blind.has_face.all(), "without cut detection the gap is followed over: what scene_cut is for"
+
+
+def test_every_frame_is_the_reference_and_keyframes_report_what_was_searched():
+    frames, _ = moving_face(30, np.array([[50.0, 40.0]] * 30))
+    reference = track_faces(frames, BrightSquareDetector(), EVERY_FRAME)
+    assert reference.searched.all()
+    segments = np.array([[0.0, 0.655]])
+    track = build_face_track(frames, np.arange(30) / 30.0, segments, BrightSquareDetector(), size=16,
+                             keyframes=Keyframes(every=10))
+    assert track.decoded_frames == 30 and track.detected_frames == 30 and track.searched_frames == 4
+    with pytest.raises(ValueError, match="keyframe_every"):
+        Keyframes(every=0)
