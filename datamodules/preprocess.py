@@ -36,7 +36,16 @@ import torch
 from tqdm.auto import tqdm
 
 from datamodules.clips import Clip, IndexResult
-from datamodules.decode import BadInputError, DecodedClip, decode_audio, decode_clip, decode_frames, decode_video
+from datamodules.decode import (
+    BadInputError,
+    DecodedClip,
+    decode_audio,
+    decode_clip,
+    decode_frames,
+    decode_video,
+    decoder_threads,
+    set_decoder_threads,
+)
 from datamodules.faces import (
     FEW_FACES_CHOICES,
     FILL_RULES,
@@ -338,12 +347,59 @@ def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | WholeFrameFa
 
 
 _worker_detector: FaceDetector | WholeFrameFaces | None = None
+THREAD_VARIABLES: tuple[str, ...] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+MAX_CHUNK = 16  # clips a worker is handed at once, at most
 
 
-def _init_worker(cfg: dict, torch_threads: int) -> None:
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Each worker's share of the cores (all of this machine's by default), at least one thread."""
+    return max(1, (cores or os.cpu_count() or 1) // workers)
+
+
+def limit_threads(threads: int) -> None:
+    """Make this process compute with ``threads`` threads: torch's (and its OpenMP and MKL pools), any other
+    OpenMP or BLAS pool loaded already (numpy's OpenBLAS, by ``threadpoolctl``) or later (the environment), and
+    FFmpeg's video decoder (``set_decoder_threads``)."""
+    from threadpoolctl import threadpool_limits
+
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+    set_decoder_threads(threads)
+
+
+def thread_settings() -> dict:
+    """The thread counts this process computes with: torch's, FFmpeg's decoder's and the environment's."""
+    return {"torch": torch.get_num_threads(), "decoder": decoder_threads(),
+            **{name: os.environ.get(name) for name in THREAD_VARIABLES}}
+
+
+def _init_worker(cfg: dict, threads: int | None) -> None:
+    """A worker's start: its share of the threads (None: this process's as they are) and its face detector."""
     global _worker_detector
-    torch.set_num_threads(torch_threads)
+    if threads is not None:
+        limit_threads(threads)
     _worker_detector = face_detector(cfg)
+
+
+def chunks(items: list, workers: int, most: int = MAX_CHUNK) -> list[list]:
+    """``items`` cut into runs handed to ``workers`` at once: about four per worker, so that no worker waits at the
+    end while another finishes a long run, and at most ``most`` long, so that results stream back."""
+    size = max(1, min(most, math.ceil(len(items) / (4 * workers))))
+    return [items[first : first + size] for first in range(0, len(items), size)]
+
+
+def worker_pool(workers: int, cfg: dict) -> ProcessPoolExecutor:
+    """``workers`` processes preparing clips of ``cfg``, each with ``threads_per_worker`` threads.
+
+    They are forked from a forkserver that imported this module once (a new worker starts in milliseconds instead
+    of importing torch again), and set their thread counts themselves (``limit_threads``), since a forked
+    process inherits the server's environment, not this one's."""
+    context = get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__])
+    return ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(cfg, threads_per_worker(workers))
+    )
 
 
 def file_signature(path: Path) -> list[int] | None:
@@ -631,36 +687,50 @@ def _prepare_clips(
 
 
 def _results_in_this_process(todo: list[Clip], cfg: dict, files: dict[str, Path], wait: bool) -> Iterator[ClipOutcome]:
-    """``_prepare_one``'s outcome for each clip of ``todo``, one after the other."""
-    _init_worker(cfg, torch.get_num_threads())
+    """``_prepare_one``'s outcome for each clip of ``todo``, one after the other, with this process's threads."""
+    _init_worker(cfg, None)
     for clip in todo:
         yield _task_result(lambda: _prepare_one(clip, cfg, files[clip.clip_id], wait), clip)
+
+
+def _prepare_chunk(clips: list[Clip], cfg: dict, files: list[Path], wait: bool) -> list[ClipOutcome]:
+    """Worker task: ``_prepare_one`` for each of a run of clips. Only the outcomes (a clip's meta) travel back:
+    the arrays go to the cache file straight from the worker."""
+    return [_task_result(lambda: _prepare_one(clip, cfg, file, wait), clip) for clip, file in zip(clips, files)]
 
 
 def _results_in_workers(
     todo: list[Clip], cfg: dict, files: dict[str, Path], workers: int, wait: bool
 ) -> Iterator[ClipOutcome]:
-    """``_prepare_one``'s outcomes from ``workers`` processes, as they finish; closing the generator cancels
-    the clips not started yet."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(
-        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(cfg, threads)
-    ) as pool:
-        futures = {pool.submit(_prepare_one, clip, cfg, files[clip.clip_id], wait): clip for clip in todo}
+    """``_prepare_one``'s outcomes from ``workers`` processes, a chunk (``chunks``) at a time as each finishes;
+    closing the generator cancels the chunks not started yet."""
+    with worker_pool(workers, cfg) as pool:
+        futures = {
+            pool.submit(_prepare_chunk, chunk, cfg, [files[clip.clip_id] for clip in chunk], wait): chunk
+            for chunk in chunks(todo, workers)
+        }
         try:
             for future in as_completed(futures):
-                yield _task_result(future.result, futures[future])
+                try:
+                    yield from future.result()
+                except Exception as error:  # the worker died or its results could not be sent back
+                    yield from (worker_failure(clip, error) for clip in futures[future])
         finally:
             pool.shutdown(cancel_futures=True)
 
 
 def _task_result(result: Callable[[], ClipOutcome], clip: Clip) -> ClipOutcome:
-    """The task's outcome; what fails outside a step (a worker that died, a result that could not be sent,
-    a verdict that could not be stored) fails the clip as step "worker"."""
+    """The task's outcome; what fails outside a step (a result that could not be sent, a verdict that could not
+    be stored) fails the clip as step "worker"."""
     try:
         return result()
     except Exception as error:
-        return ClipOutcome(clip.clip_id, failure=ClipFailure("worker", error).describe(clip.path))
+        return worker_failure(clip, error)
+
+
+def worker_failure(clip: Clip, error: Exception) -> ClipOutcome:
+    """A clip failed outside its steps (step "worker"): a worker that died, a result that could not be sent."""
+    return ClipOutcome(clip.clip_id, failure=ClipFailure("worker", error).describe(clip.path))
 
 
 def failure_summary(report: dict, max_failed_fraction: float, most: int = 5) -> str:

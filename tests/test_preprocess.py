@@ -12,7 +12,17 @@ from omegaconf import OmegaConf
 
 from datamodules.clips import Clip
 from datamodules.corpora import ravdess
-from datamodules.preprocess import atomic_save, cache_folder, cache_key, load_clip, prepare_corpus
+from datamodules.preprocess import (
+    atomic_save,
+    cache_folder,
+    cache_key,
+    chunks,
+    load_clip,
+    prepare_corpus,
+    thread_settings,
+    threads_per_worker,
+    worker_pool,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preprocess" / "paper.yaml"))
@@ -133,3 +143,30 @@ def test_prepare_cli_on_ravdess_speech(tmp_path, ravdess_speech_root):
     assert len(counts.clips_per_subject) == 20 and set(counts.clips_per_class.values()) == {160}
     assert counts.segments > 960
     shutil.rmtree(tmp_path / "ravdess")
+
+
+def test_workers_compute_with_their_share_of_the_cores():
+    assert threads_per_worker(2, cores=2) == 1 and threads_per_worker(4, cores=16) == 4
+    assert threads_per_worker(3, cores=2) == 1
+    with worker_pool(2, audio_cfg()) as pool:
+        reports = [pool.submit(thread_settings).result() for _ in range(4)]
+    share = threads_per_worker(2)
+    assert all(report == {"torch": share, "decoder": share, "OMP_NUM_THREADS": str(share),
+                          "MKL_NUM_THREADS": str(share), "OPENBLAS_NUM_THREADS": str(share)} for report in reports)
+
+
+def test_clips_are_handed_out_in_chunks_that_keep_every_worker_busy():
+    runs = chunks(list(range(100)), workers=2)
+    assert [item for run in runs for item in run] == list(range(100))
+    assert len(runs) >= 4 * 2 - 1 and max(map(len, runs)) <= 13
+    assert chunks(list(range(3)), workers=4) == [[0], [1], [2]]
+    assert max(map(len, chunks(list(range(10_000)), workers=2))) == 16
+
+
+def test_two_workers_prepare_what_one_does(tmp_path, ravdess_speech_root):
+    clips = speech_clips(ravdess_speech_root, n=6)
+    one = prepare_corpus(clips, audio_cfg(), tmp_path / "one", corpus="ravdess", workers=1, progress=False)
+    two = prepare_corpus(clips, audio_cfg(), tmp_path / "two", corpus="ravdess", workers=2, progress=False)
+    assert one.metas == two.metas
+    for clip in clips:
+        assert torch.equal(load_clip(one.files[clip.clip_id])["audio"], load_clip(two.files[clip.clip_id])["audio"])
