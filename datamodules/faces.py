@@ -68,11 +68,10 @@ EVERY_FRAME = Keyframes(every=1)
 
 
 def keyframes_of(faces: dict) -> Keyframes:
-    """The ``Keyframes`` of a config's ``faces``; a config written before keyframes existed searches every frame."""
-    return Keyframes(
-        every=faces.get("keyframe_every", 1), redetect_iou=faces.get("redetect_iou", 0.8),
-        scene_cut=faces.get("scene_cut", 30.0),
-    )
+    """The ``Keyframes`` of a config's ``faces``; a config written before keyframes existed searches every frame
+    (the settings it lacks take ``Keyframes``' defaults)."""
+    names = {"keyframe_every": "every", "redetect_iou": "redetect_iou", "scene_cut": "scene_cut"}
+    return Keyframes(**{field: faces[key] for key, field in names.items() if key in faces})
 
 
 def few_faces_reason(track: FaceTrack, min_detection_rate: float, max_gap_s: float | None) -> str | None:
@@ -233,10 +232,9 @@ def track_faces(frames: np.ndarray, detector: FaceDetector | WholeFrameFaces, ke
     while to_search.size:
         boxes[to_search] = detector.detect(frames[to_search])
         searched[to_search] = True
-        left = np.flatnonzero(searched)
-        right = left[1:]
-        left = left[:-1]
-        open_gaps = right - left > 1
+        searched_at = np.flatnonzero(searched)
+        left, right = searched_at[:-1], searched_at[1:]
+        open_gaps = (right - left > 1) & np.isnan(boxes[left + 1, 0])  # not followed yet
         left, right = left[open_gaps], right[open_gaps]
         agree = box_iou(boxes[left], boxes[right]) >= keyframes.redetect_iou
         for first, last in zip(left[agree], right[agree]):

@@ -689,14 +689,19 @@ def _prepare_clips(
 def _results_in_this_process(todo: list[Clip], cfg: dict, files: dict[str, Path], wait: bool) -> Iterator[ClipOutcome]:
     """``_prepare_one``'s outcome for each clip of ``todo``, one after the other, with this process's threads."""
     _init_worker(cfg, None)
-    for clip in todo:
-        yield _task_result(lambda: _prepare_one(clip, cfg, files[clip.clip_id], wait), clip)
+    yield from _outcomes(todo, cfg, [files[clip.clip_id] for clip in todo], wait)
+
+
+def _outcomes(clips: list[Clip], cfg: dict, files: list[Path], wait: bool) -> Iterator[ClipOutcome]:
+    """``_prepare_one``'s outcome for each of ``clips`` (written to the matching ``files``), as each finishes."""
+    for clip, file in zip(clips, files):
+        yield _task_result(lambda: _prepare_one(clip, cfg, file, wait), clip)
 
 
 def _prepare_chunk(clips: list[Clip], cfg: dict, files: list[Path], wait: bool) -> list[ClipOutcome]:
-    """Worker task: ``_prepare_one`` for each of a run of clips. Only the outcomes (a clip's meta) travel back:
-    the arrays go to the cache file straight from the worker."""
-    return [_task_result(lambda: _prepare_one(clip, cfg, file, wait), clip) for clip, file in zip(clips, files)]
+    """Worker task: ``_outcomes`` of a run of clips. Only the outcomes (a clip's meta) travel back: the arrays
+    go to the cache file straight from the worker."""
+    return list(_outcomes(clips, cfg, files, wait))
 
 
 def _results_in_workers(

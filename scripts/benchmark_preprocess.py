@@ -45,14 +45,17 @@ from datamodules.preprocess import (  # noqa: E402
 )
 
 PAPER = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preprocess" / "paper.yaml"))
-KEYFRAME_FACES = {"keyframe_every": 10, "detect_max_side": 320, "frames_decoded": "segments"}  # the option measured
+# the face settings compared: the reference (MTCNN on every frame at full resolution, every frame decoded) and the
+# keyframe option measured against it (MTCNN on every 10th frame at <= 320 px, the segments' frames decoded)
+REFERENCE_FACES = {"keyframe_every": 1, "detect_max_side": None, "frames_decoded": "all"}
+KEYFRAME_FACES = {"keyframe_every": 10, "detect_max_side": 320, "frames_decoded": "segments"}
 
 
-def keyframe_faces(cfg: dict) -> dict:
-    """``cfg`` with the measured keyframe option: MTCNN every 10th frame at <= 320 px, the segments' frames decoded."""
-    keyframes = copy.deepcopy(cfg)
-    keyframes["faces"].update(KEYFRAME_FACES)
-    return keyframes
+def with_faces(cfg: dict, faces: dict) -> dict:
+    """A copy of ``cfg`` whose ``faces`` settings are updated by ``faces``."""
+    changed = copy.deepcopy(cfg)
+    changed["faces"].update(faces)
+    return changed
 
 
 @dataclass(frozen=True)
@@ -97,13 +100,6 @@ def compare_workers(title: str, clips: list[Clip], cfg: dict, media: str) -> Non
               f"{timing.wall_s:.1f} s, CPU here {timing.cpu_s:.1f} s, load {timing.load:.2f}")
 
 
-def reference_faces(cfg: dict) -> dict:
-    """``cfg`` with the reference's face settings: MTCNN on every frame at full resolution, every frame decoded."""
-    reference = copy.deepcopy(cfg)
-    reference["faces"].update(keyframe_every=1, detect_max_side=None, frames_decoded="all")
-    return reference
-
-
 def face_quality(clip: Clip, cfg: dict) -> tuple[np.ndarray, float, float]:
     """IoU per frame of ``cfg``'s face boxes against the reference's on the frames ``cfg`` decodes (0 where one of
     them has no face and the other has), and the clip-level detection rate of each as the pipeline counts it
@@ -112,7 +108,7 @@ def face_quality(clip: Clip, cfg: dict) -> tuple[np.ndarray, float, float]:
     times = speech_segments(decoded, cfg, clip.path).times
     decoded = segment_frames(decoded, clip.path, times)
     ours = track_faces(decoded.frames, face_detector(cfg), keyframes_of(cfg["faces"]))
-    reference_cfg = reference_faces(cfg)
+    reference_cfg = with_faces(cfg, REFERENCE_FACES)
     reference_detector = face_detector(reference_cfg)
     reference = track_faces(decoded.frames, reference_detector, EVERY_FRAME)
     both = ours.has_face & reference.has_face
@@ -139,8 +135,8 @@ def compare_faces(av_path: Path, copies: int, videos: list[Clip], video_cfg: dic
     clips = [Clip(f"av{i}", av_path, "actor_01", "disgust") for i in range(copies)]
     workers = min(2, os.cpu_count() or 1)
     rows = [(label, *timed_prepare(clips, cfg, workers)) for label, cfg in (
-        ("reference: every frame, full resolution", reference_faces(PAPER)),
-        ("keyframes: every 10th, <= 320 px, segments' frames", keyframe_faces(PAPER)),
+        ("reference: every frame, full resolution", with_faces(PAPER, REFERENCE_FACES)),
+        ("keyframes: every 10th, <= 320 px, segments' frames", with_faces(PAPER, KEYFRAME_FACES)),
     )]
     duration = sum(m["duration_s"] for m in rows[0][2].metas.values())
     print(f"Real audio-visual clip {av_path.name}, {copies} copies ({duration:.1f} s of 640x480 video, 227-px faces), "
@@ -153,8 +149,8 @@ def compare_faces(av_path: Path, copies: int, videos: list[Clip], video_cfg: dic
               f"frames decoded, {meta['face_searched_frames']} searched, face rate "
               f"{prepared.report['face_detection_rate']:.3f}")
     print("Faces of the keyframe option against the reference (MTCNN on every frame at full resolution):")
-    print_quality("real clip", clips[:1], keyframe_faces(PAPER))
-    print_quality("demo videos", videos, keyframe_faces(video_cfg))
+    print_quality("real clip", clips[:1], with_faces(PAPER, KEYFRAME_FACES))
+    print_quality("demo videos", videos, with_faces(video_cfg, KEYFRAME_FACES))
 
 
 def main() -> None:
