@@ -13,8 +13,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.clips import Clip, IndexResult, class_rule
+from datamodules.mfcc import audio_statistics
 from datamodules.preprocess import PreparedCorpus, cache_folder, format_report, load_clip, prepare_corpus
 from datamodules.splits import Fold, with_test_corpus
+
+
+AUDIO_NORMS: tuple[str, ...] = ("none", "utterance", "speaker")
 
 
 class SegmentDataset(Dataset):
@@ -22,15 +26,18 @@ class SegmentDataset(Dataset):
 
     ``inputs`` picks the tensors a batch carries: ``"audio"`` (uint8 [3,64,64]), ``"faces"`` (uint8
     [20,3,S,S]) and/or ``"frame_features"`` ([20,D]: rows of ``frame_features``, each clip's frozen-part
-    output per face crop, in the order of its ``face_frames``).
+    output per face crop, in the order of its ``face_frames``). With ``audio_stats`` (per clip ``[2, 3, F]``),
+    audio items also carry their clip's ``"audio_stats"`` (``EmotionDataModule``'s ``audio_norm``).
     """
 
     def __init__(
         self, records: Sequence[dict], clip_indices: Sequence[int], labels: Sequence[int],
         first_segment_ids: Sequence[int], inputs: Sequence[str], frame_features: Sequence[torch.Tensor] = (),
+        audio_stats: Sequence[torch.Tensor] = (),
     ) -> None:
         self.records, self.clip_indices, self.labels = records, clip_indices, labels
         self.first_segment_ids, self.inputs, self.frame_features = first_segment_ids, tuple(inputs), frame_features
+        self.audio_stats = audio_stats
         self.starts = [0, *accumulate(int(r["segment_times"].shape[0]) for r in records)]
         self.length = self.starts.pop()
 
@@ -48,6 +55,8 @@ class SegmentDataset(Dataset):
         }
         if "audio" in self.inputs:
             item["audio"] = record["audio"][k]
+            if self.audio_stats:
+                item["audio_stats"] = self.audio_stats[pos]
         if "faces" in self.inputs:
             item["faces"] = record["face_frames"][record["face_index"][k]]
         if "frame_features" in self.inputs:
@@ -60,6 +69,12 @@ class EmotionDataModule(L.LightningDataModule):
 
     ``prepare_data`` (rank zero only) generates the corpus when it has a generator (the demo), indexes
     it and fills the clip cache; ``setup`` (every rank) reads the cache and builds the fold's datasets.
+
+    ``audio_norm`` ("none", "utterance" or "speaker") adds to every audio segment the mean and standard
+    deviation of each image channel and row over its clip's frames ("utterance") or over all frames of all
+    clips of its subject ("speaker"), for ``AudioModule(input_norm=...)`` to standardise with. "speaker"
+    reads unlabelled audio of every subject, the test subjects' included (never their labels): the speaker
+    normalisation of speech-emotion work, which assumes a new speaker's other recordings are at hand.
 
     Cross-corpus (``cv=cross_corpus``): with a ``test_corpus`` (another EmotionDataModule), the folds
     train and validate on this corpus and test on every clip of the other one. Both keep the classes
@@ -84,8 +99,12 @@ class EmotionDataModule(L.LightningDataModule):
         num_workers: int = 0,
         preprocess_workers: int | None = None,
         test_corpus: EmotionDataModule | None = None,
+        audio_norm: str = "none",
     ) -> None:
         super().__init__()
+        if audio_norm not in AUDIO_NORMS:
+            raise ValueError(f"audio_norm must be one of {AUDIO_NORMS}, got {audio_norm!r}")
+        self.audio_norm = audio_norm
         self.name, self.root, self.indexer, self.classes = name, Path(root), indexer, list(classes)
         self.test_corpus = test_corpus
         if test_corpus is not None:
@@ -173,7 +192,19 @@ class EmotionDataModule(L.LightningDataModule):
         if not self.clips:
             raise RuntimeError(f"no prepared clips for {self.name} in {folder}: run prepare_data first")
         self.records = [load_clip(folder / f"{c.clip_id}.pt") for c in self.clips]
+        self.audio_stats = self._audio_stats()
         self.first_segment_ids = [0, *accumulate(int(r["segment_times"].shape[0]) for r in self.records)][:-1]
+
+    def _audio_stats(self) -> list[torch.Tensor]:
+        """Per prepared clip, the ``audio_statistics`` of its clip or subject (``audio_norm``); [] for "none"."""
+        if self.audio_norm == "none" or not self.preprocess_cfg.get("audio", True):
+            return []
+        group = (lambda clip: clip.subject) if self.audio_norm == "speaker" else (lambda clip: clip.clip_id)
+        images: dict[str, list[torch.Tensor]] = {}
+        for clip, record in zip(self.clips, self.records):
+            images.setdefault(group(clip), []).append(record["audio"])
+        stats = {key: audio_statistics(value) for key, value in images.items()}
+        return [stats[group(clip)] for clip in self.clips]
 
     @property
     def current_fold(self) -> Fold:
@@ -190,6 +221,7 @@ class EmotionDataModule(L.LightningDataModule):
             [self.records[i] for i in positions], positions,
             [self.classes.index(self.clips[i].label) for i in positions],
             [self.first_segment_ids[i] for i in positions], inputs, features,
+            [self.audio_stats[i] for i in positions] if self.audio_stats else (),
         )
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:

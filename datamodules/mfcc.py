@@ -10,7 +10,7 @@ A segment of 64 frames covers (64 - 1) * 10 ms + 25 ms = 655 ms of audio, the pa
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -193,3 +193,10 @@ def mfcc_images(
         raise ValueError(f"scale must be 'segment' or 'utterance', got {scale!r}")
     timing = {k: mfcc_kwargs[k] for k in ("window_ms", "hop_ms") if k in mfcc_kwargs}
     return segments, segment_times(segments.shape[0], window=window, shift=shift, **timing).to(torch.float32)
+
+
+def audio_statistics(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[2, C, F]``: the mean and standard deviation of every channel and row of uint8 images ``[K, C, F, T]``
+    (one clip's segments, or all those of a speaker's clips), over all their frames, on the 0-1 scale."""
+    frames = torch.cat([image.float().div(255.0).movedim(-1, 1).flatten(0, 1) for image in images])  # [N, C, F]
+    return torch.stack([frames.mean(dim=0), frames.std(dim=0).clamp_min(1e-3)])

@@ -22,6 +22,7 @@ import torch
 from datamodules.corpora import Problem, natural_key, scan_media
 from datamodules.decode import BadInputError, decode_clip
 from datamodules.faces import FaceDetector, FaceTrack, NoFaceError
+from datamodules.mfcc import audio_statistics
 from datamodules.preprocess import ClipFailure, segment_faces, silent_segments, speech_segments, step
 
 MEDIA_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".flv", ".webm", ".mov", ".wav", ".flac", ".mp3", ".m4a")
@@ -62,11 +63,14 @@ class Recording:
         return self.faces.segment_has_face
 
     def batch(self, rows: torch.Tensor, inputs: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The network inputs of segments ``rows``: ``audio`` uint8 ``[B, 3, 64, 64]`` and/or ``faces`` uint8
-        ``[B, 20, 3, S, S]``, as in training batches."""
+        """The network inputs of segments ``rows``: ``audio`` uint8 ``[B, 3, 64, 64]`` with ``audio_stats``
+        (this recording's ``audio_statistics``: what an ``input_norm`` utterance model reads, and what stands in
+        for the speaker's for a speaker-normalised one) and/or ``faces`` uint8 ``[B, 20, 3, S, S]``, as in
+        training batches."""
         batch = {}
         if "audio" in inputs:
             batch["audio"] = self.audio[rows]
+            batch["audio_stats"] = audio_statistics([self.audio]).expand(len(rows), -1, -1, -1)
         if "faces" in inputs:
             batch["faces"] = self.faces.face_frames[self.faces.face_index[rows]]
         return batch

@@ -1,4 +1,4 @@
-"""Audio network, §3.2: MFCC images -> VGG19 fc7 (4096-D) -> segment emotion."""
+"""Audio network, §3.2: MFCC images -> VGG19 fc7 (4096-D) -> segment emotion; or a statistics-pooling TDNN."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -8,6 +8,7 @@ from torch import nn
 
 from lightning_modules.base import Batch, EmotionModule, checkpoint_backbone_kwargs
 from lightning_modules.components.augment import SpecAugment
+from lightning_modules.components.tdnn import StatsPoolTDNN
 from lightning_modules.components.vgg import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -16,15 +17,32 @@ from lightning_modules.components.vgg import (
 )
 
 
+INPUT_NORMS: tuple[str, ...] = ("none", "utterance", "speaker")
+AUDIO_BACKBONES: dict[str, type[nn.Module]] = {"vgg": VGGFeatureExtractor, "tdnn": StatsPoolTDNN}
+
+
+def audio_backbone(arch: str = "vgg", **kwargs: Any) -> nn.Module:
+    """The audio network named by ``arch`` (configs/audio_backbone/): "vgg" (the paper's VGG, fc7 out) or
+    "tdnn" (``StatsPoolTDNN``), built from its own kwargs."""
+    if arch not in AUDIO_BACKBONES:
+        raise ValueError(f"audio backbone arch must be one of {sorted(AUDIO_BACKBONES)}, got {arch!r}")
+    return AUDIO_BACKBONES[arch](**kwargs)
+
+
 class AudioModule(EmotionModule):
-    """batch["audio"] uint8 `[B, 3, 64, 64]` (static, delta, delta-delta MFCC channels) -> VGG fc7 -> linear head.
+    """batch["audio"] uint8 `[B, 3, rows, frames]` (static, delta, delta-delta channels) -> backbone -> linear head.
 
     Args:
-        backbone: VGGFeatureExtractor kwargs (e.g. {"variant": "vgg19", "weights": "imagenet"}).
+        backbone: ``audio_backbone`` kwargs: ``arch`` ("vgg", the default, or "tdnn") and that network's
+            (e.g. {"arch": "vgg", "variant": "vgg19", "weights": "imagenet"}).
         num_classes: emotion classes.
         head_dropout: dropout on fc7 before the classification layer (torchvision VGG's classifier.5).
         input_mean, input_std: per-channel normalisation after scaling to [0, 1] (ImageNet's by default,
             matching the ImageNet-pretrained VGG the paper fine-tunes).
+        input_norm: "none" standardises every image by ``input_mean`` / ``input_std``; "utterance" or
+            "speaker" by the statistics of each channel and row that the batch carries in ``"audio_stats"``
+            (``[B, 2, 3, rows]``, from the datamodule's ``audio_norm`` of the same name: over the segment's
+            clip, or over all clips of its speaker).
         spec_augment: SpecAugment kwargs (freq_masks, freq_width, time_masks, time_width) applied to the
             normalised images in training; None or {} for none (the paper).
         training: EmotionModule's arguments (class_names, optimizer, lr, weight_decay, ...).
@@ -42,6 +60,7 @@ class AudioModule(EmotionModule):
         head_dropout: float = 0.5,
         input_mean: Sequence[float] = IMAGENET_MEAN,
         input_std: Sequence[float] = IMAGENET_STD,
+        input_norm: str = "none",
         spec_augment: Mapping[str, int] | None = None,
         **training: Any,
     ) -> None:
@@ -50,16 +69,33 @@ class AudioModule(EmotionModule):
         input_mean, input_std = list(input_mean), list(input_std)
         if training.get("class_names") is not None:
             training["class_names"] = list(training["class_names"])
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
         super().__init__(num_classes, **training)
         self.save_hyperparameters()
+        self.input_norm = input_norm
         self.hparams["backbone"] = checkpoint_backbone_kwargs(backbone)
         self.input_mean, self.input_std = input_mean, input_std
         self.augment = SpecAugment(**spec_augment)
-        self.backbone = VGGFeatureExtractor(**backbone)
+        self.backbone = audio_backbone(**backbone)
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.backbone.out_dim, num_classes))
         self._finish_init()
 
+    def standardise(self, batch: Batch) -> torch.Tensor:
+        """uint8 images -> float images with every channel standardised (``input_norm``)."""
+        if self.input_norm == "none":
+            return preprocess_uint8_images(batch["audio"], self.input_mean, self.input_std)
+        if "audio_stats" not in batch:
+            raise ValueError(
+                f"AudioModule(input_norm={self.input_norm!r}) needs each batch's audio_stats: set data.audio_norm="
+                f"{self.input_norm} (the statistics it was trained with)"
+            )
+        if batch["audio"].dtype != torch.uint8:
+            raise ValueError(f"expected uint8 images, got {batch['audio'].dtype}")
+        stats = batch["audio_stats"].to(torch.float32)
+        return (batch["audio"].to(torch.float32) / 255.0 - stats[:, 0, ..., None]) / stats[:, 1, ..., None]
+
     def extract_features(self, batch: Batch) -> torch.Tensor:
-        """MFCC images -> fc7 features `[B, out_dim]` (4096-D for VGG19)."""
-        images = self.augment(preprocess_uint8_images(batch["audio"], self.input_mean, self.input_std))
+        """MFCC / log-mel images -> segment features `[B, out_dim]` (fc7, 4096-D, for VGG19)."""
+        images = self.augment(self.standardise(batch))
         return self.backbone(images.contiguous(memory_format=self.memory_format))

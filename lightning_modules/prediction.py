@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -138,7 +139,13 @@ def load_network(checkpoint: Path, stage: str, device: torch.device) -> EmotionM
     (``model.<stage>.module._target_``), in eval mode on ``device``."""
     saved = OmegaConf.load(checkpoint.parents[1] / "config.yaml")
     network_class = get_class(saved.model[stage].module._target_)
-    return network_class.load_from_checkpoint(checkpoint, map_location=device).eval()
+    network = network_class.load_from_checkpoint(checkpoint, map_location=device).eval()
+    if getattr(network, "input_norm", "none") == "speaker":
+        warnings.warn(
+            f"{checkpoint}: a speaker-normalised audio model (data.audio_norm=speaker); each recording's own "
+            "statistics stand in for its speaker's", stacklevel=2,
+        )
+    return network
 
 
 def fold_checkpoints(folder: Path, stage: str, fold: int) -> dict[str, Path]:

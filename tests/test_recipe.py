@@ -1,5 +1,5 @@
 """The recipes' switches: SpecAugment, mixup, modality dropout, face augmentation, the globally pooled VGG head,
-the one-cycle schedule."""
+the one-cycle schedule, the statistics-pooling TDNN."""
 import lightning as L
 import pytest
 import torch
@@ -167,3 +167,51 @@ def test_one_cycle_warms_up_then_decays_per_step(tmp_path):
     peak = seen.index(max(seen))
     assert len(seen) == 12 and 0 < peak < len(seen) - 1
     assert max(seen) == pytest.approx(1e-2, rel=0.05) and seen[0] < 1e-3 and seen[-1] < 1e-3
+
+
+def test_stats_pool_tdnn_pools_over_frames_of_any_length_and_names_a_row_mismatch():
+    from lightning_modules.components.tdnn import StatsPoolTDNN
+
+    torch.manual_seed(0)
+    tdnn = StatsPoolTDNN(rows=16, channels=8, fc_dim=12).eval()
+    images = torch.randn(3, 3, 16, 40)
+    assert tdnn(images).shape == (3, 12)
+    assert tdnn(torch.randn(2, 3, 16, 192)).shape == (2, 12)
+    # statistics pooling: the pooled vector does not depend on the order of the frame-level outputs
+    hidden = tdnn.frames(images.reshape(3, 48, 40))
+    shuffled = hidden[..., torch.randperm(40)]
+    pooled = torch.cat([hidden.mean(2), hidden.std(2)], 1)
+    assert torch.allclose(pooled, torch.cat([shuffled.mean(2), shuffled.std(2)], 1), atol=1e-5)
+    with pytest.raises(ValueError, match="backbone.rows"):
+        tdnn(torch.randn(2, 3, 64, 40))
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        StatsPoolTDNN(weights="imagenet")
+
+
+def test_audio_module_trains_a_tdnn_backbone_and_restores_it_from_the_checkpoint(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader
+
+    from lightning_modules import AudioModule
+    from lightning_modules.components.tdnn import StatsPoolTDNN
+
+    torch.manual_seed(0)
+    module = AudioModule(backbone={"arch": "tdnn", "rows": 64, "channels": 16, "fc_dim": 8}, num_classes=3)
+    assert isinstance(module.backbone, StatsPoolTDNN) and module.backbone.out_dim == 8
+    rows = [
+        {"audio": torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8), "label": torch.tensor(k // 2 % 3),
+         "clip_index": torch.tensor(k // 2), "segment_id": torch.tensor(k)}
+        for k in range(8)
+    ]
+    before = {name: p.detach().clone() for name, p in module.named_parameters()}
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/video_uar", mode="max")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[checkpoint], default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(rows, batch_size=4), DataLoader(rows, batch_size=8))
+    assert any(not torch.equal(p, before[name]) for name, p in module.named_parameters())
+    restored = AudioModule.load_from_checkpoint(checkpoint.best_model_path).eval()
+    batch = {"audio": torch.stack([row["audio"] for row in rows])}
+    with torch.no_grad():
+        assert torch.equal(module.eval()(batch), restored(batch))
+    with pytest.raises(ValueError, match="arch must be one of"):
+        AudioModule(backbone={"arch": "resnet"})
