@@ -82,8 +82,15 @@ def test_the_recipe_experiment_composes_a_speaker_normalised_tdnn(ravdess_overri
     assert module_cfg.backbone.arch == "tdnn" and module_cfg.input_norm == "speaker" == cfg.data.audio_norm
     assert module_cfg.backbone.rows == cfg.data.preprocess.mfcc.n_mels
     assert "variant" not in module_cfg.backbone  # the VGG's keys are not merged into the TDNN's
+    cross = compose_train([*ravdess_overrides, "cv=cross_corpus", "+test_data=emodb", "test_data.root=/emodb"])
+    assert cross.test_data.audio_norm == "speaker"  # the test speakers standardised by their own statistics
     paper = compose_train(["experiment=paper_rml_loso"]).model.audio.module
     assert paper.backbone.arch == "vgg" and paper.backbone.variant == "vgg19" and paper.input_norm == "none"
+    paper_ravdess = compose_train(["experiment=paper_ravdess_kfold"])
+    assert paper_ravdess.data.name == "ravdess" and paper_ravdess.cv.folds.group_by == "subject"
+    backbone = paper_ravdess.model.audio.module.backbone
+    assert (backbone.variant, backbone.weights, backbone.width) == ("vgg19", "imagenet", 1.0)
+    assert paper_ravdess.data.preprocess.mfcc.window == 64 and paper_ravdess.data.audio_norm == "none"
 
 
 @pytest.mark.slow

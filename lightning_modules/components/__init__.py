@@ -1,5 +1,7 @@
-"""Plain nn.Module building blocks: VGG fc7 extractor, face-sequence encoder, attention fusion head."""
+"""Plain nn.Module building blocks: VGG fc7 extractor, statistics-pooling TDNN, face-sequence encoder, attention
+fusion head."""
 from lightning_modules.components.attention import AttentionFusionHead, ModalityAttention
+from lightning_modules.components.tdnn import StatsPoolTDNN
 from lightning_modules.components.vgg import VGGFeatureExtractor, preprocess_uint8_images
 from lightning_modules.components.visual import FaceSequenceEncoder
 
@@ -7,6 +9,7 @@ __all__ = [
     "AttentionFusionHead",
     "FaceSequenceEncoder",
     "ModalityAttention",
+    "StatsPoolTDNN",
     "VGGFeatureExtractor",
     "preprocess_uint8_images",
 ]
