@@ -74,6 +74,10 @@ class AudioModule(EmotionModule):
         super().__init__(num_classes, **training)
         self.save_hyperparameters()
         self.input_norm = input_norm
+        if input_norm != "none":
+            # mixup mixes the statistics with the images: the mixed image minus the mixed mean is the same mix
+            # of the two standardised images' numerators
+            self.input_keys = ("audio", "audio_stats")
         self.hparams["backbone"] = checkpoint_backbone_kwargs(backbone)
         self.input_mean, self.input_std = input_mean, input_std
         self.augment = SpecAugment(**spec_augment)

@@ -103,3 +103,14 @@ def test_the_recipe_trains_a_fold_and_saves_a_speaker_normalised_tdnn(ravdess_ov
     saved = AudioModule.load_from_checkpoint(fold_dir / "checkpoints" / "best.ckpt")
     assert saved.input_norm == "speaker" and saved.hparams["backbone"]["arch"] == "tdnn"
     assert json.loads((fold_dir / "metrics.json").read_text())["test"]["n_clips"] == fold["n_clips"]
+
+
+def test_mixup_of_a_speaker_normalised_module_mixes_the_statistics_with_the_images():
+    torch.manual_seed(0)
+    module = AudioModule(backbone={"arch": "tdnn", "rows": 8, "channels": 8, "fc_dim": 8}, input_norm="speaker",
+                         mixup_alpha=0.4, num_classes=2)
+    assert module.input_keys == ("audio", "audio_stats")
+    batch = {"audio": torch.randint(0, 256, (4, 3, 8, 12), dtype=torch.uint8),
+             "audio_stats": torch.rand(4, 2, 3, 8) + 0.1, "label": torch.tensor([0, 1, 0, 1])}
+    assert torch.isfinite(module.training_step(batch, 0))
+    assert AudioModule(backbone={"arch": "tdnn", "rows": 8}).input_keys == ("audio",)

@@ -45,8 +45,8 @@ CASES = {
     "unknown stage": (["stage=audoi"], "stage=audoi: no such stage; choose one of audio, visual, fusion, all, baseline; "
                       "try: python train.py stage=audio"),
     "unknown experiment": (["experiment=paper_rml"], "experiment=paper_rml: configs/experiment/ has no paper_rml.yaml; "
-                           "choose one of ck_visual, demo, paper_enterface_kfold, paper_enterface_loso, paper_rml_kfold, "
-                           "paper_rml_loso, ravdess_audio; try: python train.py experiment=paper_rml_loso"),
+                           "choose one of ck_visual, demo, paper_enterface_kfold, paper_enterface_loso, paper_ravdess_kfold, "
+                           "paper_rml_kfold, paper_rml_loso, ravdess_audio; try: python train.py experiment=paper_rml_loso"),
     "unknown corpus": (["data=ravdes", "data.root=/corpus"], "data=ravdes: configs/data/ has no ravdes.yaml; choose one "
                        "of ck, demo, emodb, enterface, ravdess, rml; try: python train.py data=ravdess data.root=/corpus"),
     "root not given": (["data=rml"], "data.root is not set: data=rml reads its clips from it; try: python train.py "
