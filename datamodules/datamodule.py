@@ -13,12 +13,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.clips import Clip, IndexResult, class_rule
-from datamodules.mfcc import audio_statistics
+from datamodules.mfcc import AUDIO_NORMS, audio_statistics
 from datamodules.preprocess import PreparedCorpus, cache_folder, format_report, load_clip, prepare_corpus
 from datamodules.splits import Fold, with_test_corpus
-
-
-AUDIO_NORMS: tuple[str, ...] = ("none", "utterance", "speaker")
 
 
 class SegmentDataset(Dataset):

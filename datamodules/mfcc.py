@@ -195,6 +195,9 @@ def mfcc_images(
     return segments, segment_times(segments.shape[0], window=window, shift=shift, **timing).to(torch.float32)
 
 
+AUDIO_NORMS: tuple[str, ...] = ("none", "utterance", "speaker")  # data.audio_norm = AudioModule's input_norm
+
+
 def audio_statistics(images: Sequence[torch.Tensor]) -> torch.Tensor:
     """``[2, C, F]``: the mean and standard deviation of every channel and row of uint8 images ``[K, C, F, T]``
     (one clip's segments, or all those of a speaker's clips), over all their frames, on the 0-1 scale."""

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
@@ -62,6 +63,11 @@ class Recording:
             return np.zeros(len(self.segment_times), dtype=bool)
         return self.faces.segment_has_face
 
+    @cached_property
+    def audio_stats(self) -> torch.Tensor:
+        """``audio_statistics`` of this recording's segments, ``[2, 3, rows]`` (computed once)."""
+        return audio_statistics([self.audio])
+
     def batch(self, rows: torch.Tensor, inputs: Sequence[str]) -> dict[str, torch.Tensor]:
         """The network inputs of segments ``rows``: ``audio`` uint8 ``[B, 3, 64, 64]`` with ``audio_stats``
         (this recording's ``audio_statistics``: what an ``input_norm`` utterance model reads, and what stands in
@@ -70,7 +76,7 @@ class Recording:
         batch = {}
         if "audio" in inputs:
             batch["audio"] = self.audio[rows]
-            batch["audio_stats"] = audio_statistics([self.audio]).expand(len(rows), -1, -1, -1)
+            batch["audio_stats"] = self.audio_stats.expand(len(rows), -1, -1, -1)
         if "faces" in inputs:
             batch["faces"] = self.faces.face_frames[self.faces.face_index[rows]]
         return batch

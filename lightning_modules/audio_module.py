@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from datamodules.mfcc import AUDIO_NORMS
 from lightning_modules.base import Batch, EmotionModule, checkpoint_backbone_kwargs
 from lightning_modules.components.augment import SpecAugment
 from lightning_modules.components.tdnn import StatsPoolTDNN
@@ -17,7 +18,6 @@ from lightning_modules.components.vgg import (
 )
 
 
-INPUT_NORMS: tuple[str, ...] = ("none", "utterance", "speaker")
 AUDIO_BACKBONES: dict[str, type[nn.Module]] = {"vgg": VGGFeatureExtractor, "tdnn": StatsPoolTDNN}
 
 
@@ -69,8 +69,8 @@ class AudioModule(EmotionModule):
         input_mean, input_std = list(input_mean), list(input_std)
         if training.get("class_names") is not None:
             training["class_names"] = list(training["class_names"])
-        if input_norm not in INPUT_NORMS:
-            raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+        if input_norm not in AUDIO_NORMS:
+            raise ValueError(f"input_norm must be one of {AUDIO_NORMS}, got {input_norm!r}")
         super().__init__(num_classes, **training)
         self.save_hyperparameters()
         self.input_norm = input_norm
@@ -94,10 +94,9 @@ class AudioModule(EmotionModule):
                 f"AudioModule(input_norm={self.input_norm!r}) needs each batch's audio_stats: set data.audio_norm="
                 f"{self.input_norm} (the statistics it was trained with)"
             )
-        if batch["audio"].dtype != torch.uint8:
-            raise ValueError(f"expected uint8 images, got {batch['audio'].dtype}")
         stats = batch["audio_stats"].to(torch.float32)
-        return (batch["audio"].to(torch.float32) / 255.0 - stats[:, 0, ..., None]) / stats[:, 1, ..., None]
+        images = preprocess_uint8_images(batch["audio"], (0.0,) * stats.shape[2], (1.0,) * stats.shape[2])
+        return (images - stats[:, 0, ..., None]) / stats[:, 1, ..., None]
 
     def extract_features(self, batch: Batch) -> torch.Tensor:
         """MFCC / log-mel images -> segment features `[B, out_dim]` (fc7, 4096-D, for VGG19)."""

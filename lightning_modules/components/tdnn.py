@@ -68,11 +68,6 @@ class StatsPoolTDNN(nn.Module):
         """Switch train/eval mode; a frozen network stays in eval mode."""
         return super().train(mode and self.freeze == "none")
 
-    @property
-    def frozen_layer(self) -> str | None:
-        """"embedding" when frozen (its output is what the fusion stage reads), else None."""
-        return "embedding" if self.freeze == "all" else None
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images ``[B, C, F, T]`` -> segment embeddings ``[B, fc_dim]``."""
         batch, channels, rows, frames = images.shape
