@@ -10,17 +10,12 @@ from torch import nn
 from datamodules.feature_cache import tensor_digest
 from lightning_modules.base import Batch, EmotionModule, checkpoint_backbone_kwargs
 from lightning_modules.components.augment import FaceAugment
-from lightning_modules.components.vgg import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    VGGFeatureExtractor,
-    preprocess_uint8_images,
-)
-from lightning_modules.components.visual import FaceSequenceEncoder
+from lightning_modules.components.vgg import IMAGENET_MEAN, IMAGENET_STD, preprocess_uint8_images
+from lightning_modules.components.visual import FaceSequenceEncoder, visual_backbone
 
 
 class VisualModule(EmotionModule):
-    """batch["faces"] uint8 `[B, 20, 3, S, S]` -> FaceSequenceEncoder (VGG fc7 + LSTM) -> linear head.
+    """batch["faces"] uint8 `[B, 20, 3, S, S]` -> FaceSequenceEncoder (per-frame CNN + LSTM) -> linear head.
 
     With a frozen VGG part (``backbone.freeze``: features or all) and no face augmentation, the frozen part's
     output never changes, so it can be computed once per face crop (``frozen_extractor``, cached by
@@ -28,10 +23,11 @@ class VisualModule(EmotionModule):
     instead of ``faces`` and only the trainable rest runs.
 
     Args:
-        backbone: VGGFeatureExtractor kwargs for the per-frame VGG.
+        backbone: ``visual_backbone`` kwargs for the per-frame CNN: ``arch`` ("vgg", the paper's and the
+            default, or "face_cnn") and that network's (e.g. {"arch": "vgg", "variant": "vgg19"}).
         lstm_hidden, lstm_layers: the LSTM over the frame features (4096 and 1 in the paper's reading).
         lstm_dropout: dropout on the frame features entering the LSTM and between LSTM layers.
-        frames_per_chunk: frames per VGG call (bounds memory when the VGG is frozen or in inference).
+        frames_per_chunk: frames per CNN call (bounds memory when the CNN is frozen or in inference).
         num_classes, head_dropout, input_mean, input_std: as in AudioModule.
         face_augment: FaceAugment kwargs (crop_scale, flip, rotation_deg, brightness, contrast,
             saturation) applied to each training sequence; None or {} trains on the crops as they are.
@@ -47,6 +43,7 @@ class VisualModule(EmotionModule):
         lstm_layers: int = 1,
         lstm_dropout: float = 0.0,
         frames_per_chunk: int = 160,
+        temporal: str = "lstm",
         num_classes: int = 6,
         head_dropout: float = 0.5,
         input_mean: Sequence[float] = IMAGENET_MEAN,
@@ -65,7 +62,7 @@ class VisualModule(EmotionModule):
         self.input_mean, self.input_std = input_mean, input_std
         self.augment, self.augments = FaceAugment(**face_augment), bool(face_augment)
         self.encoder = FaceSequenceEncoder(
-            VGGFeatureExtractor(**backbone), lstm_hidden, lstm_layers, lstm_dropout, frames_per_chunk
+            visual_backbone(**backbone), lstm_hidden, lstm_layers, lstm_dropout, frames_per_chunk, temporal
         )
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.encoder.out_dim, num_classes))
         self._finish_init()
@@ -82,20 +79,20 @@ class VisualModule(EmotionModule):
         """The frozen part as a callable, ``{"faces": uint8 [N, 3, S, S]}`` -> ``[N, D]`` (pool5 or fc7), when
         its output can stand for the crops in training: a frozen part, no face augmentation and no mixup (both
         change the crops); else None."""
-        vgg = self.encoder.vgg
-        if vgg.frozen_layer is None or self.augments or self.mixup_alpha > 0:
+        cnn = self.encoder.cnn
+        if cnn.frozen_layer is None or self.augments or self.mixup_alpha > 0:
             return None
 
         def frozen_output(batch: Batch) -> torch.Tensor:
             faces = batch["faces"].to(self.device)
-            return vgg.frozen_output(preprocess_uint8_images(faces, self.input_mean, self.input_std))
+            return cnn.frozen_output(preprocess_uint8_images(faces, self.input_mean, self.input_std))
 
         return frozen_output
 
     def frozen_key(self) -> dict:
         """What the frozen part's output depends on besides the crops: the layer, the input normalisation and
         the content of the frozen weights (so a retrained or other backbone never reads stale features)."""
-        vgg = self.encoder.vgg
-        frozen = vgg.features if vgg.frozen_layer == "pool5" else vgg
-        return {"layer": vgg.frozen_layer, "input_mean": self.input_mean, "input_std": self.input_std,
+        cnn = self.encoder.cnn
+        frozen = cnn.features if cnn.frozen_layer == "pool5" else cnn
+        return {"layer": cnn.frozen_layer, "input_mean": self.input_mean, "input_std": self.input_std,
                 "weights": tensor_digest(frozen.state_dict().values())}

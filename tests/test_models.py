@@ -12,11 +12,13 @@ from torch.utils.data import DataLoader
 from lightning_modules import AudioModule, FusionModule, VisualModule
 from lightning_modules.components import (
     AttentionFusionHead,
+    FaceCNN,
     FaceSequenceEncoder,
     ModalityAttention,
     VGGFeatureExtractor,
     preprocess_uint8_images,
 )
+from lightning_modules.components.augment import FaceAugment
 from lightning_modules.components.vgg import adaptive_avg_pool2d_by_matmul
 
 TINY_VGG = {"variant": "vgg11", "width": 0.125, "fc_dim": 64, "dropout": 0.0}
@@ -206,11 +208,11 @@ def test_face_sequence_encoder_shapes_and_chunking():
     faces = torch.randn(2, 20, 3, FACE_SIZE, FACE_SIZE)
     features = encoder(faces)
     assert features.shape == (2, 16) and encoder.out_dim == 16
-    unchunked = FaceSequenceEncoder(encoder.vgg, lstm_hidden=16, frames_per_chunk=40).eval()
+    unchunked = FaceSequenceEncoder(encoder.cnn, lstm_hidden=16, frames_per_chunk=40).eval()
     unchunked.lstm.load_state_dict(encoder.lstm.state_dict())
     assert torch.allclose(unchunked(faces), features, atol=1e-6)
     # the segment feature is the LSTM's last hidden state over the 20 frame features
-    frame_features = encoder.vgg(faces.flatten(0, 1)).view(2, 20, -1)
+    frame_features = encoder.cnn(faces.flatten(0, 1)).view(2, 20, -1)
     outputs, _ = encoder.lstm(frame_features)
     assert torch.allclose(outputs[:, -1], features, atol=1e-6)
     with pytest.raises(ValueError, match="B, T, 3, S, S"):
@@ -223,11 +225,11 @@ def test_face_sequence_encoder_runs_the_vgg_once_per_run_of_repeated_frames():
     distinct = torch.randn(2, 3, 3, FACE_SIZE, FACE_SIZE)
     faces = distinct[:, [0] * 10 + [1] + [2] * 9]  # rule 3 on a 3-frame clip
     calls = []
-    handle = encoder.vgg.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    handle = encoder.cnn.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
     features = encoder(faces)
     handle.remove()
     assert calls == [6]
-    outputs, _ = encoder.lstm(encoder.vgg(faces.flatten(0, 1)).view(2, 20, -1))
+    outputs, _ = encoder.lstm(encoder.cnn(faces.flatten(0, 1)).view(2, 20, -1))
     assert torch.allclose(outputs[:, -1], features, atol=1e-6)
 
 
@@ -314,7 +316,7 @@ def test_fusion_test_logs_attention_per_modality(tmp_path):
 def test_visual_module_bf16_mixed_channels_last(tmp_path):
     torch.manual_seed(0)
     module = _visual_module(channels_last=True)
-    assert module.encoder.vgg.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert module.encoder.cnn.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     rows = _segment_rows(n_clips=2, segments_per_clip=2)
     trainer = _trainer(tmp_path, fast_dev_run=True, precision="bf16-mixed")
     trainer.fit(module, _loader(rows), _loader(rows))
@@ -440,3 +442,60 @@ def test_modules_instantiate_from_hydra_configs_with_plain_hparams():
     fusion = instantiate({"_target_": "lightning_modules.fusion_module.FusionModule", "audio_dim": 8,
                           "visual_dim": 8, "hidden_dims": OmegaConf.create([4, 4]), "num_classes": 2})
     assert type(fusion.hparams["hidden_dims"]) is list
+
+
+# ---------------------------------------------------------------- face CNN, mean over frames, per-frame views
+
+
+def test_face_cnn_ignores_the_brightness_and_contrast_of_each_crop():
+    torch.manual_seed(0)
+    cnn = FaceCNN(channels=[4, 8, 16]).eval()
+    crops = torch.rand(5, 3, 48, 48)
+    relit = crops * torch.linspace(0.5, 2.0, 5).view(5, 1, 1, 1) + torch.linspace(-0.3, 0.3, 5).view(5, 1, 1, 1)
+    assert cnn(crops).shape == (5, 16) and cnn.out_dim == 16 and cnn.frozen_layer is None
+    # equal up to the eps in each crop's std (2 % of a feature here); a mirrored crop moves them 10x as much
+    assert (cnn(relit) - cnn(crops)).abs().max() < 0.02
+    assert (cnn(crops.flip(3)) - cnn(crops)).abs().max() > 0.05
+    with pytest.raises(ValueError, match="from scratch"):
+        FaceCNN(weights="imagenet")
+
+
+def test_mean_over_frames_has_no_lstm_and_averages_the_frame_features():
+    torch.manual_seed(0)
+    encoder = FaceSequenceEncoder({"arch": "face_cnn", "channels": [4, 8]}, temporal="mean").eval()
+    assert encoder.lstm is None and encoder.out_dim == 8
+    faces = torch.rand(2, 3, 3, FACE_SIZE, FACE_SIZE)[:, [0] * 10 + [1] + [2] * 9]
+    expected = encoder.cnn(faces.flatten(0, 1)).view(2, 20, 8).mean(dim=1)
+    assert torch.allclose(encoder(faces), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="temporal must be one of"):
+        FaceSequenceEncoder({"arch": "face_cnn"}, temporal="max")
+
+
+def test_per_frame_face_augment_draws_each_distinct_frame_and_keeps_runs():
+    torch.manual_seed(0)
+    augment = FaceAugment(crop_scale=0.8, rotation_deg=15, per_frame=True).train()
+    still = torch.randint(0, 256, (4, 1, 3, 32, 32), dtype=torch.uint8)
+    faces = still[:, [0] * 10 + [0] * 10]  # one still frame: 20 copies, one run
+    two = torch.cat([still[:, [0] * 10], torch.randint(0, 256, (4, 10, 3, 32, 32), dtype=torch.uint8)], dim=1)
+    one_run = augment(faces)
+    assert (one_run == one_run[:, :1]).all()  # a run of copies stays a run (the encoder runs the CNN once)
+    out = augment(two)
+    assert (out[:, :10] == out[:, :1]).all()
+    same_frames = torch.cat([still[:, [0] * 10], still[:, [0] * 10] + 0], dim=1)
+    same_frames[:, 10:, 0, 0, 0] ^= 1  # a second, nearly equal frame: a run of its own, drawn apart
+    drawn = augment(same_frames)
+    assert not torch.equal(drawn[:, 0], drawn[:, 10])
+    sequence_wise = FaceAugment(crop_scale=0.8, rotation_deg=15).train()(same_frames)
+    assert (sequence_wise[:, 0].int() - sequence_wise[:, 10].int()).abs().max() <= 1  # one draw per sequence
+
+
+def test_checkpoints_that_name_the_frame_cnn_vgg_still_load():
+    torch.manual_seed(0)
+    encoder = FaceSequenceEncoder(TINY_VGG, lstm_hidden=16)
+    old = {key.replace("cnn.", "vgg.", 1) if key.startswith("cnn.") else key: value
+           for key, value in encoder.state_dict().items()}
+    assert any(key.startswith("vgg.") for key in old)
+    fresh = FaceSequenceEncoder(TINY_VGG, lstm_hidden=16)
+    fresh.load_state_dict(old)
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)

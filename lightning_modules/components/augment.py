@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightning_modules.components.visual import repeated_frames
+
 
 def band_masks(batch: int, size: int, count: int, max_width: int, device: torch.device) -> torch.Tensor:
     """``[batch, size]`` bool: per example, the union of ``count`` bands of width uniform in
@@ -88,10 +90,15 @@ class FaceAugment(nn.Module):
     mean) and saturation (about each pixel's grey) by factors uniform in ``[1 - x, 1 + x]``, which is
     how skin tone and lighting differ between people and recordings. Accepts uint8 (returned rounded to
     uint8) or float images in [0, 1]. Identity in eval mode or with the defaults.
+
+    ``per_frame``: draw for every distinct frame instead (a run of repeated frames, as rule 3 makes, is one
+    frame and stays a run): for sequences of a few still frames (CK+'s apex frames) that are views of one
+    expression, not motion, and so give that many independent views.
     """
 
     def __init__(self, crop_scale: float = 1.0, flip: bool = False, rotation_deg: float = 0.0,
-                 brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0) -> None:
+                 brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
+                 per_frame: bool = False) -> None:
         super().__init__()
         if not 0.0 < crop_scale <= 1.0:
             raise ValueError(f"face augment crop_scale={crop_scale}: must be in (0, 1]")
@@ -99,6 +106,7 @@ class FaceAugment(nn.Module):
             raise ValueError("face augment rotation_deg must be >= 0 and brightness, contrast, saturation in [0, 1)")
         self.crop_scale, self.flip, self.rotation_deg = crop_scale, flip, rotation_deg
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+        self.per_frame = per_frame
 
     def _factors(self, amount: float, batch: int, device: torch.device) -> torch.Tensor:
         return 1.0 + amount * (2.0 * torch.rand(batch, 1, 1, 1, 1, device=device) - 1.0)
@@ -126,6 +134,13 @@ class FaceAugment(nn.Module):
         colour = self.brightness > 0 or self.contrast > 0 or self.saturation > 0
         if not self.training or not (geometric or colour):
             return faces
+        if self.per_frame:
+            repeated = repeated_frames(faces)
+            distinct = self._augment(faces[~repeated].unsqueeze(1), geometric, colour).squeeze(1)
+            return distinct[(~repeated).flatten().cumsum(0) - 1].view(faces.shape)
+        return self._augment(faces, geometric, colour)
+
+    def _augment(self, faces: torch.Tensor, geometric: bool, colour: bool) -> torch.Tensor:
         images = faces.float() / 255.0 if faces.dtype == torch.uint8 else faces
         batch = images.shape[0]
         if geometric:
