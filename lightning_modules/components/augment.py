@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_modules.components.visual import repeated_frames
+from lightning_modules.components.visual import per_distinct_frame
 
 
 def band_masks(batch: int, size: int, count: int, max_width: int, device: torch.device) -> torch.Tensor:
@@ -134,10 +134,8 @@ class FaceAugment(nn.Module):
         colour = self.brightness > 0 or self.contrast > 0 or self.saturation > 0
         if not self.training or not (geometric or colour):
             return faces
-        if self.per_frame:
-            repeated = repeated_frames(faces)
-            distinct = self._augment(faces[~repeated].unsqueeze(1), geometric, colour).squeeze(1)
-            return distinct[(~repeated).flatten().cumsum(0) - 1].view(faces.shape)
+        if self.per_frame:  # each distinct frame a sequence of its own
+            return per_distinct_frame(faces, lambda frames: self._augment(frames[:, None], geometric, colour)[:, 0])
         return self._augment(faces, geometric, colour)
 
     def _augment(self, faces: torch.Tensor, geometric: bool, colour: bool) -> torch.Tensor:

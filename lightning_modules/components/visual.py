@@ -1,6 +1,7 @@
 """Segment-level visual encoder, §3.3: per-frame VGG fc7, then an LSTM over the segment's frames."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,11 +14,18 @@ TEMPORAL_POOLS: tuple[str, ...] = ("lstm", "mean")
 VISUAL_BACKBONES: dict[str, type[nn.Module]] = {"vgg": VGGFeatureExtractor, "face_cnn": FaceCNN}
 
 
-def repeated_frames(faces: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` True where a frame of ``faces`` `[B, T, ...]` equals the one before it (rule 3's copies)."""
-    repeated = torch.zeros(faces.shape[:2], dtype=torch.bool, device=faces.device)
+def per_distinct_frame(
+    faces: torch.Tensor, function: Callable[[torch.Tensor], torch.Tensor], memory_format: torch.memory_format =
+    torch.contiguous_format,
+) -> torch.Tensor:
+    """``function`` on the distinct frames of ``faces`` `[B, T, ...]` only, its `[N, ...]` output spread back to
+    `[B, T, ...]`: a frame equal to the one before it (rule 3's copies, rule 1's nearest face) takes that
+    frame's output, so a run of copies is computed once and stays a run."""
+    batch, steps = faces.shape[:2]
+    repeated = torch.zeros(batch, steps, dtype=torch.bool, device=faces.device)
     repeated[:, 1:] = (faces[:, 1:] == faces[:, :-1]).flatten(2).all(dim=2)
-    return repeated
+    distinct = function(faces[~repeated].contiguous(memory_format=memory_format))
+    return distinct[(~repeated).flatten().cumsum(0) - 1].view(batch, steps, *distinct.shape[1:])
 
 
 def visual_backbone(arch: str = "vgg", **kwargs: Any) -> nn.Module:
@@ -42,7 +50,7 @@ class FaceSequenceEncoder(nn.Module):
             ``visual_backbone`` kwargs to build one.
         lstm_hidden: LSTM hidden size (the segment feature size, ``out_dim``).
         lstm_layers: stacked LSTM layers.
-        dropout: dropout on the per-frame fc7 features entering the LSTM, and between LSTM layers.
+        dropout: dropout on the frame features entering the LSTM (or the mean), and between LSTM layers.
         frames_per_chunk: frames sent through the CNN at once. This bounds peak memory when the VGG
             runs without autograd (frozen or inference); with a trainable VGG the activations of all
             frames are kept for the backward pass regardless.
@@ -89,33 +97,28 @@ class FaceSequenceEncoder(nn.Module):
     def forward(
         self, faces: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
     ) -> torch.Tensor:
-        """Normalised face crops `[B, T, 3, S, S]` -> segment features `[B, lstm_hidden]`.
+        """Normalised face crops `[B, T, 3, S, S]` -> segment features `[B, out_dim]`.
 
         `memory_format` is the layout the frames enter the CNN in (torch.channels_last for tensor cores).
         """
         if faces.dim() != 5:
             raise ValueError(f"expected faces of shape [B, T, 3, S, S], got {tuple(faces.shape)}")
-        batch, steps = faces.shape[:2]
-        repeated = repeated_frames(faces)
-        frames = faces[~repeated].contiguous(memory_format=memory_format)
-        distinct = self.frame_features(frames)
-        return self.sequence_feature(distinct[(~repeated).flatten().cumsum(0) - 1].view(batch, steps, -1))
+        return self.sequence_feature(per_distinct_frame(faces, self.frame_features, memory_format))
 
     def from_frozen(self, frozen: torch.Tensor) -> torch.Tensor:
         """The frozen CNN part's cached output of each frame `[B, T, D]` (``VGGFeatureExtractor.frozen_output``)
-        -> segment features `[B, lstm_hidden]`, through the CNN's trainable rest and the LSTM."""
+        -> segment features `[B, out_dim]`, through the CNN's trainable rest and the LSTM (or the mean)."""
         batch, steps = frozen.shape[:2]
-        rows = frozen.flatten(0, 1).to(next(self.cnn.parameters()).dtype if self.lstm is None else
-                                       self.lstm.weight_ih_l0.dtype)
+        rows = frozen.flatten(0, 1).to(next(self.parameters()).dtype)
         return self.sequence_feature(self.cnn.from_frozen(rows).view(batch, steps, -1))
 
     def sequence_feature(self, sequence: torch.Tensor) -> torch.Tensor:
         """Frame features `[B, T, D]` -> the LSTM's last hidden state `[B, lstm_hidden]` (``temporal="lstm"``)
         or their mean over the T frames `[B, D]` (``temporal="mean"``)."""
-        # CUDA autocast runs cuDNN RNNs in float16 whatever its dtype (bf16-mixed would get fp16 LSTM
-        # gradients without loss scaling), so the LSTM runs outside autocast in its parameters' dtype.
         if self.lstm is None:
             return self.frame_dropout(sequence).mean(dim=1)
+        # CUDA autocast runs cuDNN RNNs in float16 whatever its dtype (bf16-mixed would get fp16 LSTM
+        # gradients without loss scaling), so the LSTM runs outside autocast in its parameters' dtype.
         with torch.autocast(device_type=sequence.device.type, enabled=False):
             _, (hidden, _) = self.lstm(self.frame_dropout(sequence.to(self.lstm.weight_ih_l0.dtype)))
         return hidden[-1]
