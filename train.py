@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lightning_modules.config_errors import check_choices, one_line_errors
+from lightning_modules.corpus_experiments import with_corpus_experiment
 
 os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
@@ -37,6 +38,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    config_dir = Path(__file__).resolve().parent / "configs"
     with one_line_errors():  # before Hydra, whose own message for an unknown config name has no command
-        check_choices(sys.argv[1:], Path(__file__).resolve().parent / "configs")
+        check_choices(sys.argv[1:], config_dir)
+    sys.argv[1:] = with_corpus_experiment(sys.argv[1:], config_dir)  # data=ravdess runs experiment=ravdess_audio
     main()

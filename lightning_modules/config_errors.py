@@ -133,13 +133,14 @@ def check_accelerator(trainer: DictConfig, overrides: Sequence[str]) -> None:
 
 
 def check_roots(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """``data.root`` (and ``test_data.root``) unset or not a folder, for corpora that are not generated."""
+    """``data.root`` (and ``test_data.root``) unset (missing or null) or not a folder, for corpora that are not
+    generated."""
     for key in ("data", "test_data"):
         corpus = cfg.get(key)
         if corpus is None or corpus.get("generator") is not None:
             continue
         example = train_command(overrides, {f"{key}.root": f"/path/to/{corpus.name}"})
-        if OmegaConf.is_missing(corpus, "root"):
+        if OmegaConf.is_missing(corpus, "root") or corpus.root is None:
             raise ConfigError(f"{key}.root is not set: {key}={corpus.name} reads its clips from it; {example}")
         if not Path(corpus.root).expanduser().is_dir():
             raise ConfigError(f"{key}.root={corpus.root}: no such folder ({key}={corpus.name}); {example}")

@@ -45,14 +45,15 @@ CASES = {
     "unknown stage": (["stage=audoi"], "stage=audoi: no such stage; choose one of audio, visual, fusion, all, baseline; "
                       "try: python train.py stage=audio"),
     "unknown experiment": (["experiment=paper_rml"], "experiment=paper_rml: configs/experiment/ has no paper_rml.yaml; "
-                           "choose one of ck_visual, demo, paper_enterface_kfold, paper_enterface_loso, paper_ravdess_kfold, "
+                           "choose one of ck_visual, demo, emodb_audio, paper_enterface_kfold, paper_enterface_loso, paper_ravdess_kfold, "
                            "paper_rml_kfold, paper_rml_loso, ravdess_audio; try: python train.py experiment=paper_rml_loso"),
     "unknown corpus": (["data=ravdes", "data.root=/corpus"], "data=ravdes: configs/data/ has no ravdes.yaml; choose one "
                        "of ck, demo, emodb, enterface, ravdess, rml; try: python train.py data=ravdess data.root=/corpus"),
     "root not given": (["data=rml"], "data.root is not set: data=rml reads its clips from it; try: python train.py "
-                       "data=rml"),
+                       "data=rml experiment=paper_rml_loso"),
     "root that does not exist": (["data=emodb", "data.root=/no/such/emodb"], "data.root=/no/such/emodb: no such folder "
-                                 "(data=emodb); try: python train.py data=emodb data.root=/path/to/emodb"),
+                                 "(data=emodb); try: python train.py data=emodb experiment=emodb_audio "
+                                 "data.root=/path/to/emodb"),
 }
 
 
@@ -70,7 +71,7 @@ def test_a_root_without_clips_of_its_corpus(fresh, tmp_path):
     line = one_line(failing_train_py(["data=rml", f"data.root={tmp_path / 'empty'}", *fresh]))
     assert line.startswith(f"error: data.root={tmp_path / 'empty'}: no RML clips found under {tmp_path / 'empty'}; "
                            "expected <root>/**/s<N>/"), line
-    assert line.endswith(f"try: python train.py data=rml data.root=/path/to/rml {' '.join(fresh)}")
+    assert line.endswith(f"try: python train.py data=rml experiment=paper_rml_loso data.root=/path/to/rml {' '.join(fresh)}")
     assert_nothing_made(tmp_path)
 
 
