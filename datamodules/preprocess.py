@@ -158,6 +158,10 @@ def check_failure_settings(cfg: dict) -> None:
     if frames_decoded(faces) not in FRAMES_DECODED_CHOICES:
         raise ValueError(f"faces.frames_decoded must be one of {FRAMES_DECODED_CHOICES}, got {faces['frames_decoded']!r}")
     keyframes_of(faces)  # its own checks
+    if sequence_segments(cfg) not in SEQUENCE_SEGMENTS_CHOICES:
+        raise ValueError(f"sequence_segments must be one of {SEQUENCE_SEGMENTS_CHOICES}, got {cfg['sequence_segments']!r}")
+    if sequence_segments(cfg) == "frame" and frames_decoded(faces) != "all":
+        raise ValueError("sequence_segments=frame cuts a clip at its decoded frames: it needs faces.frames_decoded=all")
 
 
 def no_speech_reason(vad_cfg: dict) -> str:
@@ -239,11 +243,38 @@ def speech_segments(decoded: DecodedClip, cfg: dict, path: Path) -> SpeechSegmen
     return SpeechSegments(images, (times + span[0]).float(), span, vad_found)
 
 
-def silent_segments(duration_s: float, cfg: dict) -> torch.Tensor:
-    """Segment times ``[K, 2]`` of a clip without audio, laid out as the MFCC segments of ``cfg["mfcc"]`` would
-    be over audio as long (``segment_times_for_duration``)."""
+SEQUENCE_SEGMENTS_CHOICES: tuple[str, ...] = ("time", "frame")
+
+
+def sequence_segments(cfg: dict) -> str:
+    """How a clip without audio is cut into segments (``sequence_segments``); a config written before the setting
+    existed cut by time."""
+    return cfg.get("sequence_segments", "time")
+
+
+def silent_segments(decoded: DecodedClip, cfg: dict) -> torch.Tensor:
+    """Segment times ``[K, 2]`` of a clip without audio. ``sequence_segments: time`` (the default): laid out as
+    the MFCC segments of ``cfg["mfcc"]`` would be over audio as long (``segment_times_for_duration``);
+    ``frame``: one segment per decoded frame (``frame_segments``), voted per clip like any segments."""
+    if sequence_segments(cfg) == "frame":
+        if decoded.frame_times is None:
+            raise ValueError("sequence_segments=frame needs the clip's frames decoded (faces.frames_decoded: all)")
+        return frame_segments(decoded.frame_times)
     timing = {k: cfg["mfcc"][k] for k in ("window", "shift", "window_ms", "hop_ms") if k in cfg["mfcc"]}
-    return segment_times_for_duration(duration_s, **timing)
+    return segment_times_for_duration(decoded.duration_s, **timing)
+
+
+def frame_segments(frame_times: np.ndarray) -> torch.Tensor:
+    """One segment ``[K, 2]`` per frame, from halfway after the frame before to halfway before the frame after
+    (so that each segment holds its own frame whatever the rounding of the times), the ends half the first or
+    last gap out."""
+    times = np.asarray(frame_times, dtype=np.float64)
+    if times.size == 1:
+        return torch.tensor([[times[0] - 0.5, times[0] + 0.5]], dtype=torch.float32)
+    middles = (times[1:] + times[:-1]) / 2
+    starts = np.concatenate([[times[0] - (middles[0] - times[0])], middles])
+    ends = np.concatenate([middles, [times[-1] + (times[-1] - middles[-1])]])
+    return torch.from_numpy(np.stack([starts, ends], axis=1)).float()
 
 
 def segment_faces(
@@ -316,7 +347,7 @@ def preprocess_clip(clip: Clip, cfg: dict, detector: FaceDetector | WholeFrameFa
         record: dict[str, Any] = {"audio": speech.images, "segment_times": speech.times}
         vad = {"vad_found": bool(speech.vad_found), "vad_span_s": [round(float(t), 4) for t in speech.span_s]}
     else:
-        record, vad = {"segment_times": silent_segments(decoded.duration_s, cfg)}, {}
+        record, vad = {"segment_times": silent_segments(decoded, cfg)}, {}
     meta = {
         "clip_id": clip.clip_id,
         "subject": clip.subject,

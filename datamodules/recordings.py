@@ -120,7 +120,7 @@ def prepare_recording(path: Path, cfg: dict, inputs: ModelInputs, detector: Face
             raise BadInputError(path, "audio only: no video stream, and the visual model reads faces")
     has_audio = decoded.audio.size > 0
     speech = speech_segments(decoded, cfg, path) if has_audio else None
-    times = speech.times if speech is not None else silent_segments(decoded.duration_s, cfg)
+    times = speech.times if speech is not None else silent_segments(decoded, cfg)
     track, face_rate = None, None
     if decoded.frames is not None:
         try:

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from conftest import compose_train
 from datamodules.clips import CorpusLayoutError
 from datamodules.corpora import ck
 from datamodules.decode import BadInputError, decode_frames
 from datamodules.face_features import HogLbp
-from datamodules.preprocess import load_clip
+from datamodules.preprocess import check_failure_settings, frame_segments, load_clip
 from face_trees import face_image, make_ck48, make_ck_distribution, write_frame
 from lightning_modules.config_errors import ConfigError
 from lightning_modules.cross_validation import run
@@ -105,7 +106,9 @@ def ck_overrides(root: Path, base: Path) -> list[str]:
 
 def test_sequences_become_face_segments_without_audio(tmp_path):
     make_ck_distribution(tmp_path / "ck", {(5, 1): ("disgust", 3), (10, 1): ("happiness", 40)}, size=32)
-    cfg = compose_train(ck_overrides(tmp_path / "ck", tmp_path))
+    by_time = ["data.preprocess.sequence_segments=time", "data.preprocess.faces.frames_per_segment=20",
+               "data.indexer.last_frames=null"]
+    cfg = compose_train([*ck_overrides(tmp_path / "ck", tmp_path), *by_time])
     datamodule = instantiate(cfg.data)
     report = datamodule.prepare_data().report
     assert report["files"]["further_frames"] == 2 + 39 and report["face_detection_rate"] == 1.0
@@ -120,6 +123,36 @@ def test_sequences_become_face_segments_without_audio(tmp_path):
     np.testing.assert_allclose(long["segment_times"][:, 0], [0.0, 0.3, 0.6], atol=1e-6)
     datamodule.setup()
     assert len(datamodule.dataset(["S005_001", "S010_001"], inputs=("faces",))) == 4
+
+
+def test_frame_segments_make_each_frame_of_a_sequence_its_own_segment(tmp_path):
+    make_ck_distribution(tmp_path / "ck", {(5, 1): ("disgust", 3), (10, 1): ("happiness", 40)}, size=32)
+    # the recipe: the last 3 frames of each sequence, each its own segment of 1 frame
+    cfg = compose_train(ck_overrides(tmp_path / "ck", tmp_path))
+    assert cfg.data.preprocess.sequence_segments == "frame" and cfg.data.indexer.last_frames == 3
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    for clip_id, n_frames in (("S005_001", 3), ("S010_001", 3)):
+        clip = load_clip(datamodule.cache_folder / f"{clip_id}.pt")
+        assert clip["face_index"].tolist() == [[frame] for frame in range(n_frames)]
+        assert clip["face_frames"].shape == (n_frames, 3, 48, 48) and clip["meta"]["n_segments"] == n_frames
+        starts, ends = clip["segment_times"].unbind(1)
+        frame_times = torch.arange(n_frames) / 30
+        assert bool(((starts < frame_times) & (frame_times < ends)).all()) and torch.allclose(starts[1:], ends[:-1])
+    datamodule.setup()
+    assert len(datamodule.dataset(["S005_001", "S010_001"], inputs=("faces",))) == 6
+
+
+def test_frame_segments_of_uneven_and_single_frames():
+    times = np.array([0.0, 0.1, 0.3])
+    np.testing.assert_allclose(frame_segments(times).numpy(), [[-0.05, 0.05], [0.05, 0.2], [0.2, 0.4]], atol=1e-6)
+    np.testing.assert_allclose(frame_segments(np.array([2.0])).numpy(), [[1.5, 2.5]])
+
+
+def test_frame_segments_need_every_frame_decoded():
+    cfg = compose_train(["experiment=ck_visual", "data.preprocess.faces.frames_decoded=segments"])
+    with pytest.raises(ValueError, match="sequence_segments=frame .* needs faces.frames_decoded=all"):
+        check_failure_settings(OmegaConf.to_container(cfg.data.preprocess, resolve=True))
 
 
 def test_stages_that_need_audio_are_refused_on_ck(tmp_path):
