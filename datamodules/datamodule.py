@@ -1,7 +1,6 @@
 """The LightningDataModule: index a corpus, prepare it (once, on rank zero), split it by subject or clip."""
 from __future__ import annotations
 
-import os
 from bisect import bisect_right
 from itertools import accumulate
 from collections.abc import Callable, Sequence
@@ -14,7 +13,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.clips import Clip, IndexResult, class_rule
 from datamodules.mfcc import AUDIO_NORMS, audio_statistics
-from datamodules.preprocess import PreparedCorpus, cache_folder, format_report, load_clip, prepare_corpus
+from datamodules.preprocess import (
+    PreparedCorpus,
+    available_cores,
+    cache_folder,
+    format_report,
+    load_clip,
+    prepare_corpus,
+)
 from datamodules.splits import Fold, with_test_corpus
 
 
@@ -112,8 +118,8 @@ class EmotionDataModule(L.LightningDataModule):
         self.preprocess_cfg, self.cache_dir, self.cv, self.fold = preprocess, cache_dir, cv, fold
         self.generator, self.inputs = generator, tuple(inputs)
         self.batch_size, self.num_workers = batch_size, num_workers
-        # torch already spreads one clip's work over 2 threads: more processes than cores/2 only compete
-        self.preprocess_workers = preprocess_workers or max(1, (os.cpu_count() or 2) // 2)
+        # one single-threaded worker per core: processes scale better than torch's threads on one clip
+        self.preprocess_workers = preprocess_workers or available_cores()
         self.clips: list[Clip] = []
         self.frame_features: dict[str, torch.Tensor] = {}  # clip id -> frozen-part output per face crop
         self._prepared: PreparedCorpus | None = None

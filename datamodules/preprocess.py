@@ -382,9 +382,14 @@ THREAD_VARIABLES: tuple[str, ...] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPEN
 MAX_CHUNK = 16  # clips a worker is handed at once, at most
 
 
+def available_cores() -> int:
+    """The cores this process may run on (a SLURM job's or a container's share, not the whole machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """Each worker's share of the cores (all of this machine's by default), at least one thread."""
-    return max(1, (cores or os.cpu_count() or 1) // workers)
+    """Each worker's share of the cores (``available_cores`` by default), at least one thread."""
+    return max(1, (cores or available_cores()) // workers)
 
 
 def limit_threads(threads: int) -> None:
@@ -420,17 +425,25 @@ def chunks(items: list, workers: int, most: int = MAX_CHUNK) -> list[list]:
     return [items[first : first + size] for first in range(0, len(items), size)]
 
 
-def worker_pool(workers: int, cfg: dict) -> ProcessPoolExecutor:
-    """``workers`` processes preparing clips of ``cfg``, each with ``threads_per_worker`` threads.
+def pool_start_method(threads: int) -> str:
+    """How worker processes computing with ``threads`` threads each are started.
 
-    They are forked from a forkserver that imported this module once (a new worker starts in milliseconds instead
-    of importing torch again), and set their thread counts themselves (``limit_threads``), since a forked
-    process inherits the server's environment, not this one's."""
-    context = get_context("forkserver")
-    context.set_forkserver_preload(["__main__", __name__])
-    return ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(cfg, threads_per_worker(workers))
-    )
+    ``fork`` when each computes with one thread: a forked worker starts in milliseconds with everything this
+    process has imported. GNU OpenMP's thread pool does not survive a fork (a forked child that computes with
+    more than one thread hangs once this process has computed with several), so workers with more threads are
+    forked from a ``forkserver`` that imported the pipeline once and never computed (seconds to start)."""
+    return "fork" if threads == 1 else "forkserver"
+
+
+def worker_pool(workers: int, cfg: dict) -> ProcessPoolExecutor:
+    """``workers`` processes preparing clips of ``cfg``, each with ``threads_per_worker`` threads, started by
+    ``pool_start_method``. Each sets its thread counts itself (``limit_threads``): a forked process inherits
+    its parent's environment and pools, not the share it should compute with."""
+    threads = threads_per_worker(workers)
+    context = get_context(pool_start_method(threads))
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload(["__main__", __name__])
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(cfg, threads))
 
 
 def file_signature(path: Path) -> list[int] | None:

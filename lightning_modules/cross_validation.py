@@ -213,7 +213,7 @@ class TrainFromSeededState(L.Callback):
     a run resumed from a checkpoint goes on from the random state saved in it.
 
     ``fit`` prepares the data before it trains: on a cold cache that builds MTCNN to preprocess the
-    clips (in this process when ``preprocess_workers`` is 1, the default on 2 cores) or loads the
+    clips (in this process when ``preprocess_workers`` is 1) or loads the
     frozen extractors to compute the fusion features; both initialise networks from the global
     generator, which a warm cache skips. ``capture`` before ``fit`` and the restore at ``on_fit_start``
     (after ``prepare_data`` and ``setup``) make shuffling, dropout and augmentation draw the same numbers

@@ -1,16 +1,16 @@
 """Preprocessing speed and face quality on the real recordings in ../shared/data, against baselines measured in
 the same run.
 
-    python scripts/benchmark_preprocess.py [--shared ../shared/data] [--clips 960] [--copies 4]
+    python scripts/benchmark_preprocess.py [--shared ../shared/data] [--clips 960] [--copies 8]
 
-Prints, with wall and CPU seconds and the load average beside each figure:
-Workers' CPU seconds are not counted (they are the forkserver's children, not this process's).
+Prints, with wall and CPU seconds (this process's only, not its workers') and the load average beside each figure:
 
-* clips per second on RAVDESS speech and on generated demo videos for 1, 2, 4, ... workers up to the core count,
-  as a ratio to 1 worker;
-* seconds of video per second on copies of the real audio-visual clip (640x480, 227-px crops) prepared by the
-  keyframe option (every 10th frame, detection at <= 320 px, the segments' frames decoded) against the reference (MTCNN
-  on every frame at full resolution, every frame decoded), as a ratio;
+* clips per second on RAVDESS speech and on generated demo videos with one worker computing with one thread (one
+  core's speed), then with 1, 2, 4, ... workers up to the core count (each with its share of the cores' threads),
+  as ratios to both;
+* seconds of video per second on copies of the real audio-visual clip (640x480, 227-px crops, one worker per core)
+  prepared by the keyframe option (every 10th frame, detection at <= 320 px, the segments' frames decoded) against
+  the reference (MTCNN on every frame at full resolution, every frame decoded), as a ratio;
 * the face boxes of the keyframe option against the reference's on the same frames (the share of frames with IoU
   >= 0.9) and both clip-level face detection rates, on the real clip and on the demo videos.
 """
@@ -37,11 +37,14 @@ from datamodules.demo_corpus import generate_demo_corpus  # noqa: E402
 from datamodules.faces import EVERY_FRAME, box_iou, keyframes_of, track_faces  # noqa: E402
 from datamodules.preprocess import (  # noqa: E402
     PreparedCorpus,
+    available_cores,
     decode,
     face_detector,
+    limit_threads,
     prepare_corpus,
     segment_frames,
     speech_segments,
+    threads_per_worker,
 )
 
 PAPER = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preprocess" / "paper.yaml"))
@@ -61,7 +64,7 @@ def with_faces(cfg: dict, faces: dict) -> dict:
 @dataclass(frozen=True)
 class Timing:
     wall_s: float
-    cpu_s: float  # this process's (workers forked by the forkserver are not its children: not counted)
+    cpu_s: float  # this process's, not its workers'
     load: float  # one-minute load average at the end
 
 
@@ -89,15 +92,24 @@ def worker_counts(cores: int) -> list[int]:
 
 
 def compare_workers(title: str, clips: list[Clip], cfg: dict, media: str) -> None:
-    """Prepare ``clips`` with each of ``worker_counts`` and print the speeds against 1 worker."""
-    rows = [(workers, *timed_prepare(clips, cfg, workers)) for workers in worker_counts(os.cpu_count() or 1)]
+    """Prepare ``clips`` with one worker computing with one thread (one core's speed, the baseline), then with
+    each of ``worker_counts`` (each worker with its share of the cores' threads; one worker runs in this process
+    with all of them), and print the speeds against the baseline and against one worker."""
+    cores = available_cores()
+    limit_threads(1)
+    rows = [("1 worker, 1 thread", *timed_prepare(clips, cfg, 1))]
+    limit_threads(cores)
+    for workers in worker_counts(cores):
+        threads = threads_per_worker(workers, cores)
+        label = f"{workers} worker{'s' if workers > 1 else ''}, {threads} thread{'s' if threads > 1 else ''} each"
+        rows.append((label, *timed_prepare(clips, cfg, workers)))
     media_s = sum(m["duration_s"] for m in rows[0][2].metas.values())
     print(f"{title}: {len(clips)} clips, {media_s:.0f} s of {media}, {rows[0][2].report['segments']} segments")
-    base_s = rows[0][1].wall_s
-    for workers, timing, _ in rows:
-        print(f"  {workers:2d} worker{'s' if workers > 1 else ' '}: {len(clips) / timing.wall_s:7.2f} clips/s, "
-              f"{media_s / timing.wall_s:7.2f} s of {media} per s ({base_s / timing.wall_s:.2f}x); wall "
-              f"{timing.wall_s:.1f} s, CPU here {timing.cpu_s:.1f} s, load {timing.load:.2f}")
+    one_thread_s, one_worker_s = rows[0][1].wall_s, rows[1][1].wall_s
+    for label, timing, _ in rows:
+        print(f"  {label:<26}: {len(clips) / timing.wall_s:7.2f} clips/s, {media_s / timing.wall_s:7.2f} s of {media} "
+              f"per s ({one_thread_s / timing.wall_s:.2f}x one thread, {one_worker_s / timing.wall_s:.2f}x one worker); "
+              f"wall {timing.wall_s:.1f} s, CPU here {timing.cpu_s:.1f} s, load {timing.load:.2f}")
 
 
 def face_quality(clip: Clip, cfg: dict) -> tuple[np.ndarray, float, float]:
@@ -130,10 +142,9 @@ def print_quality(title: str, clips: list[Clip], cfg: dict) -> None:
 
 
 def compare_faces(av_path: Path, copies: int, videos: list[Clip], video_cfg: dict) -> None:
-    """The real clip's speed (``copies`` of it, 2 workers where there are 2 cores) and quality, keyframes against
-    the reference."""
+    """The real clip's speed (``copies`` of it, one worker per core) and quality, keyframes against the reference."""
     clips = [Clip(f"av{i}", av_path, "actor_01", "disgust") for i in range(copies)]
-    workers = min(2, os.cpu_count() or 1)
+    workers = available_cores()
     rows = [(label, *timed_prepare(clips, cfg, workers)) for label, cfg in (
         ("reference: every frame, full resolution", with_faces(PAPER, REFERENCE_FACES)),
         ("keyframes: every 10th, <= 320 px, segments' frames", with_faces(PAPER, KEYFRAME_FACES)),
@@ -157,9 +168,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--clips", type=int, default=960)
-    parser.add_argument("--copies", type=int, default=4)
+    parser.add_argument("--copies", type=int, default=8)
     args = parser.parse_args()
-    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start")
+    print(f"{available_cores()} cores, load average {os.getloadavg()[0]:.2f} at the start")
 
     speech = ravdess.index(args.shared / "ravdess-speech-16k", modality="audio").clips[: args.clips]
     audio_cfg = copy.deepcopy(PAPER)

@@ -14,11 +14,13 @@ from datamodules.clips import Clip
 from datamodules.corpora import ravdess
 from datamodules.preprocess import (
     atomic_save,
+    available_cores,
     cache_folder,
     cache_key,
     chunks,
     load_clip,
     prepare_corpus,
+    pool_start_method,
     thread_settings,
     threads_per_worker,
     worker_pool,
@@ -153,6 +155,27 @@ def test_workers_compute_with_their_share_of_the_cores():
     share = threads_per_worker(2)
     assert all(report == {"torch": share, "decoder": share, "OMP_NUM_THREADS": str(share),
                           "MKL_NUM_THREADS": str(share), "OPENBLAS_NUM_THREADS": str(share)} for report in reports)
+
+
+def test_workers_are_forked_only_when_each_computes_with_one_thread():
+    assert pool_start_method(1) == "fork" and pool_start_method(2) == "forkserver"
+    with torch.no_grad():  # this process computes with several threads first: GNU OpenMP's pool exists
+        torch.nn.functional.conv2d(torch.ones(8, 16, 64, 64), torch.ones(16, 16, 3, 3))
+    with worker_pool(available_cores(), audio_cfg()) as pool:
+        assert pool._mp_context.get_start_method() == "fork"
+        assert all(report["torch"] == 1 for report in pool.map(thread_settings_after_a_convolution, range(4)))
+    if available_cores() > 1:
+        with worker_pool(1, audio_cfg()) as pool:
+            assert pool._mp_context.get_start_method() == "forkserver"
+            assert pool.submit(thread_settings).result()["torch"] == available_cores()
+
+
+def thread_settings_after_a_convolution(_: int) -> dict:
+    """A worker's ``thread_settings`` once it has computed: a forked worker that computes with more than one
+    thread would hang here."""
+    with torch.no_grad():
+        torch.nn.functional.conv2d(torch.ones(8, 16, 64, 64), torch.ones(16, 16, 3, 3))
+    return thread_settings()
 
 
 def test_clips_are_handed_out_in_chunks_that_keep_every_worker_busy():
