@@ -428,11 +428,12 @@ def chunks(items: list, workers: int, most: int = MAX_CHUNK) -> list[list]:
 def pool_start_method(threads: int) -> str:
     """How worker processes computing with ``threads`` threads each are started.
 
-    ``fork`` when each computes with one thread: a forked worker starts in milliseconds with everything this
-    process has imported. GNU OpenMP's thread pool does not survive a fork (a forked child that computes with
-    more than one thread hangs once this process has computed with several), so workers with more threads are
-    forked from a ``forkserver`` that imported the pipeline once and never computed (seconds to start)."""
-    return "fork" if threads == 1 else "forkserver"
+    ``fork`` on Linux when each computes with one thread: a forked worker starts in milliseconds with everything
+    this process has imported. GNU OpenMP's thread pool does not survive a fork (a forked child that computes
+    with more than one thread hangs once this process has computed with several), and macOS's system libraries
+    do not survive one at all, so other workers are forked from a ``forkserver`` that imported the pipeline once
+    and never computed (seconds to start)."""
+    return "fork" if threads == 1 and sys.platform.startswith("linux") else "forkserver"
 
 
 def worker_pool(workers: int, cfg: dict) -> ProcessPoolExecutor:

@@ -158,7 +158,10 @@ def test_workers_compute_with_their_share_of_the_cores():
 
 
 def test_workers_are_forked_only_when_each_computes_with_one_thread():
-    assert pool_start_method(1) == "fork" and pool_start_method(2) == "forkserver"
+    assert pool_start_method(2) == "forkserver"
+    if not sys.platform.startswith("linux"):
+        pytest.skip("workers are forked on Linux only")
+    assert pool_start_method(1) == "fork"
     with torch.no_grad():  # this process computes with several threads first: GNU OpenMP's pool exists
         torch.nn.functional.conv2d(torch.ones(8, 16, 64, 64), torch.ones(16, 16, 3, 3))
     with worker_pool(available_cores(), audio_cfg()) as pool:
