@@ -441,8 +441,9 @@ def worker_pool(workers: int, cfg: dict) -> ProcessPoolExecutor:
     ``pool_start_method``. Each sets its thread counts itself (``limit_threads``): a forked process inherits
     its parent's environment and pools, not the share it should compute with."""
     threads = threads_per_worker(workers)
-    context = get_context(pool_start_method(threads))
-    if context.get_start_method() == "forkserver":
+    method = pool_start_method(threads)
+    context = get_context(method)
+    if method == "forkserver":
         context.set_forkserver_preload(["__main__", __name__])
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(cfg, threads))
 

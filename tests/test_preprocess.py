@@ -162,8 +162,7 @@ def test_workers_are_forked_only_when_each_computes_with_one_thread():
     if not sys.platform.startswith("linux"):
         pytest.skip("workers are forked on Linux only")
     assert pool_start_method(1) == "fork"
-    with torch.no_grad():  # this process computes with several threads first: GNU OpenMP's pool exists
-        torch.nn.functional.conv2d(torch.ones(8, 16, 64, 64), torch.ones(16, 16, 3, 3))
+    thread_settings_after_a_convolution(0)  # this process computes with several threads first: GNU OpenMP's pool exists
     with worker_pool(available_cores(), audio_cfg()) as pool:
         assert pool._mp_context.get_start_method() == "fork"
         assert all(report["torch"] == 1 for report in pool.map(thread_settings_after_a_convolution, range(4)))
