@@ -11,8 +11,10 @@ Prints, with wall and CPU seconds (this process's only, not its workers') and th
 * seconds of video per second on copies of the real audio-visual clip (640x480, 227-px crops, one worker per core)
   prepared by the keyframe option (every 10th frame, detection at <= 320 px, the segments' frames decoded) against
   the reference (MTCNN on every frame at full resolution, every frame decoded), as a ratio;
-* the face boxes of the keyframe option against the reference's on the same frames (the share of frames with IoU
-  >= 0.9) and both clip-level face detection rates, on the real clip and on the demo videos.
+* the face boxes of the keyframe option against the reference's on the same frames (the share of the reference's
+  face frames with IoU >= 0.9, and of all frames agreeing), the reference's own steadiness (its box against its
+  box on the next frame: the most a setting that skips frames can agree with it), and both clip-level face
+  detection rates, on the real clip and on the demo videos.
 """
 from __future__ import annotations
 
@@ -112,10 +114,22 @@ def compare_workers(title: str, clips: list[Clip], cfg: dict, media: str) -> Non
               f"wall {timing.wall_s:.1f} s, CPU here {timing.cpu_s:.1f} s, load {timing.load:.2f}")
 
 
-def face_quality(clip: Clip, cfg: dict) -> tuple[np.ndarray, float, float]:
-    """IoU per frame of ``cfg``'s face boxes against the reference's on the frames ``cfg`` decodes (0 where one of
-    them has no face and the other has), and the clip-level detection rate of each as the pipeline counts it
-    (the reference over every frame)."""
+@dataclass
+class FaceQuality:
+    """One clip's faces under a setting against the reference's, on the frames the setting decodes."""
+
+    iou: np.ndarray  # per frame where the reference has a face: IoU of the setting's box (0 where it has none)
+    agrees: np.ndarray  # per frame: both have a face with IoU >= 0.9, or neither has one
+    extra: int  # frames where the setting follows a face and the reference detects none
+    steady: np.ndarray  # per pair of neighbouring frames both with a reference face: their boxes' IoU >= 0.9
+    rate: float  # the setting's clip-level face detection rate, as the pipeline counts it
+    reference_rate: float  # the reference's, over every frame
+
+
+def face_quality(clip: Clip, cfg: dict) -> FaceQuality:
+    """``cfg``'s face boxes against the reference's (MTCNN on every frame at full resolution) on the frames ``cfg``
+    decodes, and the reference's own steadiness: how often its box on a frame and on the next agree (IoU >= 0.9),
+    the most a setting that does not run the detector on every frame can expect to agree with it."""
     decoded = decode(clip, cfg)
     times = speech_segments(decoded, cfg, clip.path).times
     decoded = segment_frames(decoded, clip.path, times)
@@ -123,22 +137,34 @@ def face_quality(clip: Clip, cfg: dict) -> tuple[np.ndarray, float, float]:
     reference_cfg = with_faces(cfg, REFERENCE_FACES)
     reference_detector = face_detector(reference_cfg)
     reference = track_faces(decoded.frames, reference_detector, EVERY_FRAME)
+    iou = box_iou(ours.boxes, reference.boxes)
     both = ours.has_face & reference.has_face
-    iou = np.where(both, box_iou(ours.boxes, reference.boxes), (ours.has_face == reference.has_face).astype(float))
+    neighbours = reference.has_face[:-1] & reference.has_face[1:]
     whole = decode(clip, reference_cfg)
-    reference_rate = float(np.mean(track_faces(whole.frames, reference_detector, EVERY_FRAME).has_face))
-    return iou, float(np.mean(ours.has_face)), reference_rate
+    return FaceQuality(
+        iou=iou[reference.has_face],
+        agrees=np.where(both, iou >= 0.9, ours.has_face == reference.has_face),
+        extra=int(np.sum(ours.has_face & ~reference.has_face)),
+        steady=box_iou(reference.boxes[:-1], reference.boxes[1:])[neighbours] >= 0.9,
+        rate=float(np.mean(ours.has_face)),
+        reference_rate=float(np.mean(track_faces(whole.frames, reference_detector, EVERY_FRAME).has_face)),
+    )
 
 
 def print_quality(title: str, clips: list[Clip], cfg: dict) -> None:
     """The face quality of ``cfg`` against the reference (``face_quality``) over ``clips``."""
     results = [face_quality(clip, cfg) for clip in clips]
-    iou = np.concatenate([r[0] for r in results])
-    rates = np.array([[r[1], r[2]] for r in results])
-    print(f"  {title}: {len(iou)} frames of {len(clips)} clip(s), IoU >= 0.9 with the reference on "
-          f"{np.mean(iou >= 0.9):.1%} of them (median {np.median(iou):.3f}); face detection rate "
-          f"{rates[:, 0].mean():.3f} (reference {rates[:, 1].mean():.3f}; largest difference of a clip "
-          f"{np.abs(rates[:, 0] - rates[:, 1]).max():.3f})")
+    iou = np.concatenate([r.iou for r in results])
+    agrees = np.concatenate([r.agrees for r in results])
+    steady = np.concatenate([r.steady for r in results])
+    rates = np.array([[r.rate, r.reference_rate] for r in results])
+    print(f"  {title}, {len(agrees)} frames of {len(clips)} clip(s):\n"
+          f"    IoU >= 0.9 with the reference's box on {np.mean(iou >= 0.9):.1%} of the {len(iou)} frames where it "
+          f"has one (median {np.median(iou):.3f}); the reference's box on the next frame: {np.mean(steady):.1%}\n"
+          f"    agreeing on {np.mean(agrees):.1%} of all frames (IoU >= 0.9, or no face in either); "
+          f"{sum(r.extra for r in results)} frames followed where the reference finds no face\n"
+          f"    face detection rate {rates[:, 0].mean():.3f} (reference {rates[:, 1].mean():.3f}; largest difference "
+          f"of a clip {np.abs(rates[:, 0] - rates[:, 1]).max():.3f})")
 
 
 def compare_faces(av_path: Path, copies: int, videos: list[Clip], video_cfg: dict) -> None:
