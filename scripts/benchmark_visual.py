@@ -52,7 +52,7 @@ class Timer:
 
 def train_epoch(module: VisualModule, batches: list[dict[str, torch.Tensor]]) -> Timer:
     """One training epoch (forward, backward, optimiser step per batch) over ``batches``, timed."""
-    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = module.configure_optimizers()  # training's own: Adam, fused
     module.train()
     with Timer() as timer:
         for batch in batches:

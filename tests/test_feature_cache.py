@@ -94,6 +94,19 @@ def test_the_cached_frozen_output_stands_for_the_crops(freeze, width):
     assert torch.allclose(from_crops, from_cache, atol=1e-2)
 
 
+def test_in_training_the_cache_draws_the_dropout_of_the_crops_path():
+    """Both paths run fc6/fc7 once per distinct frame (rule 3's copies share one output and one dropout mask)."""
+    module = visual_module("features").train()
+    crops = torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8)
+    frozen = module.frozen_extractor()({"faces": crops})
+    index = torch.tensor([[0] * 10 + [1] * 10, list(range(6)) + [5] * 14])
+    torch.manual_seed(1)
+    from_crops = module.extract_features({"faces": crops[index]})
+    torch.manual_seed(1)
+    from_cache = module.extract_features({"frame_features": frozen[index]})  # float32: no fp16 rounding
+    assert torch.allclose(from_crops, from_cache, atol=1e-6)
+
+
 def test_the_key_follows_the_frozen_weights_and_nothing_else_is_cached():
     assert visual_module("features").frozen_key() == visual_module("features").frozen_key()
     assert visual_module("features").frozen_key() != visual_module("features", seed=1).frozen_key()

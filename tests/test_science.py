@@ -255,6 +255,8 @@ def test_optimizer_switch_builds_that_class_with_lr_and_weight_decay(name, cls):
     assert [(group["lr"], group["weight_decay"]) for group in optimizer.param_groups] == [(0.02, 0.0123)]
     if name == "sgd":
         assert optimizer.param_groups[0]["momentum"] == 0.9
+    else:  # parameters on the CPU: Adam's fused kernel
+        assert optimizer.defaults["fused"] is True
 
 
 @pytest.mark.filterwarnings(NO_TRAINER_TO_LOG_TO)

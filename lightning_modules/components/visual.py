@@ -107,10 +107,10 @@ class FaceSequenceEncoder(nn.Module):
 
     def from_frozen(self, frozen: torch.Tensor) -> torch.Tensor:
         """The frozen CNN part's cached output of each frame `[B, T, D]` (``VGGFeatureExtractor.frozen_output``)
-        -> segment features `[B, out_dim]`, through the CNN's trainable rest and the LSTM (or the mean)."""
-        batch, steps = frozen.shape[:2]
-        rows = frozen.flatten(0, 1).to(next(self.parameters()).dtype)
-        return self.sequence_feature(self.cnn.from_frozen(rows).view(batch, steps, -1))
+        -> segment features `[B, out_dim]`, through the CNN's trainable rest (once per distinct frame, as the crops'
+        path runs the whole CNN) and the LSTM (or the mean)."""
+        dtype = next(self.parameters()).dtype
+        return self.sequence_feature(per_distinct_frame(frozen, lambda rows: self.cnn.from_frozen(rows.to(dtype))))
 
     def sequence_feature(self, sequence: torch.Tensor) -> torch.Tensor:
         """Frame features `[B, T, D]` -> the LSTM's last hidden state `[B, lstm_hidden]` (``temporal="lstm"``)
