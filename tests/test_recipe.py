@@ -110,6 +110,27 @@ def test_face_augment_moves_and_lights_every_frame_of_a_sequence_alike():
     assert torch.equal(FaceAugment().train()(faces), faces)
 
 
+def test_face_augment_erase_fills_one_rectangle_with_the_mean_colour_on_every_frame_alike():
+    faces = torch.randint(0, 256, (64, 1, 3, 32, 32), dtype=torch.uint8).repeat(1, 3, 1, 1, 1)
+    torch.manual_seed(0)
+    out = FaceAugment(erase=0.5)(faces)
+    changed = (out != faces).any(dim=2)  # [B, T, H, W]
+    assert all(torch.equal(changed[:, 0], changed[:, t]) for t in range(3))  # one rectangle for the sequence
+    erased = torch.nonzero(changed[:, 0].flatten(1).any(dim=1)).flatten()
+    assert 16 < len(erased) < 48  # erase = 0.5 of the sequences
+    for b in erased:
+        rows, cols = torch.nonzero(changed[b, 0], as_tuple=True)
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        assert 0.02 <= (bottom - top) * (right - left) / 32**2 <= 0.34
+        patch = out[b, 0, :, top:bottom, left:right].flatten(1)
+        assert (patch == patch[:, :1]).all()  # one colour inside the rectangle, and outside it nothing changed
+        mean = faces[b, 0].float().mean(dim=(1, 2))
+        assert torch.allclose(patch[:, 0].float(), mean, atol=1.0)
+    assert torch.equal(FaceAugment(erase=1.0).eval()(faces), faces)
+    with pytest.raises(ValueError, match="erase"):
+        FaceAugment(erase=1.5)
+
+
 def test_face_augment_flip_mirrors_exactly_and_colour_jitter_keeps_the_geometry():
     faces = _face_sequences(batch=64)
     torch.manual_seed(0)

@@ -2,6 +2,8 @@
 dropout of fusion inputs and crop / flip / rotation / colour jitter of face sequences."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -91,13 +93,16 @@ class FaceAugment(nn.Module):
     how skin tone and lighting differ between people and recordings. Accepts uint8 (returned rounded to
     uint8) or float images in [0, 1]. Identity in eval mode or with the defaults.
 
+    ``erase``: the probability of occluding one rectangle (2-33 % of the image, aspect 0.3-3.3, filled with the
+    image's mean colour: random erasing, Zhong et al., 2020), the same rectangle on every frame of a sequence.
+
     ``per_frame``: draw for every distinct frame instead (a run of repeated frames, as rule 3 makes, is one
     frame and stays a run): for sequences of a few still frames (CK+'s apex frames) that are views of one
     expression, not motion, and so give that many independent views.
     """
 
     def __init__(self, crop_scale: float = 1.0, flip: bool = False, rotation_deg: float = 0.0,
-                 brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
+                 brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, erase: float = 0.0,
                  per_frame: bool = False) -> None:
         super().__init__()
         if not 0.0 < crop_scale <= 1.0:
@@ -105,7 +110,9 @@ class FaceAugment(nn.Module):
         if min(rotation_deg, brightness, contrast, saturation) < 0 or max(brightness, contrast, saturation) >= 1:
             raise ValueError("face augment rotation_deg must be >= 0 and brightness, contrast, saturation in [0, 1)")
         self.crop_scale, self.flip, self.rotation_deg = crop_scale, flip, rotation_deg
-        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+        if not 0.0 <= erase <= 1.0:
+            raise ValueError(f"face augment erase={erase}: a probability, in [0, 1]")
+        self.brightness, self.contrast, self.saturation, self.erase = brightness, contrast, saturation, erase
         self.per_frame = per_frame
 
     def _factors(self, amount: float, batch: int, device: torch.device) -> torch.Tensor:
@@ -132,11 +139,25 @@ class FaceAugment(nn.Module):
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         geometric = self.crop_scale < 1.0 or self.flip or self.rotation_deg > 0
         colour = self.brightness > 0 or self.contrast > 0 or self.saturation > 0
-        if not self.training or not (geometric or colour):
+        if not self.training or not (geometric or colour or self.erase > 0):
             return faces
         if self.per_frame:  # each distinct frame a sequence of its own
             return per_distinct_frame(faces, lambda frames: self._augment(frames[:, None], geometric, colour)[:, 0])
         return self._augment(faces, geometric, colour)
+
+    def _occlude(self, images: torch.Tensor) -> torch.Tensor:
+        batch, _, _, height, width = images.shape
+        draw = lambda: torch.rand(batch, device=images.device)  # noqa: E731
+        area = (0.02 + 0.31 * draw()) * height * width
+        ratio = torch.exp(math.log(0.3) + math.log(3.3 / 0.3) * draw())
+        tall, wide = (area * ratio).sqrt().clamp(1, height), (area / ratio).sqrt().clamp(1, width)
+        top, left = draw() * (height - tall), draw() * (width - wide)
+        rows = torch.arange(height, device=images.device)[None]
+        cols = torch.arange(width, device=images.device)[None]
+        in_rows = (rows >= top[:, None]) & (rows < (top + tall)[:, None])
+        in_cols = (cols >= left[:, None]) & (cols < (left + wide)[:, None])
+        inside = in_rows[:, :, None] & in_cols[:, None, :] & (draw() < self.erase)[:, None, None]
+        return torch.where(inside[:, None, None], images.mean(dim=(3, 4), keepdim=True), images)
 
     def _augment(self, faces: torch.Tensor, geometric: bool, colour: bool) -> torch.Tensor:
         images = faces.float() / 255.0 if faces.dtype == torch.uint8 else faces
@@ -151,5 +172,7 @@ class FaceAugment(nn.Module):
             contrast = self._factors(self.contrast, batch, images.device)
             images, grey = mean + (images - mean) * contrast, mean + (grey - mean) * contrast
             images = grey + (images - grey) * self._factors(self.saturation, batch, images.device)
+        if self.erase > 0:
+            images = self._occlude(images)
         images = images.clamp(0.0, 1.0)
         return (images * 255.0).round().to(torch.uint8) if faces.dtype == torch.uint8 else images
