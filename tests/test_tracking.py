@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from callbacks import ConfusionMatrixLogger, FoldAccuracyLogger, build_callbacks
+from callbacks.checkpoint import BestCheckpoint
 from callbacks.confusion_matrix import confusion_pairs
 from callbacks.fold_accuracy import cv_objective_key
 from callbacks.loggers import build_logger
@@ -178,6 +179,7 @@ def test_csv_and_none_loggers_and_the_callbacks_they_get(tmp_path):
     assert {ModelCheckpoint, LearningRateMonitor, ConfusionMatrixLogger, FoldAccuracyLogger} <= kinds
     checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
     assert checkpoint.dirpath == str(tmp_path / "checkpoints") and checkpoint.monitor == "val/video_uar"
+    assert isinstance(checkpoint, BestCheckpoint) and checkpoint.tie_break == "val/loss"
     stopping = next(c for c in callbacks if isinstance(c, EarlyStopping))
     assert (stopping.monitor, stopping.mode) == (checkpoint.monitor, checkpoint.mode) == ("val/video_uar", "max")
     selected = build_callbacks(compose_train(["objective.metric=val/loss", "objective.mode=min"]).callbacks,

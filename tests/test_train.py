@@ -19,7 +19,8 @@ def test_fast_dev_run_of_each_extractor(tiny_demo):
         assert metrics["test_subjects"] == ["s02"] and metrics["val_subjects"] == ["s03"]
         assert metrics["class_names"] == list(cfg.data.classes)
         assert len(metrics["test"]["video"]["confusion_matrix"]) == 6
-        assert metrics["objective"] == {"metric": "val/video_uar", "mode": "max",
+        assert metrics["objective"] == {"metric": "val/video_uar", "mode": "max", "tie_break": "val/loss",
+                                        "tie_break_mode": "min",
                                         "value": metrics["val"]["video"]["uar"]}
 
 

@@ -109,9 +109,9 @@ class FaceAugment(nn.Module):
             raise ValueError(f"face augment crop_scale={crop_scale}: must be in (0, 1]")
         if min(rotation_deg, brightness, contrast, saturation) < 0 or max(brightness, contrast, saturation) >= 1:
             raise ValueError("face augment rotation_deg must be >= 0 and brightness, contrast, saturation in [0, 1)")
-        self.crop_scale, self.flip, self.rotation_deg = crop_scale, flip, rotation_deg
         if not 0.0 <= erase <= 1.0:
             raise ValueError(f"face augment erase={erase}: a probability, in [0, 1]")
+        self.crop_scale, self.flip, self.rotation_deg = crop_scale, flip, rotation_deg
         self.brightness, self.contrast, self.saturation, self.erase = brightness, contrast, saturation, erase
         self.per_frame = per_frame
 
@@ -147,7 +147,10 @@ class FaceAugment(nn.Module):
 
     def _occlude(self, images: torch.Tensor) -> torch.Tensor:
         batch, _, _, height, width = images.shape
-        draw = lambda: torch.rand(batch, device=images.device)  # noqa: E731
+
+        def draw() -> torch.Tensor:
+            return torch.rand(batch, device=images.device)
+
         area = (0.02 + 0.31 * draw()) * height * width
         ratio = torch.exp(math.log(0.3) + math.log(3.3 / 0.3) * draw())
         tall, wide = (area * ratio).sqrt().clamp(1, height), (area / ratio).sqrt().clamp(1, width)
