@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-MODES = ("min", "max")
+from lightning_modules.cv_summary import check_selection_metric
 
 
 class BestCheckpoint(ModelCheckpoint):
@@ -33,10 +33,7 @@ class BestCheckpoint(ModelCheckpoint):
         if tie_break is not None:
             if self.monitor is None or self.save_top_k != 1:
                 raise ValueError("tie_break needs a monitored metric and save_top_k=1")
-            if not tie_break.startswith("val/"):
-                raise ValueError(f"tie_break={tie_break}: ties must be broken on a validation metric, never the test")
-        if tie_break_mode not in MODES:
-            raise ValueError(f"tie_break_mode must be one of {MODES}, got {tie_break_mode!r}")
+            check_selection_metric(tie_break, tie_break_mode, "tie_break", "tie_break_mode")
         self.tie_break, self.tie_break_mode = tie_break, tie_break_mode
         self.best_tie_break_score: float | None = None
 
@@ -45,7 +42,7 @@ class BestCheckpoint(ModelCheckpoint):
         current = metrics.get(self.monitor) if self.monitor else None
         if current is None:
             return False
-        if self.best_model_score is None or not self.best_k_models:
+        if self.best_model_score is None:
             return True
         current, best = float(current), float(self.best_model_score)
         if current != best or self.tie_break is None or self.best_tie_break_score is None:

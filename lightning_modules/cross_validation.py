@@ -356,8 +356,9 @@ def fit_and_test(
             trainer.fit(module, datamodule=data, ckpt_path=resume_from)
             checkpoint = trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-            if best and Path(best).resolve() != best_checkpoint(cfg, stage, fold).resolve():
-                raise RuntimeError(f"checkpoint saved as {best}; expected {best_checkpoint(cfg, stage, fold)}")
+            expected = best_checkpoint(cfg, stage, fold)
+            if best and Path(best).resolve() != expected.resolve():
+                raise RuntimeError(f"checkpoint saved as {best}; expected {expected}")
         trainer.validate(module, datamodule=data, ckpt_path=best)
         trainer.test(module, datamodule=data, ckpt_path=best)
         failed = False

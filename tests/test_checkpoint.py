@@ -42,12 +42,12 @@ class ScriptedValidation(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def fit(tmp_path, tie_break: str | None, epochs: int = len(SCRIPTED), ckpt_path=None, module=None):
+def fit(tmp_path, tie_break: str | None, epochs: int = len(SCRIPTED), ckpt_path=None):
     data = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
     best = BestCheckpoint(dirpath=tmp_path, filename="best", monitor="val/video_uar", mode="max", save_top_k=1,
                           enable_version_counter=False, tie_break=tie_break)
     last = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="last", enable_version_counter=False)
-    module = module or ScriptedValidation()
+    module = ScriptedValidation()
     trainer = L.Trainer(max_epochs=epochs, callbacks=[best, last], logger=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, train_dataloaders=data, val_dataloaders=data, ckpt_path=ckpt_path)
