@@ -460,6 +460,21 @@ def test_face_cnn_ignores_the_brightness_and_contrast_of_each_crop():
         FaceCNN(weights="imagenet")
 
 
+def test_face_cnn_pool_grid_keeps_each_region_of_the_global_average():
+    torch.manual_seed(0)
+    grid = FaceCNN(channels=[4, 8], pool_grid=3).eval()
+    whole = FaceCNN(channels=[4, 8]).eval()
+    whole.load_state_dict(grid.state_dict())
+    crops = torch.rand(2, 3, 12, 12)  # a 6 x 6 last map: 3 x 3 regions of 2 x 2
+    regions = grid(crops).view(2, 8, 9)
+    assert grid.out_dim == 8 * 9 and whole.out_dim == 8
+    # the regions partition the map: their mean is the global average, and they differ from each other
+    torch.testing.assert_close(regions.mean(dim=2), whole(crops))
+    assert (regions[..., 0] - regions[..., 8]).abs().max() > 0.05
+    with pytest.raises(ValueError, match="pool_grid"):
+        FaceCNN(pool_grid=0)
+
+
 def test_mean_over_frames_has_no_lstm_and_averages_the_frame_features():
     torch.manual_seed(0)
     encoder = FaceSequenceEncoder({"arch": "face_cnn", "channels": [4, 8]}, temporal="mean").eval()

@@ -23,7 +23,11 @@ def standardise_each_crop(images: torch.Tensor, eps: float = 1e-3) -> torch.Tens
 
 class FaceCNN(nn.Module):
     """Per-crop standardisation, then blocks of 3x3 convolution, BatchNorm and ReLU with a 2x2 max pool
-    between blocks, then the global average of the last block's channels (the frame feature).
+    between blocks, then the last block's channels averaged over a ``pool_grid`` x ``pool_grid`` grid of
+    regions and concatenated (the frame feature; 1: the global average).
+
+    A grid keeps where on the face a channel fired (the mouth's corners, the brows), which the global
+    average discards; on aligned face crops that layout is much of an expression.
 
     At 48 x 48 px with the default channels (16, 32, 64, 128: 0.10 M parameters) a crop costs about
     40 MFLOPs, so a from-scratch model trains on a few hundred sequences in about a minute on 2 CPU cores,
@@ -33,6 +37,7 @@ class FaceCNN(nn.Module):
         channels: output channels of each block; the last is ``out_dim``.
         image_channels: input channels (3: grey crops arrive as three equal channels).
         dropout: dropout on the frame feature.
+        pool_grid: regions a side of the last block's average (``out_dim`` = last channels x pool_grid**2).
         freeze: "none" only (there are no pretrained weights to keep).
         weights: "none" only.
     """
@@ -42,6 +47,7 @@ class FaceCNN(nn.Module):
         channels: Sequence[int] = DEFAULT_CHANNELS,
         image_channels: int = 3,
         dropout: float = 0.3,
+        pool_grid: int = 1,
         freeze: str = "none",
         weights: str = "none",
     ) -> None:
@@ -53,6 +59,8 @@ class FaceCNN(nn.Module):
             )
         if not channels or min(channels) < 1:
             raise ValueError(f"FaceCNN channels must be a non-empty list of positive sizes, got {list(channels)}")
+        if pool_grid < 1:
+            raise ValueError(f"FaceCNN pool_grid must be a positive number of regions a side, got {pool_grid}")
         layers: list[nn.Module] = []
         width = image_channels
         for index, out in enumerate(channels):
@@ -61,8 +69,9 @@ class FaceCNN(nn.Module):
             layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
             width = out
         self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(pool_grid)
         self.dropout = nn.Dropout(dropout)
-        self.out_dim = width
+        self.out_dim = width * pool_grid * pool_grid
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -74,4 +83,4 @@ class FaceCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[N, C, H, W]`` (H, W >= 2 ** (blocks - 1)) -> frame features ``[N, out_dim]``."""
-        return self.dropout(self.features(standardise_each_crop(images)).mean(dim=(2, 3)))
+        return self.dropout(self.pool(self.features(standardise_each_crop(images))).flatten(1))
