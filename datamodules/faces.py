@@ -122,6 +122,11 @@ class FaceDetector:
                 self._mtcnn = MTCNN(
                     keep_all=True, post_process=False, min_face_size=self.min_face_size, device=self.device
                 )
+            # Channels-last weights make the three networks' convolutions return channels-last maps, and torch's
+            # max pooling over those is 4-15x faster on CPU than over NCHW (it was half of MTCNN's time): 1.5-1.7x
+            # faster detection, the same boxes to 1e-4 px (tests/test_faces.py).
+            for network in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet):
+                network.to(memory_format=torch.channels_last)
         return self._mtcnn
 
     def detect(self, frames: np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ PAPER = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preprocess" / 
 # the face settings compared: the reference (MTCNN on every frame at full resolution, every frame decoded) and the
 # keyframe option measured against it (MTCNN on every 10th frame at <= 320 px, the segments' frames decoded)
 REFERENCE_FACES = {"keyframe_every": 1, "detect_max_side": None, "frames_decoded": "all"}
+DEMO_SIZE = (240, 180)  # the demo corpus's frames (configs/data/demo.yaml)
 KEYFRAME_FACES = {"keyframe_every": 10, "detect_max_side": 320, "frames_decoded": "segments"}
 
 
@@ -204,12 +205,13 @@ def main() -> None:
     compare_workers("RAVDESS speech", speech, audio_cfg, "audio")
 
     with tempfile.TemporaryDirectory() as root:
-        generate_demo_corpus(Path(root), subjects=1, clips_per_emotion=2)
+        width, height = DEMO_SIZE
+        generate_demo_corpus(Path(root), subjects=1, clips_per_emotion=2, size=DEMO_SIZE)
         videos = demo.index(root).clips
         video_cfg = copy.deepcopy(PAPER)
         video_cfg["faces"]["fallback"] = "center"
         video_cfg["faces"]["few_faces"] = "keep"
-        compare_workers("Demo videos (320x240, 227-px faces)", videos, video_cfg, "video")
+        compare_workers(f"Demo videos ({width}x{height}, 227-px faces)", videos, video_cfg, "video")
         compare_faces(args.shared / "ravdess-av" / "01-01-07-02-02-01-01.mp4", args.copies, videos, video_cfg)
 
 

@@ -9,6 +9,7 @@ import torch
 
 from datamodules.clips import Clip
 from datamodules.decode import BadInputError, decode_clip
+from datamodules.demo_corpus import FACES, background_image, draw_face, make_subject
 from datamodules.faces import (
     EVERY_FRAME,
     FaceDetector,
@@ -169,6 +170,25 @@ def test_no_face_without_fallback_names_the_file(detector):
             frames, np.arange(5) / 25.0, np.array([[0.0, 0.655]]), detector, size=32, path="clip_without_face.avi"
         )
     assert isinstance(error.value, BadInputError) and "no face" in error.value.reason
+
+
+def test_channels_last_detector_finds_the_boxes_of_the_stock_mtcnn(detector):
+    """FaceDetector runs MTCNN's networks channels-last (faster pooling); the boxes must be the stock ones."""
+    from facenet_pytorch import MTCNN
+
+    subject = make_subject(1, seed=0)
+    background = background_image(subject, (320, 240), np.random.default_rng(0))
+    frames = np.stack([draw_face(background, subject, face, 0.5, (150 + 4 * i, 118)) for i, face in enumerate(FACES.values())])
+    ours = detector.detect(frames)
+    assert next(detector.mtcnn.onet.parameters()).is_contiguous(memory_format=torch.channels_last)
+    stock = MTCNN(keep_all=True, post_process=False, min_face_size=detector.min_face_size)
+    expected = np.full((len(frames), 4), np.nan)
+    for row, (found, probs) in enumerate(zip(*stock.detect(torch.as_tensor(frames)))):
+        confident = found[probs >= detector.min_confidence] if found is not None else np.empty((0, 4))
+        if len(confident):
+            expected[row] = confident[np.argmax((confident[:, 2] - confident[:, 0]) * (confident[:, 3] - confident[:, 1]))]
+    assert np.sum(~np.isnan(expected[:, 0])) >= 5
+    np.testing.assert_allclose(ours, expected, atol=1e-3)
 
 
 def test_detector_pickles_without_weights(detector):
