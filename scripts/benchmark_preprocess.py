@@ -206,7 +206,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as root:
         width, height = DEMO_SIZE
-        generate_demo_corpus(Path(root), subjects=1, clips_per_emotion=2, size=DEMO_SIZE)
+        generate_demo_corpus(Path(root), subjects=3, clips_per_emotion=2, size=DEMO_SIZE)
         videos = demo.index(root).clips
         video_cfg = copy.deepcopy(PAPER)
         video_cfg["faces"]["fallback"] = "center"
