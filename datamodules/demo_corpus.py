@@ -327,13 +327,13 @@ def draw_face(
     s = np.linspace(-1, 1, 17)
     centre_line = mouth_y - 0.16 * ry * face.mouth_curve * s**2
     xs = cx + half_width * s
-    upper = list(zip(xs, centre_line - 0.25 * opening * (1 - s**2)))
-    lower = list(zip(xs, centre_line + 0.75 * opening * (1 - s**2)))
+    upper_y = centre_line - 0.25 * opening * (1 - s**2)
+    lower_y = centre_line + 0.75 * opening * (1 - s**2)
     lip = 0.06 * ry * (1 - 0.5 * s**2)
-    lips = list(zip(xs, centre_line - 0.25 * opening * (1 - s**2) - lip))
-    lips += list(zip(xs, centre_line + 0.75 * opening * (1 - s**2) + 1.3 * lip))[::-1]
+    lips = list(zip(xs, upper_y - lip)) + list(zip(xs, lower_y + 1.3 * lip))[::-1]
     draw.polygon(lips, fill=(int(skin[0] * 0.75), int(skin[1] * 0.5), int(skin[2] * 0.5)))
-    draw.polygon(upper + lower[::-1], fill=(60, 15, 20), outline=(120, 40, 45), width=max(int(0.02 * ry), 1))
+    mouth = list(zip(xs, upper_y)) + list(zip(xs, lower_y))[::-1]
+    draw.polygon(mouth, fill=(60, 15, 20), outline=(120, 40, 45), width=max(int(0.02 * ry), 1))
     return np.asarray(image)
 
 

@@ -145,17 +145,21 @@ class FaceDetector:
             batch = torch.as_tensor(frames[first : first + self.batch_size], device=self.device)
             if scale != 1.0:
                 batch = _resize_hwc(batch, round(height * scale), round(width * scale))
-            batch_boxes, batch_probs = self.mtcnn.detect(batch)
-            for offset, (found, probs) in enumerate(zip(batch_boxes, batch_probs)):
-                if found is None:
-                    continue
-                confident = np.asarray(probs, dtype=np.float64) >= self.min_confidence
-                if not confident.any():
-                    continue
-                candidates = np.asarray(found, dtype=np.float64)[confident]
-                areas = (candidates[:, 2] - candidates[:, 0]) * (candidates[:, 3] - candidates[:, 1])
-                boxes[first + offset] = candidates[np.argmax(areas)] / scale
+            for offset, (found, probs) in enumerate(zip(*self.mtcnn.detect(batch))):
+                boxes[first + offset] = largest_confident_box(found, probs, self.min_confidence) / scale
         return boxes
+
+
+def largest_confident_box(found: np.ndarray | None, probs: np.ndarray | None, min_confidence: float) -> np.ndarray:
+    """Of one frame's MTCNN boxes ``[N, 4]`` (None: none found), the largest with probability >= ``min_confidence``;
+    a row of NaN when there is none."""
+    if found is None:
+        return np.full(4, np.nan)
+    candidates = np.asarray(found, dtype=np.float64)[np.asarray(probs, dtype=np.float64) >= min_confidence]
+    if not len(candidates):
+        return np.full(4, np.nan)
+    areas = (candidates[:, 2] - candidates[:, 0]) * (candidates[:, 3] - candidates[:, 1])
+    return candidates[np.argmax(areas)]
 
 
 class WholeFrameFaces:

@@ -50,10 +50,10 @@ from datamodules.preprocess import (  # noqa: E402
 )
 
 PAPER = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preprocess" / "paper.yaml"))
+DEMO_SIZE = tuple(OmegaConf.load(REPO / "configs" / "data" / "demo.yaml").generator.size)  # the demo corpus's frames
 # the face settings compared: the reference (MTCNN on every frame at full resolution, every frame decoded) and the
 # keyframe option measured against it (MTCNN on every 10th frame at <= 320 px, the segments' frames decoded)
 REFERENCE_FACES = {"keyframe_every": 1, "detect_max_side": None, "frames_decoded": "all"}
-DEMO_SIZE = (240, 180)  # the demo corpus's frames (configs/data/demo.yaml)
 KEYFRAME_FACES = {"keyframe_every": 10, "detect_max_side": 320, "frames_decoded": "segments"}
 
 

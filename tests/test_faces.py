@@ -20,6 +20,7 @@ from datamodules.faces import (
     build_face_track,
     center_boxes,
     crop_faces,
+    largest_confident_box,
     few_faces_reason,
     nearest_detected,
     segment_frame_indices,
@@ -182,11 +183,8 @@ def test_channels_last_detector_finds_the_boxes_of_the_stock_mtcnn(detector):
     ours = detector.detect(frames)
     assert next(detector.mtcnn.onet.parameters()).is_contiguous(memory_format=torch.channels_last)
     stock = MTCNN(keep_all=True, post_process=False, min_face_size=detector.min_face_size)
-    expected = np.full((len(frames), 4), np.nan)
-    for row, (found, probs) in enumerate(zip(*stock.detect(torch.as_tensor(frames)))):
-        confident = found[probs >= detector.min_confidence] if found is not None else np.empty((0, 4))
-        if len(confident):
-            expected[row] = confident[np.argmax((confident[:, 2] - confident[:, 0]) * (confident[:, 3] - confident[:, 1]))]
+    expected = np.stack([largest_confident_box(found, probs, detector.min_confidence)
+                         for found, probs in zip(*stock.detect(torch.as_tensor(frames)))])
     assert np.sum(~np.isnan(expected[:, 0])) >= 5
     np.testing.assert_allclose(ours, expected, atol=1e-3)
 
