@@ -19,6 +19,7 @@ from lightning_modules.components import (
     preprocess_uint8_images,
 )
 from lightning_modules.components.augment import FaceAugment
+from lightning_modules.components.lstm import STREAMING_MIN_HIDDEN, StreamingLSTM, _LSTMLayer
 from lightning_modules.components.vgg import adaptive_avg_pool2d_by_matmul
 
 TINY_VGG = {"variant": "vgg11", "width": 0.125, "fc_dim": 64, "dropout": 0.0}
@@ -514,3 +515,46 @@ def test_checkpoints_that_name_the_frame_cnn_vgg_still_load():
     fresh.load_state_dict(old)
     for key, value in encoder.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value)
+
+
+# ---------------------------------------------------------------- LSTM with a streamed recurrent weight
+
+
+@pytest.mark.parametrize("batch_first, layers", [(True, 1), (False, 2)])
+def test_streaming_lstm_equals_torch_lstm_with_gradients(batch_first, layers):
+    torch.manual_seed(0)
+    reference = nn.LSTM(12, STREAMING_MIN_HIDDEN, num_layers=layers, batch_first=batch_first)
+    streaming = StreamingLSTM(12, STREAMING_MIN_HIDDEN, num_layers=layers, batch_first=batch_first)
+    streaming.load_state_dict(reference.state_dict())  # same parameter names: checkpoints load either way
+    sequence = torch.randn(3, 5, 12) if batch_first else torch.randn(5, 3, 12)
+    state = (torch.randn(layers, 3, STREAMING_MIN_HIDDEN), torch.randn(layers, 3, STREAMING_MIN_HIDDEN))
+    assert streaming.streams(sequence)
+    results, gradients = [], []
+    for lstm in (reference, streaming):
+        inputs = [sequence.clone().requires_grad_(), *(part.clone().requires_grad_() for part in state)]
+        output, (h_n, c_n) = lstm(inputs[0], (inputs[1], inputs[2]))
+        (output.sin().sum() + h_n.cos().sum() + (c_n * c_n).sum()).backward()
+        results.append((output, h_n, c_n))
+        gradients.append([part.grad for part in inputs] + [parameter.grad for parameter in lstm.parameters()])
+    for expected, actual in zip(results[0], results[1]):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    for expected, actual in zip(gradients[0], gradients[1]):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_streaming_lstm_layer_gradients_by_finite_differences():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(4, 3).double()
+    inputs = (torch.randn(2, 5, 4, dtype=torch.double), *lstm.parameters(),
+              torch.randn(2, 3, dtype=torch.double), torch.randn(2, 3, dtype=torch.double))
+    inputs = tuple(part.detach().requires_grad_() for part in inputs)
+    assert torch.autograd.gradcheck(_LSTMLayer.apply, inputs)
+
+
+def test_streaming_lstm_keeps_torch_kernels_where_they_are_faster():
+    small = StreamingLSTM(8, STREAMING_MIN_HIDDEN // 2, batch_first=True)
+    assert not small.streams(torch.randn(2, 3, 8))  # the demo's LSTM of 128 keeps oneDNN's kernel
+    bidirectional = StreamingLSTM(8, STREAMING_MIN_HIDDEN, batch_first=True, bidirectional=True)
+    assert not bidirectional.streams(torch.randn(2, 3, 8))
+    encoder = FaceSequenceEncoder(TINY_VGG, lstm_hidden=STREAMING_MIN_HIDDEN)
+    assert isinstance(encoder.lstm, StreamingLSTM) and encoder.lstm.streams(torch.randn(2, 3, encoder.cnn.out_dim))

@@ -1,7 +1,8 @@
 """Plain nn.Module building blocks: VGG fc7 extractor, statistics-pooling TDNN, small face CNN, face-sequence
-encoder, attention fusion head."""
+encoder, LSTM with a streamed recurrent weight, attention fusion head."""
 from lightning_modules.components.attention import AttentionFusionHead, ModalityAttention
 from lightning_modules.components.face_cnn import FaceCNN
+from lightning_modules.components.lstm import StreamingLSTM
 from lightning_modules.components.tdnn import StatsPoolTDNN
 from lightning_modules.components.vgg import VGGFeatureExtractor, preprocess_uint8_images
 from lightning_modules.components.visual import FaceSequenceEncoder
@@ -12,6 +13,7 @@ __all__ = [
     "FaceSequenceEncoder",
     "ModalityAttention",
     "StatsPoolTDNN",
+    "StreamingLSTM",
     "VGGFeatureExtractor",
     "preprocess_uint8_images",
 ]

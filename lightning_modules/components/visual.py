@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lightning_modules.components.face_cnn import FaceCNN
+from lightning_modules.components.lstm import StreamingLSTM
 from lightning_modules.components.vgg import VGGFeatureExtractor
 
 TEMPORAL_POOLS: tuple[str, ...] = ("lstm", "mean")
@@ -74,7 +75,7 @@ class FaceSequenceEncoder(nn.Module):
             raise ValueError(f"temporal must be one of {TEMPORAL_POOLS}, got {temporal!r}")
         self.cnn = cnn if isinstance(cnn, nn.Module) else visual_backbone(**cnn)
         self.frame_dropout = nn.Dropout(dropout)
-        self.lstm = None if temporal == "mean" else nn.LSTM(
+        self.lstm = None if temporal == "mean" else StreamingLSTM(
             self.cnn.out_dim,
             lstm_hidden,
             num_layers=lstm_layers,
