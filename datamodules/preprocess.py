@@ -387,8 +387,13 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """Each worker's share of the cores (``available_cores`` by default), at least one thread."""
+def threads_per_worker(workers: int, video: bool = True, cores: int | None = None) -> int:
+    """Each worker's share of the cores (``available_cores`` by default), at least one thread; one thread
+    whatever the share when the corpus has no ``video``: a clip's audio work (decoding, VAD, MFCCs) is too small
+    to gain from more and loses much with many (on 16 cores, one worker with 16 threads prepared RAVDESS speech
+    4.4x slower than with one, two with 8 each no faster than one thread; README "Preprocessing speed")."""
+    if not video:
+        return 1
     return max(1, (cores or available_cores()) // workers)
 
 
@@ -402,6 +407,30 @@ def limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     threadpool_limits(threads)
     set_decoder_threads(threads)
+
+
+@contextmanager
+def computing_with(threads: int | None) -> Iterator[None]:
+    """Inside the block this process computes with ``threads`` threads (``limit_threads``), after it with those
+    it had (training follows in the same process). None: as it is."""
+    if threads is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    saved = thread_settings()
+    try:
+        with threadpool_limits(limits=None):  # puts the BLAS and OpenMP pools back as they were on leaving
+            limit_threads(threads)
+            yield
+    finally:
+        torch.set_num_threads(saved["torch"])
+        set_decoder_threads(saved["decoder"])
+        for name in THREAD_VARIABLES:
+            if saved[name] is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = saved[name]
 
 
 def thread_settings() -> dict:
@@ -446,7 +475,7 @@ def worker_pool(workers: int, cfg: dict) -> ProcessPoolExecutor:
     """``workers`` processes preparing clips of ``cfg``, each with ``threads_per_worker`` threads, started by
     ``pool_start_method``. Each sets its thread counts itself (``limit_threads``): a forked process inherits
     its parent's environment and pools, not the share it should compute with."""
-    threads = threads_per_worker(workers)
+    threads = threads_per_worker(workers, cfg["video"])
     method = pool_start_method(threads)
     context = get_context(method)
     if method == "forkserver":
@@ -739,9 +768,11 @@ def _prepare_clips(
 
 
 def _results_in_this_process(todo: list[Clip], cfg: dict, files: dict[str, Path], wait: bool) -> Iterator[ClipOutcome]:
-    """``_prepare_one``'s outcome for each clip of ``todo``, one after the other, with this process's threads."""
-    _init_worker(cfg, None)
-    yield from _outcomes(todo, cfg, [files[clip.clip_id] for clip in todo], wait)
+    """``_prepare_one``'s outcome for each clip of ``todo``, one after the other, with this process's threads
+    (one for a corpus without video: ``threads_per_worker``)."""
+    with computing_with(None if cfg["video"] else threads_per_worker(1, video=False)):
+        _init_worker(cfg, None)
+        yield from _outcomes(todo, cfg, [files[clip.clip_id] for clip in todo], wait)
 
 
 def _outcomes(clips: list[Clip], cfg: dict, files: list[Path], wait: bool) -> Iterator[ClipOutcome]:

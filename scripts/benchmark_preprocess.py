@@ -103,7 +103,7 @@ def compare_workers(title: str, clips: list[Clip], cfg: dict, media: str) -> Non
     rows = [("1 worker, 1 thread", *timed_prepare(clips, cfg, 1))]
     limit_threads(cores)
     for workers in worker_counts(cores):
-        threads = threads_per_worker(workers, cores)
+        threads = threads_per_worker(workers, cfg["video"], cores)
         label = f"{workers} worker{'s' if workers > 1 else ''}, {threads} thread{'s' if threads > 1 else ''} each"
         rows.append((label, *timed_prepare(clips, cfg, workers)))
     media_s = sum(m["duration_s"] for m in rows[0][2].metas.values())

@@ -1,6 +1,7 @@
 """Epoch time of the paper-size visual stage with and without the frozen-feature cache, in one run.
 
-    python scripts/benchmark_visual.py [--segments 8] [--batch 8] [--shift 9] [--size 227]
+    python scripts/benchmark_visual.py [--segments 8] [--batch 8] [--shift 9] [--size 227] [--frames-per-chunk N]
+                                       [--device cpu|cuda] [--precision 32|bf16-mixed] [--channels-last]
 
 The paper's visual network (VGG19 with its convolutions frozen, ``freeze: features``; fc6, fc7, an LSTM of
 4096 and the head trained) on the same segments twice: two training epochs reading the face crops (every
@@ -39,29 +40,37 @@ def overlapping_segments(segments: int, shift: int, frames: int = 20) -> torch.T
 
 
 class Timer:
-    """Wall and CPU seconds of the block."""
+    """Wall and CPU seconds of the block (its GPU work finished)."""
 
     def __enter__(self) -> Timer:
+        synchronize()
         self.wall, self.cpu = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *_: object) -> None:
+        synchronize()
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
     def __str__(self) -> str:
-        return f"{self.wall:8.1f} s wall, {self.cpu:8.1f} s CPU"
+        return f"{self.wall:8.2f} s wall, {self.cpu:8.2f} s CPU"
 
 
-def train_epochs(module: VisualModule, batches: list[dict[str, torch.Tensor]], epochs: int = 2) -> list[Timer]:
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def train_epochs(module: VisualModule, batches: list[dict[str, torch.Tensor]], bf16: bool, epochs: int = 2) -> list[Timer]:
     """``epochs`` training epochs (forward, backward, optimiser step per batch) over ``batches`` with one
-    optimiser, as a fit runs them, each timed."""
+    optimiser, as a fit runs them, each timed; ``bf16``: forward under bfloat16 autocast (bf16-mixed)."""
     optimizer = module.configure_optimizers()  # training's own: Adam, fused
     module.train()
     timers = []
     for _ in range(epochs):
         with Timer() as timer:
             for batch in batches:
-                loss = torch.nn.functional.cross_entropy(module(batch), batch["label"])
+                with torch.autocast(module.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss = torch.nn.functional.cross_entropy(module(batch), batch["label"])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -77,32 +86,40 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="segments per batch (model=paper's visual batch_size)")
     parser.add_argument("--frames-per-chunk", type=int, default=None,
                         help="face crops per VGG19 call on the crops' path (default: VisualModule's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
+    parser.add_argument("--channels-last", action="store_true", help="the convolutions in channels-last layout")
     args = parser.parse_args()
     torch.manual_seed(0)
     chunking = {} if args.frames_per_chunk is None else {"frames_per_chunk": args.frames_per_chunk}
-    module = VisualModule(backbone=PAPER_BACKBONE, lstm_hidden=4096, num_classes=6, **chunking)
-    index = overlapping_segments(args.segments, args.shift)
+    module = VisualModule(backbone=PAPER_BACKBONE, lstm_hidden=4096, num_classes=6, channels_last=args.channels_last,
+                          **chunking).to(args.device)
+    bf16 = args.precision == "bf16-mixed"
+    index = overlapping_segments(args.segments, args.shift).to(args.device)
     crops = torch.randint(0, 256, (int(index.max()) + 1, 3, args.size, args.size), dtype=torch.uint8)
-    labels = torch.arange(args.segments) % 6
+    crops = crops.to(args.device)
+    labels = torch.arange(args.segments, device=args.device) % 6
     rows = [slice(first, first + args.batch) for first in range(0, args.segments, args.batch)]
     print(f"paper-size visual stage: VGG19 (convolutions frozen), {args.size} px, LSTM 4096; {args.segments} segments "
           f"of 20 frames every {args.shift} frames = {index.numel()} crop slots, {len(crops)} distinct crops; "
-          f"{module.encoder.frames_per_chunk} crops per VGG19 call; {torch.get_num_threads()} threads")
+          f"{module.encoder.frames_per_chunk} crops per VGG19 call; {args.device} "
+          f"({torch.cuda.get_device_name() if module.device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+          f"precision {args.precision}{', channels-last' if args.channels_last else ''}")
 
-    first, images = train_epochs(module, [{"faces": crops[index[part]], "label": labels[part]} for part in rows])
+    first, images = train_epochs(module, [{"faces": crops[index[part]], "label": labels[part]} for part in rows], bf16)
     print(f"epoch reading the crops:   {images} (first epoch: {first})")
 
     with tempfile.TemporaryDirectory() as folder:
         cache = FeatureCache(folder, module.frozen_key(), batch_rows=8)
         module.eval()
-        with Timer() as fill:
+        with Timer() as fill:  # in float32, as training fills it (lightning_modules/cross_validation.py)
             cache.fill([("clip", {"faces": crops})], module.frozen_extractor(), total=1)
-        frozen = cache.load()["clip"]
+        frozen = cache.load()["clip"].to(args.device)
     print(f"filling the cache (once):  {fill} ({len(crops) / fill.wall:.2f} images/s wall, "
           f"{len(crops) / fill.cpu:.2f} per CPU second through VGG19's convolutions; {frozen.shape[1]} fp16 values a crop)")
 
     first_cached, cached = train_epochs(
-        module, [{"frame_features": frozen[index[part]], "label": labels[part]} for part in rows]
+        module, [{"frame_features": frozen[index[part]], "label": labels[part]} for part in rows], bf16
     )
     print(f"epoch reading the cache:   {cached} (first epoch: {first_cached})")
     print(f"per epoch with the cache: {images.wall / cached.wall:.1f}x faster in wall time, "

@@ -13,11 +13,13 @@ from omegaconf import OmegaConf
 from datamodules.clips import Clip
 from datamodules.corpora import ravdess
 from datamodules.preprocess import (
+    _results_in_this_process,
     atomic_save,
     available_cores,
     cache_folder,
     cache_key,
     chunks,
+    computing_with,
     load_clip,
     prepare_corpus,
     pool_start_method,
@@ -150,11 +152,28 @@ def test_prepare_cli_on_ravdess_speech(tmp_path, ravdess_speech_root):
 def test_workers_compute_with_their_share_of_the_cores():
     assert threads_per_worker(2, cores=2) == 1 and threads_per_worker(4, cores=16) == 4
     assert threads_per_worker(3, cores=2) == 1
-    with worker_pool(2, audio_cfg()) as pool:
-        reports = [pool.submit(thread_settings).result() for _ in range(4)]
-    share = threads_per_worker(2)
-    assert all(report == {"torch": share, "decoder": share, "OMP_NUM_THREADS": str(share),
-                          "MKL_NUM_THREADS": str(share), "OPENBLAS_NUM_THREADS": str(share)} for report in reports)
+    # audio work gains nothing from threads: one per worker, however few the workers
+    assert threads_per_worker(1, video=False, cores=16) == 1 and threads_per_worker(2, video=False, cores=16) == 1
+    for cfg in (PAPER, audio_cfg()):
+        with worker_pool(2, cfg) as pool:
+            reports = [pool.submit(thread_settings).result() for _ in range(4)]
+        share = threads_per_worker(2, cfg["video"])
+        assert all(report == {"torch": share, "decoder": share, "OMP_NUM_THREADS": str(share),
+                              "MKL_NUM_THREADS": str(share), "OPENBLAS_NUM_THREADS": str(share)} for report in reports)
+
+
+def test_audio_prepared_in_this_process_computes_with_one_thread_then_gives_the_threads_back(generated_ravdess, tmp_path):
+    torch.set_num_threads(2)
+    before = thread_settings()
+    clips = speech_clips(generated_ravdess, n=2)
+    results = _results_in_this_process(clips, audio_cfg(), {c.clip_id: tmp_path / f"{c.clip_id}.pt" for c in clips}, False)
+    assert next(results).clip_id == clips[0].clip_id
+    during = thread_settings()
+    results.close()
+    assert during == {"torch": 1, "decoder": 1, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    assert thread_settings() == before and torch.get_num_threads() == 2
+    with computing_with(None):
+        assert thread_settings() == before
 
 
 def test_workers_are_forked_only_when_each_computes_with_one_thread():
@@ -167,9 +186,12 @@ def test_workers_are_forked_only_when_each_computes_with_one_thread():
         assert pool._mp_context.get_start_method() == "fork"
         assert all(report["torch"] == 1 for report in pool.map(thread_settings_after_a_convolution, range(4)))
     if available_cores() > 1:
-        with worker_pool(1, audio_cfg()) as pool:
+        with worker_pool(1, PAPER) as pool:  # a video corpus's single worker takes every core's thread
             assert pool._mp_context.get_start_method() == "forkserver"
             assert pool.submit(thread_settings).result()["torch"] == available_cores()
+        with worker_pool(1, audio_cfg()) as pool:  # an audio corpus's does not
+            assert pool._mp_context.get_start_method() == "fork"
+            assert pool.submit(thread_settings).result()["torch"] == 1
 
 
 def thread_settings_after_a_convolution(_: int) -> dict:
