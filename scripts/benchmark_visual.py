@@ -56,6 +56,7 @@ class Timer:
 
 
 def synchronize() -> None:
+    """Wait for the GPU's queued work, so that a timer sees it (no-op without CUDA)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 

@@ -28,9 +28,9 @@ class _LSTMLayer(torch.autograd.Function):
         hidden = w_hh.shape[1]
         x_steps = x.transpose(0, 1).reshape(steps * batch, -1)  # time-major rows
         input_part = torch.addmm(b_ih + b_hh, x_steps, w_ih.t()).view(steps, batch, 4 * hidden)
-        gates = torch.empty(steps, batch, 4 * hidden, dtype=x.dtype)  # after their nonlinearities: i, f, g, o
-        h = torch.empty(steps + 1, batch, hidden, dtype=x.dtype)
-        c = torch.empty(steps + 1, batch, hidden, dtype=x.dtype)
+        gates = x.new_empty(steps, batch, 4 * hidden)  # after their nonlinearities: i, f, g, o
+        h = x.new_empty(steps + 1, batch, hidden)
+        c = x.new_empty(steps + 1, batch, hidden)
         h[0], c[0] = h0, c0
         for t in range(steps):
             pre = torch.addmm(input_part[t].t(), w_hh, h[t].t()).t()  # W_hh h_tᵀ: one pass over W_hh
@@ -79,7 +79,7 @@ class _LSTMLayer(torch.autograd.Function):
 class StreamingLSTM(nn.LSTM):
     """nn.LSTM (same arguments, parameters and results) that on CPU, for a hidden size of at least
     ``STREAMING_MIN_HIDDEN``, runs each layer with ``_LSTMLayer`` (2x faster training at the paper's 4096 on
-    2 cores; README "Speed"). Other devices, smaller sizes, packed sequences, projections and bidirectional
+    2 cores; README "Frozen work done once"). Other devices, smaller sizes, packed sequences, projections and bidirectional
     LSTMs run torch's own kernels."""
 
     def forward(self, input: Any, hx: tuple[torch.Tensor, torch.Tensor] | None = None) -> Any:  # noqa: A002
