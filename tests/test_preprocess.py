@@ -162,7 +162,16 @@ def test_workers_compute_with_their_share_of_the_cores():
                               "MKL_NUM_THREADS": str(share), "OPENBLAS_NUM_THREADS": str(share)} for report in reports)
 
 
-def test_audio_prepared_in_this_process_computes_with_one_thread_then_gives_the_threads_back(generated_ravdess, tmp_path):
+@pytest.fixture
+def torch_threads_restored():
+    original = torch.get_num_threads()
+    yield
+    torch.set_num_threads(original)
+
+
+def test_audio_prepared_in_this_process_computes_with_one_thread_then_gives_the_threads_back(
+    generated_ravdess, tmp_path, torch_threads_restored
+):
     torch.set_num_threads(2)
     before = thread_settings()
     clips = speech_clips(generated_ravdess, n=2)

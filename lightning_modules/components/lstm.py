@@ -31,6 +31,7 @@ class _LSTMLayer(torch.autograd.Function):
         gates = x.new_empty(steps, batch, 4 * hidden)  # after their nonlinearities: i, f, g, o
         h = x.new_empty(steps + 1, batch, hidden)
         c = x.new_empty(steps + 1, batch, hidden)
+        tanh_c = x.new_empty(steps, batch, hidden)  # tanh(c_t+1), kept for the backward pass
         h[0], c[0] = h0, c0
         for t in range(steps):
             pre = torch.addmm(input_part[t].t(), w_hh, h[t].t()).t()  # W_hh h_tᵀ: one pass over W_hh
@@ -40,15 +41,16 @@ class _LSTMLayer(torch.autograd.Function):
             torch.tanh(pre[:, 2 * hidden:3 * hidden], out=g)
             torch.sigmoid(pre[:, 3 * hidden:], out=o)
             torch.addcmul(i * g, f, c[t], out=c[t + 1])
-            torch.mul(o, torch.tanh(c[t + 1]), out=h[t + 1])
-        ctx.save_for_backward(x_steps, w_ih, w_hh, gates, h, c)
+            torch.tanh(c[t + 1], out=tanh_c[t])
+            torch.mul(o, tanh_c[t], out=h[t + 1])
+        ctx.save_for_backward(x_steps, w_ih, w_hh, gates, h, c, tanh_c)
         return h[1:].transpose(0, 1).contiguous(), h[steps].clone(), c[steps].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, d_output: torch.Tensor | None, d_h_last: torch.Tensor | None,
                  d_c_last: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        x_steps, w_ih, w_hh, gates, h, c = ctx.saved_tensors
+        x_steps, w_ih, w_hh, gates, h, c, tanh_c = ctx.saved_tensors
         steps, batch, hidden = h.shape[0] - 1, h.shape[1], h.shape[2]
         d_h = torch.zeros_like(h[0]) if d_h_last is None else d_h_last.clone()
         d_c = torch.zeros_like(c[0]) if d_c_last is None else d_c_last.clone()
@@ -57,13 +59,12 @@ class _LSTMLayer(torch.autograd.Function):
             if d_output is not None:
                 d_h = d_h + d_output[:, t]
             i, f, g, o = gates[t].chunk(4, dim=1)
-            tanh_c = torch.tanh(c[t + 1])
-            d_c = d_c + d_h * o * (1 - tanh_c * tanh_c)
+            d_c = d_c + d_h * o * (1 - tanh_c[t] * tanh_c[t])
             d_i, d_f, d_g, d_o = d_pre[t].chunk(4, dim=1)
             torch.mul(d_c * g, i * (1 - i), out=d_i)
             torch.mul(d_c * c[t], f * (1 - f), out=d_f)
             torch.mul(d_c * i, 1 - g * g, out=d_g)
-            torch.mul(d_h * tanh_c, o * (1 - o), out=d_o)
+            torch.mul(d_h * tanh_c[t], o * (1 - o), out=d_o)
             d_c = d_c * f
             d_h = d_pre[t] @ w_hh
         d_pre_rows = d_pre.view(steps * batch, 4 * hidden)
