@@ -31,7 +31,9 @@ def main(cfg: DictConfig) -> float:
     """Returns the validation objective (``objective.metric``) of the last stage, averaged over folds
     (and seeds): what Hydra multirun sweepers optimise. Test metrics are never returned."""
     from lightning_modules.cross_validation import run
+    from lightning_modules.host_memory import keep_freed_memory
 
+    keep_freed_memory()
     with one_line_errors():
         summaries = run(cfg)
     return summaries[list(summaries)[-1]]["objective"]["mean"]

@@ -20,7 +20,7 @@ from lightning_modules.components import (
 )
 from lightning_modules.components.augment import FaceAugment
 from lightning_modules.components.lstm import STREAMING_MIN_HIDDEN, StreamingLSTM, _LSTMLayer
-from lightning_modules.components.vgg import adaptive_avg_pool2d_by_matmul
+from lightning_modules.components.vgg import AdaptiveAvgPool2d, adaptive_avg_pool2d_by_matmul
 
 TINY_VGG = {"variant": "vgg11", "width": 0.125, "fc_dim": 64, "dropout": 0.0}
 FACE_SIZE = 32
@@ -117,6 +117,7 @@ def test_pooling_by_matmul_equals_adaptive_average_pooling(size):
     reference = torch.nn.functional.adaptive_avg_pool2d(x, (7, 7))
     by_matmul = adaptive_avg_pool2d_by_matmul(x, (7, 7))
     torch.testing.assert_close(by_matmul, reference)
+    torch.testing.assert_close(AdaptiveAvgPool2d((7, 7))(x), reference, rtol=0, atol=0)  # at 7x7 in: x itself
     weights = torch.randn_like(reference)
     (grad,) = torch.autograd.grad((by_matmul * weights).sum(), x)
     (expected,) = torch.autograd.grad((reference * weights).sum(), x)
@@ -520,8 +521,8 @@ def test_checkpoints_that_name_the_frame_cnn_vgg_still_load():
 # ---------------------------------------------------------------- LSTM with a streamed recurrent weight
 
 
-@pytest.mark.parametrize("batch_first, layers", [(True, 1), (False, 2)])
-def test_streaming_lstm_equals_torch_lstm_with_gradients(batch_first, layers):
+@pytest.mark.parametrize("batch_first, layers, given_state", [(True, 1, True), (False, 2, True), (True, 2, False)])
+def test_streaming_lstm_equals_torch_lstm_with_gradients(batch_first, layers, given_state):
     torch.manual_seed(0)
     reference = nn.LSTM(12, STREAMING_MIN_HIDDEN, num_layers=layers, batch_first=batch_first)
     streaming = StreamingLSTM(12, STREAMING_MIN_HIDDEN, num_layers=layers, batch_first=batch_first)
@@ -532,7 +533,9 @@ def test_streaming_lstm_equals_torch_lstm_with_gradients(batch_first, layers):
     results, gradients = [], []
     for lstm in (reference, streaming):
         inputs = [sequence.clone().requires_grad_(), *(part.clone().requires_grad_() for part in state)]
-        output, (h_n, c_n) = lstm(inputs[0], (inputs[1], inputs[2]))
+        if not given_state:  # the zero state (no pass over W_hh at the first step) and no gradient for it
+            inputs = inputs[:1]
+        output, (h_n, c_n) = lstm(inputs[0], tuple(inputs[1:]) or None)
         (output.sin().sum() + h_n.cos().sum() + (c_n * c_n).sum()).backward()
         results.append((output, h_n, c_n))
         gradients.append([part.grad for part in inputs] + [parameter.grad for parameter in lstm.parameters()])

@@ -9,6 +9,7 @@ the backward pass through time. Same parameters, same equations as nn.LSTM (gate
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -16,6 +17,9 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 STREAMING_MIN_HIDDEN = 1024  # below it W_hh fits the caches and torch's fused CPU kernel is faster
+# MKL runs a batch of small products without first copying W_hh into panels, as one large product does:
+# W_hh h_tᵀ at 4096 took 12 ms instead of 17 ms on 2 cores (blocks of 8 to 32 rows alike)
+RECURRENT_ROWS = 16
 
 
 class _LSTMLayer(torch.autograd.Function):
@@ -33,8 +37,16 @@ class _LSTMLayer(torch.autograd.Function):
         c = x.new_empty(steps + 1, batch, hidden)
         tanh_c = x.new_empty(steps, batch, hidden)  # tanh(c_t+1), kept for the backward pass
         h[0], c[0] = h0, c0
+        rows = math.gcd(RECURRENT_ROWS, 4 * hidden)
+        blocks = 4 * hidden // rows
+        w_hh_blocks = w_hh.view(blocks, rows, hidden)
         for t in range(steps):
-            pre = torch.addmm(input_part[t].t(), w_hh, h[t].t()).t()  # W_hh h_tᵀ: one pass over W_hh
+            if t == 0 and not h0.any():  # nn.LSTM's default zero state: W_hh · 0 needs no pass over W_hh
+                pre = input_part[0]
+            else:  # W_hh h_tᵀ (one pass over W_hh) as a batch of products of RECURRENT_ROWS rows each
+                h_t = h[t].t().contiguous().expand(blocks, hidden, batch)
+                pre = torch.baddbmm(input_part[t].t().reshape(blocks, rows, batch), w_hh_blocks, h_t)
+                pre = pre.view(4 * hidden, batch).t()
             i, f, g, o = gates[t].chunk(4, dim=1)
             torch.sigmoid(pre[:, :hidden], out=i)
             torch.sigmoid(pre[:, hidden:2 * hidden], out=f)
@@ -66,7 +78,8 @@ class _LSTMLayer(torch.autograd.Function):
             torch.mul(d_c * i, 1 - g * g, out=d_g)
             torch.mul(d_h * tanh_c[t], o * (1 - o), out=d_o)
             d_c = d_c * f
-            d_h = d_pre[t] @ w_hh
+            if t > 0 or ctx.needs_input_grad[5]:  # at t = 0, h0's gradient: skipped when nothing asks for it
+                d_h = d_pre[t] @ w_hh
         d_pre_rows = d_pre.view(steps * batch, 4 * hidden)
         d_x = None
         if ctx.needs_input_grad[0]:
@@ -74,7 +87,7 @@ class _LSTMLayer(torch.autograd.Function):
         d_w_ih = d_pre_rows.t() @ x_steps if ctx.needs_input_grad[1] else None
         d_w_hh = d_pre_rows.t() @ h[:steps].reshape(steps * batch, hidden) if ctx.needs_input_grad[2] else None
         d_b = d_pre_rows.sum(0)
-        return d_x, d_w_ih, d_w_hh, d_b, d_b, d_h, d_c
+        return d_x, d_w_ih, d_w_hh, d_b, d_b, d_h if ctx.needs_input_grad[5] else None, d_c
 
 
 class StreamingLSTM(nn.LSTM):

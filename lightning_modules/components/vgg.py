@@ -116,10 +116,16 @@ def _pooling_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
     return matrix
 
 
+def output_side(output_size: int | tuple[int | None, int | None], x: torch.Tensor) -> tuple[int, int]:
+    """Adaptive pooling's ``(height, width)`` for ``x``: ``output_size`` with None read from ``x``."""
+    height, width = (n if n is not None else x.shape[d] for n, d in zip(_pair(output_size), (-2, -1)))
+    return height, width
+
+
 def adaptive_avg_pool2d_by_matmul(x: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
     """``F.adaptive_avg_pool2d(x, output_size)`` as two matrix products, whose backward is deterministic
     on CUDA (the pooling kernel's backward adds with atomics and has no deterministic version)."""
-    height, width = (n if n is not None else x.shape[d] for n, d in zip(_pair(output_size), (-2, -1)))
+    height, width = output_side(output_size, x)
     rows = _pooling_matrix(x.shape[-2], height, x)
     cols = _pooling_matrix(x.shape[-1], width, x)
     return rows @ x @ cols.T
@@ -131,6 +137,8 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
     it pools by matrix products. Elsewhere it is the pooling kernel itself, so CPU numbers do not change."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == output_side(self.output_size, x):
+            return x  # each output averages one input (VGG's 7x7 maps at 224-227 px): nothing to compute
         if x.is_cuda and x.requires_grad and torch.are_deterministic_algorithms_enabled():
             return adaptive_avg_pool2d_by_matmul(x, self.output_size)
         return super().forward(x)
