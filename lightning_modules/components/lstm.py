@@ -3,8 +3,9 @@
 At the paper's size (hidden 4096, §3.3) the recurrent weight W_hh is 4·4096 × 4096 floats (268 MB), far
 larger than the CPU's caches, and every time step must read all of it for a handful of segments. torch's CPU
 kernels run that product in a layout that reads it at about 9 GB/s on a 2-core machine and accumulate the
-weight's gradient step by step; here each step's product is W_hh · h_tᵀ (read at the memory's speed), the
-input's product for all steps is one matrix product, and the weights' gradients are one product each after
+weight's gradient step by step; here each step's forward product is W_hh · h_tᵀ as a batch of small
+products (W_hh read once, not repacked; none at all from the zero state), the input's product for all steps
+is one matrix product, and the weights' gradients are one product each after
 the backward pass through time. Same parameters, same equations as nn.LSTM (gates i, f, g, o).
 """
 from __future__ import annotations
