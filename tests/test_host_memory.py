@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from lightning_modules.host_memory import ON_GLIBC
+
 REUSE = """
 import resource, sys, torch
 from lightning_modules.host_memory import keep_freed_memory
@@ -28,7 +30,7 @@ def page_faults_after_settling(mode: str) -> tuple[str, int]:
     return kept, int(faults)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+@pytest.mark.skipif(not ON_GLIBC, reason="mallopt is glibc's")
 def test_freed_memory_is_reused_without_page_faults():
     _, default_faults = page_faults_after_settling("default")
     assert default_faults >= 5 * BLOCK_PAGES  # glibc's default maps every block afresh
