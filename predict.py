@@ -12,14 +12,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lightning_modules.config_errors import one_line_errors
+from runner.command_line import one_line_errors
 
 os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from lightning_modules.prediction import predict
+    from runner.prediction import predict
 
     with one_line_errors():
         predict(cfg)

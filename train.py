@@ -3,7 +3,7 @@
     python train.py stage=fusion fold=3 experiment=demo
     python train.py experiment=paper_rml_loso data.root=/data/rml stage=all fold=all trainer=gpu
 
-Follow it: configs/train.yaml -> lightning_modules/cross_validation.py (run, train_stage)
+Follow it: configs/train.yaml -> runner/loop.py (run) -> runner/stage.py (train_stage, fit_and_test)
 -> datamodules/datamodule.py (data) and lightning_modules/{audio,visual,fusion}_module.py (loss).
 """
 import os
@@ -14,12 +14,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lightning_modules.config_errors import check_choices, one_line_errors
-from lightning_modules.corpus_experiments import with_corpus_experiment
+from runner.command_line import check_choices, one_line_errors, with_corpus_experiment
 
 os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-# a resumed fold's checkpoints folder holds its last.ckpt; a fresh one is emptied first (lightning_modules/resume.py)
+# a resumed fold's checkpoints folder holds its last.ckpt; a fresh one is emptied first (runner/resume.py)
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 # configs/hydra/launcher/submitit_*.yaml carry the plugin's names on purpose (hydra/launcher=submitit_slurm
 # gets the project's settings, checked against the plugin's schema); Hydra 1.3 notes that as deprecated
@@ -30,10 +29,11 @@ warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_\w+' is 
 def main(cfg: DictConfig) -> float:
     """Returns the validation objective (``objective.metric``) of the last stage, averaged over folds
     (and seeds): what Hydra multirun sweepers optimise. Test metrics are never returned."""
-    from lightning_modules.cross_validation import run
-    from lightning_modules.host_memory import keep_freed_memory
+    from runner.host_memory import keep_freed_memory
+    from runner.loop import run
 
-    keep_freed_memory()
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     with one_line_errors():
         summaries = run(cfg)
     return summaries[list(summaries)[-1]]["objective"]["mean"]

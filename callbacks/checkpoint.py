@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_modules.cv_summary import check_selection_metric
+from lightning_modules.objective import check_selection_metric
 
 
 class BestCheckpoint(ModelCheckpoint):

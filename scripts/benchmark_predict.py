@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from lightning_modules.prediction import load_run, predict_files  # noqa: E402
+from runner.prediction import load_run, predict_files  # noqa: E402
 
 CLIP = "01-01-07-02-02-01-01.mp4"
 

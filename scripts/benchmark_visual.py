@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from datamodules.feature_cache import FeatureCache  # noqa: E402
-from lightning_modules.host_memory import keep_freed_memory  # noqa: E402
+from runner.host_memory import keep_freed_memory  # noqa: E402
 from lightning_modules.visual_module import VisualModule  # noqa: E402
 
 PAPER_BACKBONE = {"variant": "vgg19", "batch_norm": False, "weights": "none", "width": 1.0, "fc_dim": 4096,
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true", help="the convolutions in channels-last layout")
     args = parser.parse_args()
-    keep_freed_memory()  # as train.py
+    keep_freed_memory()  # as train.py keep_freed_memory=true
     torch.manual_seed(0)
     chunking = {} if args.frames_per_chunk is None else {"frames_per_chunk": args.frames_per_chunk}
     module = VisualModule(backbone=PAPER_BACKBONE, lstm_hidden=4096, num_classes=6, channels_last=args.channels_last,
@@ -115,7 +115,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         cache = FeatureCache(folder, module.frozen_key(), batch_rows=8)
         module.eval()
-        with Timer() as fill:  # in float32, as training fills it (lightning_modules/cross_validation.py)
+        with Timer() as fill:  # in float32, as training fills it (runner/stage.py)
             cache.fill([("clip", {"faces": crops})], module.frozen_extractor(), total=1)
         frozen = cache.load()["clip"].to(args.device)
     print(f"filling the cache (once):  {fill} ({len(crops) / fill.wall:.2f} images/s wall, "

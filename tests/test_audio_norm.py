@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from conftest import compose_train
 from datamodules.mfcc import audio_statistics
 from lightning_modules import AudioModule
-from lightning_modules.cross_validation import run
+from runner.loop import run
 
 
 def test_audio_statistics_are_the_mean_and_std_of_each_channel_and_row_over_all_frames():

@@ -15,8 +15,8 @@ from datamodules.decode import decode_clip
 from datamodules.mfcc import mfcc_frames
 from datamodules.utterance_features import MfccStats, OpenSmileFunctionals, cached_vectors, feature_folder
 from datamodules.vad import trim_to_speech
-from lightning_modules.baseline import choose_C, evaluate_clips, svm_pipeline
-from lightning_modules.cross_validation import run
+from runner.baseline import choose_C, evaluate_clips, svm_pipeline
+from runner.loop import run
 from test_train import compose_train
 
 VAD = {"enabled": True, "window_ms": 30, "hop_ms": 10, "band": [100.0, 4000.0], "ratio_threshold": 0.6,

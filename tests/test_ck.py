@@ -18,8 +18,8 @@ from datamodules.decode import BadInputError, decode_frames
 from datamodules.face_features import HogLbp
 from datamodules.preprocess import check_failure_settings, frame_segments, load_clip
 from face_trees import face_image, make_ck48, make_ck_distribution, write_frame
-from lightning_modules.config_errors import ConfigError
-from lightning_modules.cross_validation import run
+from runner.command_line import ConfigError
+from runner.loop import run
 
 DISTRIBUTION = {
     (5, 1): ("disgust", 12),

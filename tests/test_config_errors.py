@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO, small_demo_overrides
-from lightning_modules.config_errors import ConfigError, check_choices, train_command
+from runner.command_line import ConfigError, check_choices, train_command
 
 
 def failing_train_py(args: list[str], **env: str) -> str:

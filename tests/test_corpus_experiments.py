@@ -4,7 +4,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose_train
-from lightning_modules.corpus_experiments import CORPUS_EXPERIMENTS, corpus_experiment, with_corpus_experiment
+from runner.command_line import CORPUS_EXPERIMENTS, corpus_experiment, with_corpus_experiment
 
 CONFIGS = REPO / "configs"
 

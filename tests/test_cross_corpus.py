@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from datamodules.corpora import emodb, ravdess
 from datamodules.features import FeatureDataModule
 from datamodules.splits import holdout_folds, with_test_corpus
-from lightning_modules.cross_validation import run
+from runner.loop import run
 from test_train import TINY_MODELS, compose_train
 
 EMODB_SPEAKERS = ["speaker_03", "speaker_08", "speaker_09"]

@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import TINY_MODELS, compose_train, small_demo_overrides
-from lightning_modules.cross_validation import run
+from runner.loop import run
 
 
 @pytest.fixture(scope="module")

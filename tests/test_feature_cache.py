@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_MODELS, compose_train
 from datamodules import feature_cache
 from datamodules.feature_cache import FeatureCache
-from lightning_modules.cross_validation import run
+from runner.loop import run
 from lightning_modules.visual_module import VisualModule
 
 TINY_VGG = {"variant": "vgg11", "batch_norm": True, "weights": "none", "width": 0.125, "fc_dim": 16}

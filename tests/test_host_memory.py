@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules.host_memory import ON_GLIBC
+from runner.host_memory import ON_GLIBC
 
 REUSE = """
 import resource, sys, torch
-from lightning_modules.host_memory import keep_freed_memory
+import runner.loop  # train.py imports the pipeline before it keeps freed memory
+from runner.host_memory import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else False
 faults = []
 for _ in range(8):  # 256 MB made, every page written, and freed, as a training step's buffers are

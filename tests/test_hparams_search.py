@@ -16,8 +16,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from callbacks.results_table import read_results
-from lightning_modules.cross_validation import STAGES
+from tracking.results_table import read_results
+from runner.stage import PIPELINE as STAGES
 from test_sweeps import TINY_AUDIO, clean_environ, run_checked
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,12 +13,12 @@ import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
 from audio_trees import make_ravdess_speech
-from callbacks import build_callbacks
+from runner.stage import build_callbacks
 from callbacks.progress import EpochLines
-from callbacks.results_table import read_results
+from tracking.results_table import read_results
 from conftest import REPO, TINY_MODELS, compose_train
 from datamodules.clips import PAPER_EMOTIONS
-from lightning_modules.cross_validation import MissingFoldsError, run
+from runner.loop import MissingFoldsError, run
 from test_sweeps import clean_environ, run_checked
 
 # two folds of the tiny demo corpus (18 clips), one stage, two short epochs

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, TINY_MODELS, compose_train
-from lightning_modules.config_errors import ConfigError, one_line_errors
-from lightning_modules.cross_validation import run
-from lightning_modules.prediction import predict
+from runner.command_line import ConfigError, one_line_errors
+from runner.loop import run
+from runner.prediction import predict
 
 
 def compose_predict(overrides: list[str]):

@@ -9,7 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from datamodules.preprocess import cache_key
-from lightning_modules.cross_validation import MismatchedCheckpointError, run
+from runner.fold_files import MismatchedCheckpointError
+from runner.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

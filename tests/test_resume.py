@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from callbacks.loggers import WANDB_ID_FILE
-from callbacks.wandb_offline import find_offline_runs, read_offline_run
+from tracking.loggers import WANDB_ID_FILE
+from tests.helpers.wandb_offline import find_offline_runs, read_offline_run
 from conftest import REPO, TINY_MODELS, compose_train
-from lightning_modules.cross_validation import run
+from runner.loop import run
 
 EPOCHS = 6
 KILL_AFTER_EPOCHS = 2  # of fold 1: the kill lands while it trains its third epoch or later

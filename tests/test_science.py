@@ -21,7 +21,7 @@ from datamodules.datamodule import EmotionDataModule, SegmentDataset
 from datamodules.features import FeatureDataModule, FeatureDataset
 from datamodules.splits import Fold, kfold_folds, loso_folds
 from lightning_modules import FusionModule
-from lightning_modules.cross_validation import train_stage
+from runner.stage import STAGES, train_stage
 
 NUM_CLASSES = 3
 # training_step is called without a Trainer below: Lightning then skips self.log with this warning
@@ -29,7 +29,7 @@ NO_TRAINER_TO_LOG_TO = "ignore:You are trying to:UserWarning"
 
 
 def demo_datamodule(cfg: DictConfig) -> EmotionDataModule:
-    """The EmotionDataModule of ``cfg`` with its folds, as ``cross_validation.run`` builds it."""
+    """The EmotionDataModule of ``cfg`` with its folds, as ``runner.loop.run`` builds it."""
     return instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
 
 
@@ -121,12 +121,12 @@ LEAKAGE_RUN = ["stage=audio", "fold=0", "logger=none", "+trainer.fast_dev_run=tr
 def test_training_run_passes_the_guard_and_fails_when_train_serves_the_test_clips(tiny_demo, monkeypatch):
     cfg = compose_train([*tiny_demo, *LEAKAGE_RUN])
     datamodule = demo_datamodule(cfg)
-    assert train_stage(cfg, "audio", 0, datamodule)["test_subjects"] == ["s01"]
+    assert train_stage(cfg, STAGES["audio"], 0, datamodule)["test_subjects"] == ["s01"]
     fold = datamodule.current_fold
     leaky = DataLoader(datamodule.dataset(fold.train + fold.test), batch_size=datamodule.batch_size, shuffle=True)
     monkeypatch.setattr(datamodule, "train_dataloader", lambda: leaky)
     with pytest.raises(AssertionError, match=r"fold 0 \(loso-s01\) data loaders leak: .*train loader serves 6 test clip"):
-        train_stage(cfg, "audio", 0, datamodule)
+        train_stage(cfg, STAGES["audio"], 0, datamodule)
 
 
 def test_fusion_loaders_serving_every_clip_fail_the_guard(tiny_demo, tmp_path, monkeypatch):
@@ -173,7 +173,7 @@ def separable_demo(tmp_path_factory) -> list[str]:
 def test_leave_one_subject_out_audio_learns_the_emotions(separable_demo):
     """Chance is 1/3: a stage whose labels, loss or optimiser are broken stays near it."""
     cfg = compose_train([*separable_demo, *LEARNING_RUN])
-    metrics = train_stage(cfg, "audio", 0, demo_datamodule(cfg))
+    metrics = train_stage(cfg, STAGES["audio"], 0, demo_datamodule(cfg))
     assert metrics["test_subjects"] == ["s01"]
     assert metrics["test"]["n_clips"] == 18
     assert metrics["test"]["video"]["accuracy"] >= 0.8
@@ -192,7 +192,7 @@ def test_audio_trained_on_shuffled_labels_stays_near_chance(separable_demo):
     assert sum(datamodule.clips[i].label != label for i, label in zip(training, labels)) > len(training) / 2
     for i, label in zip(training, labels):
         datamodule.clips[i] = replace(datamodule.clips[i], label=label)
-    metrics = train_stage(cfg, "audio", 0, datamodule)
+    metrics = train_stage(cfg, STAGES["audio"], 0, datamodule)
     assert metrics["test"]["video"]["accuracy"] <= 0.6
 
 

@@ -14,10 +14,11 @@ from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 from wandb.sdk.lib.config_util import save_config_file_from_dict
 
-from callbacks.fold_accuracy import cv_objective_key
-from callbacks.results_table import read_results
-from callbacks.wandb_offline import find_offline_runs, read_offline_run
-from lightning_modules.cross_validation import STAGES, run
+from tracking.cv_summary_run import cv_objective_key
+from tracking.results_table import read_results
+from tests.helpers.wandb_offline import find_offline_runs, read_offline_run
+from runner.loop import run
+from runner.stage import PIPELINE as STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))

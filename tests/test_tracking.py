@@ -12,13 +12,14 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from callbacks import ConfusionMatrixLogger, FoldAccuracyLogger, build_callbacks
+from callbacks import ConfusionMatrixLogger, FoldAccuracyLogger
+from runner.stage import build_callbacks
 from callbacks.checkpoint import BestCheckpoint
-from callbacks.confusion_matrix import confusion_pairs
-from callbacks.fold_accuracy import cv_objective_key
-from callbacks.loggers import build_logger
-from callbacks.results_table import read_results
-from callbacks.wandb_offline import find_offline_runs, read_offline_run, read_records
+from tracking.wandb_charts import confusion_pairs
+from tracking.cv_summary_run import cv_objective_key
+from tracking.loggers import build_logger
+from tracking.results_table import read_results
+from tests.helpers.wandb_offline import find_offline_runs, read_offline_run, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_MODELS, compose_train
-from lightning_modules.cross_validation import MissingCheckpointError, run
-from lightning_modules.cv_summary import summarize_folds, summarize_seeds
+from runner.fold_files import MissingCheckpointError
+from runner.loop import run
+from runner.summary import summarize_folds, summarize_seeds
 
 
 @pytest.mark.slow

@@ -5,6 +5,12 @@ without a traceback; ``HYDRA_FULL_ERROR=1`` raises it as usual. Config names Hyd
 (``experiment=``, ``data=``, any config group) are checked before Hydra composes the config
 (``check_choices``): Hydra's own message lists the options but no command. The checks of ``run`` come
 before the corpus is indexed (and the demo corpus generated) and before any fold folder is made.
+
+``python train.py data=<corpus>`` runs that corpus's own experiment (``configs/corpus_experiments.yaml``).
+Hydra cannot pick a config that holds ``override`` lines (every experiment does) by interpolating another
+choice (its documented restriction on interpolated defaults), so ``train.py`` adds
+``experiment=<the corpus's>`` to the command line before Hydra composes it, and says so. An ``experiment=`` on
+the command line always wins; a sweep over corpora (``data=a,b``) is left as it is.
 """
 from __future__ import annotations
 
@@ -161,3 +167,45 @@ def group_choice(group: str) -> str | None:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
+def other_overrides(overrides: list[str]) -> list[str]:
+    """``overrides`` without ``stage=`` and ``fold=``: the rest of a command to suggest for another stage or fold."""
+    return [o for o in overrides if not o.startswith(("stage=", "fold="))]
+
+
+def task_overrides() -> list[str]:
+    """The command line's overrides in a Hydra run (none outside one): the rest of a command to suggest."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+CORPUS_EXPERIMENTS = "corpus_experiments.yaml"
+
+
+def given_values(args: Sequence[str]) -> dict[str, str]:
+    """What each ``key=value`` (or ``+key=value``) argument sets, by key."""
+    return {override_key(arg): arg.partition("=")[2] for arg in args if "=" in arg and not arg.startswith("-")}
+
+
+def corpus_experiment(args: Sequence[str], config_dir: Path) -> str | None:
+    """The experiment the command line ``args`` should run when they name one corpus (``data=X``) and no
+    experiment: ``configs/corpus_experiments.yaml``'s entry for X; None otherwise."""
+    given = given_values(args)
+    corpus = given.get("data")
+    if "experiment" in given or not corpus or "," in corpus:
+        return None
+    return OmegaConf.load(config_dir / CORPUS_EXPERIMENTS).get(corpus)
+
+
+def with_corpus_experiment(args: Sequence[str], config_dir: Path) -> list[str]:
+    """``args`` with ``experiment=<corpus_experiment>`` after their ``data=`` when there is one (among the other
+    overrides, which argparse wants together), said on stdout."""
+    experiment = corpus_experiment(args, config_dir)
+    if experiment is None:
+        return list(args)
+    at = next(i for i, arg in enumerate(args) if override_key(arg) == "data" and "=" in arg) + 1
+    print(f"{args[at - 1].lstrip('+')}: experiment={experiment}, the corpus's recipe "
+          f"(configs/{CORPUS_EXPERIMENTS}; name another experiment= to change it)")
+    return [*args[:at], f"experiment={experiment}", *args[at:]]

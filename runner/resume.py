@@ -10,7 +10,7 @@ Each (stage, fold) run keeps ``checkpoints/last.ckpt`` (every epoch, written ato
   an uninterrupted run;
 * otherwise, or with ``resume=false``: trained afresh, after ``clear_fold`` removed its old results.
 
-Keys that only choose which runs a command makes (``SELECTION_KEYS``) are left out of the comparison:
+Keys that only choose which runs a command makes, or how fast (``SELECTION_KEYS``), are left out of the comparison:
 ``fold=all`` skips the folds that ``fold=2`` finished.
 """
 from __future__ import annotations
@@ -23,17 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks.loggers import WANDB_ID_FILE
 from datamodules.preprocess import atomic_save
+from tracking.loggers import WANDB_ID_FILE
 
-SELECTION_KEYS = ("stage", "fold", "seeds", "resume")
+SELECTION_KEYS = ("stage", "fold", "seeds", "resume", "keep_freed_memory")
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 SHOWN_KEYS = 6  # differing keys named in the "trained again" line
 
@@ -44,19 +42,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_save(checkpoint, Path(path))
-
-
-class KeepEarlyStop(L.Callback):
-    """A run resumed after early stopping had ended its training trains no further epoch.
-
-    The restored ``EarlyStopping`` knows it stopped (``stopped_epoch``), but Lightning does not save the
-    trainer's ``should_stop``: without this, a run killed between the stop and its ``metrics.json`` would
-    train on and could choose another checkpoint.
-    """
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
-            trainer.should_stop = True
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,16 @@ from sklearn.preprocessing import StandardScaler
 from datamodules.datamodule import EmotionDataModule
 from datamodules.preprocess import atomic_write_text
 from datamodules.utterance_features import ClipFeatures, cached_vectors, feature_folder
-from lightning_modules.cross_validation import fold_dir, fold_provenance, subjects_of_fold, write_fold_files
-from lightning_modules.cv_summary import check_objective, fold_metrics, metric_row, split_metrics
 from lightning_modules.evaluation import evaluate
-from lightning_modules.resume import clear_fold, plan_fold, removed_if_failed
+from lightning_modules.objective import check_objective
+from runner.fold_files import (
+    fold_dir,
+    fold_provenance,
+    subjects_of_fold,
+    write_fold_files,
+)
+from runner.resume import clear_fold, plan_fold, removed_if_failed
+from runner.summary import fold_metrics, metric_row, split_metrics
 
 
 def svm_pipeline(classifier: ClassifierMixin, calibration: Callable[..., ClassifierMixin], C: float) -> ClassifierMixin:

@@ -16,7 +16,10 @@ def keep_freed_memory() -> bool:
     which the kernel hands over a page at a time on first touch and takes back on free: at the paper's size
     one visual training step's gradients and activations (fc6's 411 MB, the LSTM's 268 MB, ...) cost
     hundreds of thousands of page faults, every step. Kept, a step reuses the last step's pages
-    (README "Frozen work done once"). Returns whether the setting took: False without glibc (``ON_GLIBC``).
+    (docs/results.md, the visual benchmark). Opt-in: ``keep_freed_memory=true`` on train.py's command line;
+    the process then holds its peak memory until it ends. The same from the shell, without this function:
+    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 python train.py ...`` (mallopt(3)'s environment
+    variables). Returns whether the setting took: False without glibc (``ON_GLIBC``).
     """
     if not ON_GLIBC:
         return False
