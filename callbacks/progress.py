@@ -6,11 +6,12 @@ on a terminal and ``EpochLines`` elsewhere, by ``sys.stdout.isatty()``.
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+from datamodules.terminal import interactive_output
 
 # (label, logged names tried in order): the epoch's value is logged as <name>_epoch when also logged per step
 EPOCH_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -63,6 +64,4 @@ def progress_bar(stage: str = "", fold: int | str = "", interactive: bool | None
 
     ``stage`` and ``fold`` are filled in per run by ``callbacks.build_callbacks``.
     """
-    if interactive is None:
-        interactive = sys.stdout.isatty()
-    return RichProgressBar() if interactive else EpochLines(stage, fold)
+    return RichProgressBar() if interactive_output(interactive) else EpochLines(stage, fold)

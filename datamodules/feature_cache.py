@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from datamodules.preprocess import atomic_save, atomic_write_text
+from datamodules.atomic import atomic_save, atomic_write_text
 
 Extractor = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 

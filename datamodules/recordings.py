@@ -1,5 +1,5 @@
 """New recordings for ``predict.py``: the files an input names, each prepared by the training pipeline's
-steps (decode, VAD, MFCC, faces: ``datamodules/preprocess.py``) under the same per-clip guard, the next file
+steps (decode, VAD, MFCC, faces: ``datamodules/preprocess/pipeline.py``) under the same per-clip guard, the next file
 while the current one goes through the networks (``prefetched``).
 
 Unlike a corpus clip, a recording may lack what one model needs and still be used by another: a video

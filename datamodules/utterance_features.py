@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from datamodules.atomic import atomic_save
 from datamodules.clips import Clip
 from datamodules.decode import BadInputError, decode_clip
 from datamodules.mfcc import mfcc_frames
-from datamodules.preprocess import atomic_save, cache_folder
+from datamodules.preprocess import cache_folder
 from datamodules.vad import trim_to_speech
 
 if TYPE_CHECKING:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from datamodules.atomic import atomic_save
 from datamodules.clips import Clip
 from datamodules.corpora import ravdess
 from datamodules.preprocess import (
     _results_in_this_process,
-    atomic_save,
     available_cores,
     cache_folder,
     cache_key,
