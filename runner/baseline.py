@@ -25,7 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from datamodules.datamodule import EmotionDataModule
-from datamodules.preprocess import atomic_write_text
+from datamodules.atomic import atomic_write_text
 from datamodules.utterance_features import ClipFeatures, cached_vectors, feature_folder
 from lightning_modules.evaluation import evaluate
 from lightning_modules.objective import check_objective

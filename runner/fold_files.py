@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamodules.corpora import natural_key
 from datamodules.datamodule import EmotionDataModule
-from datamodules.preprocess import atomic_write_text
+from datamodules.atomic import atomic_write_text
 from runner.command_line import other_overrides
 
 

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from datamodules.datamodule import EmotionDataModule
-from datamodules.preprocess import atomic_write_text
+from datamodules.atomic import atomic_write_text
 from lightning_modules.objective import check_objective
 from runner.command_line import (
     check_accelerator,

@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from datamodules.preprocess import atomic_save
+from datamodules.atomic import atomic_save
 from tracking.loggers import WANDB_ID_FILE
 
 SELECTION_KEYS = ("stage", "fold", "seeds", "resume", "keep_freed_memory")

@@ -26,7 +26,7 @@ from callbacks.seeded_state import TrainFromSeededState
 from datamodules.datamodule import EmotionDataModule
 from datamodules.feature_cache import Extractor, FeatureCache
 from datamodules.features import FeatureDataModule, file_digest
-from datamodules.preprocess import atomic_write_text
+from datamodules.atomic import atomic_write_text
 from lightning_modules.audio_module import AudioModule
 from lightning_modules.base import EmotionModule
 from lightning_modules.visual_module import VisualModule

@@ -21,7 +21,6 @@ Modules, each importing only those above it:
 - ``corpus``: ``prepare_corpus``;
 - ``vad_plots``: VAD plots of a sample of clips.
 """
-from datamodules.atomic import atomic_save, atomic_write_text
 from datamodules.preprocess.cache_files import cache_folder, cache_key, load_clip
 from datamodules.preprocess.corpus import PreparedCorpus, TooManyFailuresError, prepare_corpus
 from datamodules.preprocess.pipeline import (
@@ -55,8 +54,6 @@ __all__ = [
     "ClipFailure",
     "PreparedCorpus",
     "TooManyFailuresError",
-    "atomic_save",
-    "atomic_write_text",
     "available_cores",
     "cache_folder",
     "cache_key",

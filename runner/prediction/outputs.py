@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules.preprocess import (
-    atomic_write_text,
-)
+from datamodules.atomic import atomic_write_text
 from datamodules.recordings import (
     Recording,
 )
