@@ -3,8 +3,8 @@
     python predict.py input=clip.mp4 run=outputs/demo/loso                 # every fold's model, averaged
     python predict.py input=recordings/ run=outputs/ravdess/kfold stage=audio fold=3
 
-Follow it: configs/predict.yaml -> lightning_modules/prediction.py (predict) -> datamodules/recordings.py
-(the training pipeline's steps on each file) and callbacks/plots.py (timeline_figure).
+Follow it: configs/predict.yaml -> runner/prediction/inference.py (predict) -> datamodules/recordings.py
+(the training pipeline's steps on each file) and tracking/plots.py (timeline_figure).
 """
 import os
 from pathlib import Path

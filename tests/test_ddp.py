@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.wandb_offline import find_offline_runs, read_offline_run
+from tracking.wandb_offline import find_offline_runs, read_offline_run
 
 REPO = Path(__file__).resolve().parents[1]
 FOLD = 2  # its 23 test segments do not split evenly over 2 ranks, so the sampler pads

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tracking.loggers import WANDB_ID_FILE
-from tests.helpers.wandb_offline import find_offline_runs, read_offline_run
+from tracking.wandb_offline import find_offline_runs, read_offline_run
 from conftest import REPO, TINY_MODELS, compose_train
 from runner.loop import run
 

@@ -16,7 +16,7 @@ from wandb.sdk.lib.config_util import save_config_file_from_dict
 
 from tracking.cv_summary_run import cv_objective_key
 from tracking.results_table import read_results
-from tests.helpers.wandb_offline import find_offline_runs, read_offline_run
+from tracking.wandb_offline import find_offline_runs, read_offline_run
 from runner.loop import run
 from runner.stage import PIPELINE as STAGES
 

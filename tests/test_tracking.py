@@ -19,7 +19,7 @@ from tracking.wandb_charts import confusion_pairs
 from tracking.cv_summary_run import cv_objective_key
 from tracking.loggers import build_logger
 from tracking.results_table import read_results
-from tests.helpers.wandb_offline import find_offline_runs, read_offline_run, read_records
+from tracking.wandb_offline import find_offline_runs, read_offline_run, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
