@@ -7,7 +7,6 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from callbacks.checkpoint import BestCheckpoint
 from callbacks.plots import confusion_matrix_figure, save_figure
 
 LEVELS = ("segment", "video")
@@ -51,8 +50,6 @@ def becomes_best_checkpoint(trainer: L.Trainer) -> bool:
     Lightning runs ModelCheckpoint after every other callback, so its best score is still the previous one.
     """
     checkpoint = trainer.checkpoint_callback
-    if isinstance(checkpoint, BestCheckpoint):
-        return checkpoint.improves(trainer.callback_metrics)
     monitor = getattr(checkpoint, "monitor", None)
     current = trainer.callback_metrics.get(monitor) if monitor else None
     best = getattr(checkpoint, "best_model_score", None)
