@@ -5,7 +5,6 @@ from pathlib import Path
 
 import lightning as L
 
-from callbacks.checkpoint import BestCheckpoint
 from lightning_modules.objective import LEVELS
 from tracking.plots import confusion_matrix_figure, save_figure
 from tracking.wandb_charts import wandb_confusion_matrix, wandb_logger_of
@@ -17,8 +16,6 @@ def becomes_best_checkpoint(trainer: L.Trainer) -> bool:
     Lightning runs ModelCheckpoint after every other callback, so its best score is still the previous one.
     """
     checkpoint = trainer.checkpoint_callback
-    if isinstance(checkpoint, BestCheckpoint):
-        return checkpoint.improves(trainer.callback_metrics)
     monitor = getattr(checkpoint, "monitor", None)
     current = trainer.callback_metrics.get(monitor) if monitor else None
     best = getattr(checkpoint, "best_model_score", None)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any, Mapping, Sequence
 
 import lightning as L
@@ -167,6 +168,10 @@ class EmotionModule(L.LightningModule):
         """Further scalar metrics from the gathered per-segment rows (logged as `<stage>/<name>`)."""
         return {}
 
+    # Scores a validation epoch from its logged metrics (``val/<name>``: value), logged as ``val/selection``
+    # for the checkpoint to monitor; set by callbacks.checkpoint.SelectionScore, None logs no score.
+    selection_score: Callable[[Mapping[str, float]], float] | None = None
+
     def _finish_evaluation(self, stage: str) -> None:
         rows = self._predictions[stage].gather()
         self._predictions[stage].reset()
@@ -186,7 +191,10 @@ class EmotionModule(L.LightningModule):
         }
         # Already global and identical on every rank, so no reduction; logged on all ranks so that
         # ModelCheckpoint/EarlyStopping can monitor them everywhere.
-        self.log_dict({f"{stage}/{name}": float(value) for name, value in metrics.items()}, sync_dist=False)
+        logged = {f"{stage}/{name}": float(value) for name, value in metrics.items()}
+        self.log_dict(logged, sync_dist=False)
+        if stage == "val" and self.selection_score is not None:  # float64: the tie-break's resolution
+            self.log("val/selection", torch.tensor(self.selection_score(logged), dtype=torch.float64), sync_dist=False)
         if not self.trainer.sanity_checking:
             self.last_eval[stage] = result
 

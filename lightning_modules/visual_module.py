@@ -28,6 +28,8 @@ class VisualModule(EmotionModule):
         lstm_hidden, lstm_layers: the LSTM over the frame features (4096 and 1 in the paper's reading).
         lstm_dropout: dropout on the frame features entering the LSTM and between LSTM layers.
         frames_per_chunk: frames per CNN call (bounds memory when the CNN is frozen or in inference).
+        temporal, lstm_impl: as in FaceSequenceEncoder (the LSTM or the mean over frames; the LSTM's
+            implementation, "torch" or "streaming").
         num_classes, head_dropout, input_mean, input_std: as in AudioModule.
         face_augment: FaceAugment kwargs (crop_scale, flip, rotation_deg, brightness, contrast,
             saturation) applied to each training sequence; None or {} trains on the crops as they are.
@@ -44,6 +46,7 @@ class VisualModule(EmotionModule):
         lstm_dropout: float = 0.0,
         frames_per_chunk: int = 160,
         temporal: str = "lstm",
+        lstm_impl: str = "torch",
         num_classes: int = 6,
         head_dropout: float = 0.5,
         input_mean: Sequence[float] = IMAGENET_MEAN,
@@ -62,7 +65,8 @@ class VisualModule(EmotionModule):
         self.input_mean, self.input_std = input_mean, input_std
         self.augment, self.augments = FaceAugment(**face_augment), bool(face_augment)
         self.encoder = FaceSequenceEncoder(
-            visual_backbone(**backbone), lstm_hidden, lstm_layers, lstm_dropout, frames_per_chunk, temporal
+            visual_backbone(**backbone), lstm_hidden, lstm_layers, lstm_dropout, frames_per_chunk, temporal,
+            lstm_impl=lstm_impl,
         )
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.encoder.out_dim, num_classes))
         self._finish_init()

@@ -2,6 +2,7 @@
 
     python scripts/benchmark_visual.py [--segments 8] [--batch 8] [--shift 9] [--size 227] [--frames-per-chunk N]
                                        [--device cpu|cuda] [--precision 32|bf16-mixed] [--channels-last]
+                                       [--lstm-impl streaming|torch]
 
 The paper's visual network (VGG19 with its convolutions frozen, ``freeze: features``; fc6, fc7, an LSTM of
 4096 and the head trained) on the same segments twice: two training epochs reading the face crops (every
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from datamodules.feature_cache import FeatureCache  # noqa: E402
+from lightning_modules.components.visual import LSTM_IMPLS  # noqa: E402
 from runner.host_memory import keep_freed_memory  # noqa: E402
 from lightning_modules.visual_module import VisualModule  # noqa: E402
 
@@ -91,20 +93,23 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true", help="the convolutions in channels-last layout")
+    parser.add_argument("--lstm-impl", default="streaming", choices=sorted(LSTM_IMPLS),
+                        help="model.visual.module.lstm_impl (streaming: the README's figures)")
     args = parser.parse_args()
     keep_freed_memory()  # as train.py keep_freed_memory=true
     torch.manual_seed(0)
     chunking = {} if args.frames_per_chunk is None else {"frames_per_chunk": args.frames_per_chunk}
-    module = VisualModule(backbone=PAPER_BACKBONE, lstm_hidden=4096, num_classes=6, channels_last=args.channels_last,
-                          **chunking).to(args.device)
+    module = VisualModule(backbone=PAPER_BACKBONE, lstm_hidden=4096, lstm_impl=args.lstm_impl, num_classes=6,
+                          channels_last=args.channels_last, **chunking).to(args.device)
     bf16 = args.precision == "bf16-mixed"
     index = overlapping_segments(args.segments, args.shift).to(args.device)
     crops = torch.randint(0, 256, (int(index.max()) + 1, 3, args.size, args.size), dtype=torch.uint8)
     crops = crops.to(args.device)
     labels = torch.arange(args.segments, device=args.device) % 6
     rows = [slice(first, first + args.batch) for first in range(0, args.segments, args.batch)]
-    print(f"paper-size visual stage: VGG19 (convolutions frozen), {args.size} px, LSTM 4096; {args.segments} segments "
-          f"of 20 frames every {args.shift} frames = {index.numel()} crop slots, {len(crops)} distinct crops; "
+    print(f"paper-size visual stage: VGG19 (convolutions frozen), {args.size} px, LSTM 4096 ({args.lstm_impl}); "
+          f"{args.segments} segments of 20 frames every {args.shift} frames = {index.numel()} crop slots, "
+          f"{len(crops)} distinct crops; "
           f"{module.encoder.frames_per_chunk} crops per VGG19 call; {args.device} "
           f"({torch.cuda.get_device_name() if module.device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
           f"precision {args.precision}{', channels-last' if args.channels_last else ''}")

@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
+from callbacks.checkpoint import SelectionScore
 from lightning_modules import AudioModule, FusionModule, VisualModule
 from lightning_modules.components import (
     AttentionFusionHead,
@@ -294,13 +295,19 @@ def test_module_trains_and_validates_with_a_real_trainer(tmp_path, make_module, 
     module = make_module()
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
     rows = _segment_rows(with_features=with_features)
-    trainer = _trainer(tmp_path, fast_dev_run=True)
+    selection = SelectionScore("val/video_uar", "max", "val/loss", "min")
+    trainer = _trainer(tmp_path, fast_dev_run=True, callbacks=[selection])
     trainer.fit(module, _loader(rows), DataLoader(rows, batch_size=len(rows)))
     assert any(not torch.equal(p, before[name]) for name, p in module.named_parameters())
     assert VAL_METRICS | {"train/loss", "train/acc"} <= set(trainer.callback_metrics)
     result = module.last_eval["val"]
     assert result["n_segments"] == 12 and result["n_clips"] == 4
     assert trainer.callback_metrics["val/video_acc"].item() == pytest.approx(result["video"]["accuracy"])
+    # the checkpoint's monitor, scored from the unrounded metrics and logged at full precision
+    score = trainer.callback_metrics["val/selection"]
+    assert score.dtype == torch.float64
+    unrounded = {"val/video_uar": result["video"]["uar"], "val/loss": result["segment"]["loss"]}
+    assert score.item() == selection.score(unrounded)
 
 
 def test_fusion_test_logs_attention_per_modality(tmp_path):
@@ -411,11 +418,15 @@ def test_two_process_validation_logs_the_single_process_metrics_on_every_rank(tm
     torch.manual_seed(0)
     module = _fusion_module()
     rows = _segment_rows(with_features=True)[:11]  # odd: DistributedSampler pads one rank with a repeat
-    single = _trainer(tmp_path)
+    selection = SelectionScore("val/video_uar", "max", "val/loss", "min")
+    single = _trainer(tmp_path, callbacks=[selection])
     single.validate(module, _loader(rows, batch_size=3))
     expected = module.last_eval["val"]
-    ddp = _trainer(tmp_path, devices=2, strategy="ddp_spawn", callbacks=[_SaveLastEvalPerRank(str(tmp_path))])
+    expected_score = single.callback_metrics["val/selection"].item()
+    ddp = _trainer(tmp_path, devices=2, strategy="ddp_spawn",
+                   callbacks=[selection, _SaveLastEvalPerRank(str(tmp_path))])
     ddp.validate(module, _loader(rows, batch_size=3))
+    scores = []
     for rank in range(2):
         saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         assert saved["last_eval"]["n_segments"] == 11
@@ -423,6 +434,8 @@ def test_two_process_validation_logs_the_single_process_metrics_on_every_rank(tm
         assert saved["last_eval"]["video"] == expected["video"]
         assert saved["metrics"]["val/loss"] == pytest.approx(expected["segment"]["loss"], rel=1e-5)
         assert saved["metrics"]["val/video_acc"] == pytest.approx(expected["video"]["accuracy"])
+        scores.append(saved["metrics"]["val/selection"])
+    assert scores[0] == scores[1] == pytest.approx(expected_score)  # the checkpoint decides alike on every rank
 
 
 def test_modules_instantiate_from_hydra_configs_with_plain_hparams():
@@ -559,5 +572,21 @@ def test_streaming_lstm_keeps_torch_kernels_where_they_are_faster():
     assert not small.streams(torch.randn(2, 3, 8))  # the demo's LSTM of 128 keeps oneDNN's kernel
     bidirectional = StreamingLSTM(8, STREAMING_MIN_HIDDEN, batch_first=True, bidirectional=True)
     assert not bidirectional.streams(torch.randn(2, 3, 8))
-    encoder = FaceSequenceEncoder(TINY_VGG, lstm_hidden=STREAMING_MIN_HIDDEN)
-    assert isinstance(encoder.lstm, StreamingLSTM) and encoder.lstm.streams(torch.randn(2, 3, encoder.cnn.out_dim))
+
+
+def test_the_streaming_lstm_is_an_opt_in_and_checkpoints_load_in_either():
+    torch.manual_seed(0)
+    plain = VisualModule(backbone=TINY_VGG, lstm_hidden=STREAMING_MIN_HIDDEN, num_classes=NUM_CLASSES)
+    assert type(plain.encoder.lstm) is nn.LSTM  # lstm_impl="torch", the default
+    streaming = VisualModule(backbone=TINY_VGG, lstm_hidden=STREAMING_MIN_HIDDEN, num_classes=NUM_CLASSES,
+                             lstm_impl="streaming")
+    assert isinstance(streaming.encoder.lstm, StreamingLSTM)
+    assert streaming.encoder.lstm.streams(torch.randn(2, 3, streaming.encoder.cnn.out_dim))
+    streaming.load_state_dict(plain.state_dict())  # the same parameters under the same names, both ways
+    plain.load_state_dict(streaming.state_dict())
+    frames = torch.randn(2, 4, streaming.encoder.cnn.out_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(streaming.encoder.sequence_feature(frames), plain.encoder.sequence_feature(frames),
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="lstm_impl"):
+        FaceSequenceEncoder(TINY_VGG, lstm_hidden=16, lstm_impl="cudnn")

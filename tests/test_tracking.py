@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from callbacks import ConfusionMatrixLogger, FoldAccuracyLogger
 from runner.stage import build_callbacks
-from callbacks.checkpoint import BestCheckpoint
+from callbacks.checkpoint import SelectionScore
 from tracking.wandb_charts import confusion_pairs
 from tracking.cv_summary_run import cv_objective_key
 from tracking.loggers import build_logger
@@ -179,14 +179,20 @@ def test_csv_and_none_loggers_and_the_callbacks_they_get(tmp_path):
     kinds = {type(c) for c in callbacks}
     assert {ModelCheckpoint, LearningRateMonitor, ConfusionMatrixLogger, FoldAccuracyLogger} <= kinds
     checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
-    assert checkpoint.dirpath == str(tmp_path / "checkpoints") and checkpoint.monitor == "val/video_uar"
-    assert isinstance(checkpoint, BestCheckpoint) and checkpoint.tie_break == "val/loss"
-    stopping = next(c for c in callbacks if isinstance(c, EarlyStopping))
-    assert (stopping.monitor, stopping.mode) == (checkpoint.monitor, checkpoint.mode) == ("val/video_uar", "max")
-    selected = build_callbacks(compose_train(["objective.metric=val/loss", "objective.mode=min"]).callbacks,
-                               fold_context(tmp_path), has_logger=True)
+    assert checkpoint.dirpath == str(tmp_path / "checkpoints")
+    assert (checkpoint.monitor, checkpoint.mode) == ("val/selection", "max")
+    selection = next(c for c in callbacks if isinstance(c, SelectionScore))
+    assert (selection.metric, selection.mode, selection.tie_break, selection.tie_break_mode) == (
+        "val/video_uar", "max", "val/loss", "min")
+    stopping = next(c for c in callbacks if isinstance(c, EarlyStopping))  # on the objective alone
+    assert (stopping.monitor, stopping.mode) == ("val/video_uar", "max")
+    selected = build_callbacks(
+        compose_train(["objective.metric=val/loss", "objective.mode=min", "objective.tie_break=null"]).callbacks,
+        fold_context(tmp_path), has_logger=True)
     monitoring = [c for c in selected if isinstance(c, (ModelCheckpoint, EarlyStopping)) and c.monitor is not None]
-    assert {(c.monitor, c.mode) for c in monitoring} == {("val/loss", "min")}
+    assert {(c.monitor, c.mode) for c in monitoring} == {("val/selection", "min"), ("val/loss", "min")}
+    selection = next(c for c in selected if isinstance(c, SelectionScore))
+    assert (selection.metric, selection.mode, selection.tie_break) == ("val/loss", "min", None)
     last = [c for c in selected if isinstance(c, ModelCheckpoint) and c.monitor is None]  # the one to resume from
     assert len(last) == 1 and last[0].format_checkpoint_name({}) == str(tmp_path / "checkpoints" / "last.ckpt")
     accuracy = next(c for c in callbacks if isinstance(c, FoldAccuracyLogger))

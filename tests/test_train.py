@@ -91,10 +91,11 @@ def test_cv_summary_arithmetic():
     assert summary["seed"] == 3
 
 
-def test_a_test_metric_is_refused_as_objective(tiny_demo):
-    for metric in ("test/video_acc", "video_uar", "val/attn_audio"):
+def test_a_test_metric_is_refused_as_objective_or_tie_break(tiny_demo):
+    overrides = [f"objective.metric={metric}" for metric in ("test/video_acc", "video_uar", "val/attn_audio")]
+    for override in [*overrides, "objective.tie_break=test/loss"]:  # checked once at run start, for the callbacks
         with pytest.raises(ValueError, match="model selection must use a validation metric"):
-            run(compose_train([*tiny_demo, f"objective.metric={metric}", "fold=0", "stage=audio"]))
+            run(compose_train([*tiny_demo, override, "fold=0", "stage=audio"]))
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")))

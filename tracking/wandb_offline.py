@@ -159,7 +159,7 @@ def find_offline_runs(root: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m callbacks.wandb_offline outputs/demo/loso``: one line per offline run below a folder."""
+    """``python -m tracking.wandb_offline outputs/demo/loso``: one line per offline run below a folder."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -95,7 +95,7 @@ class StreamingLSTM(nn.LSTM):
     """nn.LSTM (same arguments, parameters and results) that on CPU, for a hidden size of at least
     ``STREAMING_MIN_HIDDEN``, runs each layer with ``_LSTMLayer`` (2x faster training at the paper's 4096 on
     2 cores; README "Frozen work done once"). Other devices, smaller sizes, packed sequences, projections and bidirectional
-    LSTMs run torch's own kernels."""
+    LSTMs run torch's own kernels. An opt-in: the visual encoder builds it for ``lstm_impl="streaming"``."""
 
     def forward(self, input: Any, hx: tuple[torch.Tensor, torch.Tensor] | None = None) -> Any:  # noqa: A002
         if not self.streams(input):

@@ -12,6 +12,8 @@ from lightning_modules.components.lstm import StreamingLSTM
 from lightning_modules.components.vgg import VGGFeatureExtractor
 
 TEMPORAL_POOLS: tuple[str, ...] = ("lstm", "mean")
+# The LSTM's implementations, by ``lstm_impl``: the same parameters and equations, so a checkpoint loads in either
+LSTM_IMPLS: dict[str, type[nn.LSTM]] = {"torch": nn.LSTM, "streaming": StreamingLSTM}
 VISUAL_BACKBONES: dict[str, type[nn.Module]] = {"vgg": VGGFeatureExtractor, "face_cnn": FaceCNN}
 
 
@@ -57,6 +59,8 @@ class FaceSequenceEncoder(nn.Module):
             frames are kept for the backward pass regardless.
         temporal: "lstm" (the paper) or "mean": no LSTM, the segment feature is the mean of its frames'
             features (``out_dim`` = the CNN's), for clips of a few still frames (CK+48's apex frames).
+        lstm_impl: "torch" (nn.LSTM) or "streaming" (``StreamingLSTM``: on CPU, at a hidden size of at least
+            1024, its own pass over the recurrent weight per step; elsewhere torch's kernels).
     """
 
     def __init__(
@@ -67,15 +71,18 @@ class FaceSequenceEncoder(nn.Module):
         dropout: float = 0.0,
         frames_per_chunk: int = 160,
         temporal: str = "lstm",
+        lstm_impl: str = "torch",
     ) -> None:
         super().__init__()
         if frames_per_chunk < 1:
             raise ValueError(f"frames_per_chunk must be >= 1, got {frames_per_chunk}")
         if temporal not in TEMPORAL_POOLS:
             raise ValueError(f"temporal must be one of {TEMPORAL_POOLS}, got {temporal!r}")
+        if lstm_impl not in LSTM_IMPLS:
+            raise ValueError(f"lstm_impl must be one of {sorted(LSTM_IMPLS)}, got {lstm_impl!r}")
         self.cnn = cnn if isinstance(cnn, nn.Module) else visual_backbone(**cnn)
         self.frame_dropout = nn.Dropout(dropout)
-        self.lstm = None if temporal == "mean" else StreamingLSTM(
+        self.lstm = None if temporal == "mean" else LSTM_IMPLS[lstm_impl](
             self.cnn.out_dim,
             lstm_hidden,
             num_layers=lstm_layers,
