@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv clean-cache
+.PHONY: demo test test-fast lint venv clean-cache
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) train.py experiment=demo stage=all fold=all
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q tests/unit
 
 clean-cache:
 	rm -rf cache outputs

@@ -1,0 +1,34 @@
+"""Running the entry points as a user does: subprocesses with a clean environment."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers.paths import REPO
+
+TINY_AUDIO = {"model.audio.module.backbone.fc_dim": 32, "model.audio.trainer.max_epochs": 1}
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "AVER_AGENT_"))}
+    return {**environ, "WANDB_MODE": "offline", **extra}
+
+
+def run_checked(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def prepare_command(root: Path, cache: Path, workers: int) -> list[str]:
+    """``python prepare.py`` of the RAVDESS-layout corpus at ``root`` into ``cache``, with ``workers`` processes."""
+    return [sys.executable, "prepare.py", "data=ravdess", f"data.root={root}", f"paths.cache_dir={cache}",
+            f"data.preprocess_workers={workers}", "vad_plots=0"]
+
+
+def processed_now(output: str) -> int:
+    """How many clips one prepare.py run prepared itself (its report's ``processed now``)."""
+    return int(re.search(r"(\d+) processed now", output).group(1))
