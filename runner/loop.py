@@ -36,6 +36,8 @@ from runner.command_line import (
     other_overrides,
     task_overrides,
 )
+from callbacks.progress import Position, RunClock
+from runner.console import closing_lines, set_lightning_verbosity, wandb_notice
 from runner.fold_files import fold_dir
 from runner.run_tag import run_tag
 from runner.stage import PIPELINE, STAGES
@@ -65,16 +67,16 @@ class MismatchedFoldsError(ValueError):
     """A fold's metrics.json under the run folder was made with another fold split or seed than this run's."""
 
 
-def finish_cross_validation(cfg: DictConfig, summary: dict, agent: AgentRun | None, is_last: bool) -> None:
+def finish_cross_validation(cfg: DictConfig, summary: dict, agent: AgentRun | None, is_last: bool) -> Path:
     """After ``fold=all`` of one stage (rank zero): summary.json, its plots, the W&B cv-summary run (the
-    agent's run when ``is_last`` under ``wandb agent``) and a results.csv row."""
+    agent's run when ``is_last`` under ``wandb agent``) and a results.csv row; returns results.csv's path."""
     stage_dir = Path(cfg.paths.run_dir) / summary["stage"]
     atomic_write_text(json.dumps(summary, indent=2), stage_dir / "summary.json")
     plots = save_cv_summary_plots(summary, stage_dir)
     log_cv_summary_run(cfg, summary, plots, stage_dir, agent if is_last else None)
     results = Path(cfg.paths.output_dir) / summary["corpus"] / summary["cv"] / "results.csv"
     append_result(results, results_row(summary, str(cfg.tag), task_overrides(), Path(cfg.paths.run_dir)))
-    print(f"\n{results}:\n" + format_results_table(read_results(results), stage=summary["stage"]))
+    return results
 
 
 def summarises(cfg: DictConfig) -> bool:
@@ -114,13 +116,21 @@ def gather_fold_metrics(cfg: DictConfig, stage: str, datamodule: EmotionDataModu
     return metrics
 
 
+def stage_max_epochs(cfg: DictConfig, stage: str) -> int:
+    """The most epochs ``stage`` trains for: its ``model.<stage>.trainer.max_epochs``, else ``trainer.max_epochs``."""
+    return int((cfg.model[stage].get("trainer") or {}).get("max_epochs", cfg.trainer.max_epochs))
+
+
 def train_folds(cfg: DictConfig, stages: tuple[str, ...], datamodule: EmotionDataModule) -> dict[str, list[dict]]:
     """Train and test every requested (fold, stage) with ``cfg.seed``, fold by fold (fusion after its
-    extractors); each stage's metrics.json contents in fold order."""
+    extractors), each told its position in the run; each stage's metrics.json contents in fold order."""
     results: dict[str, list[dict]] = {stage: [] for stage in stages}
-    for fold in resolve_folds(cfg, datamodule):
-        for stage in stages:
-            results[stage].append(STAGES[stage].train(cfg, fold, datamodule))
+    folds = resolve_folds(cfg, datamodule)
+    clock = RunClock(stages, {stage: stage_max_epochs(cfg, stage) for stage in stages if stage in PIPELINE}, len(folds))
+    for fold_index, fold in enumerate(folds, 1):
+        for stage_index, stage in enumerate(stages, 1):
+            position = Position(stage_index, len(stages), fold_index, len(folds), clock)
+            results[stage].append(STAGES[stage].train(cfg, fold, datamodule, position))
     return results
 
 
@@ -128,7 +138,8 @@ def cross_validate(
     cfg: DictConfig, stages: tuple[str, ...], datamodule: EmotionDataModule, agent: AgentRun | None
 ) -> dict[str, dict]:
     """Every requested (fold, stage) with ``cfg.seed`` (or, for ``fold=summary``, their metrics.json as
-    separate jobs wrote them); the summary of each stage (summary.json etc. for ``fold=all|summary``)."""
+    separate jobs wrote them); the summary of each stage (summary.json, results.csv etc. for
+    ``fold=all|summary``)."""
     if str(cfg.fold) == SUMMARY:
         results = {stage: gather_fold_metrics(cfg, stage, datamodule) for stage in stages}
     else:
@@ -145,6 +156,20 @@ def cross_validate(
     return summaries
 
 
+def print_closing(cfg: DictConfig, stages: tuple[str, ...], folds: list[int], summaries: dict[str, dict]) -> None:
+    """On rank zero, the run's last lines: results.csv's rows of its stages (``fold=all|summary``), then
+    where its results are (``runner.console.closing_lines``)."""
+    if rank_zero_only.rank != 0:
+        return
+    results = None
+    if summarises(cfg):
+        first = next(iter(summaries.values()))
+        results = Path(cfg.paths.output_dir) / first["corpus"] / first["cv"] / "results.csv"
+        rows = [row for row in read_results(results) if row["stage"] in stages]
+        print(f"\n{results}:\n" + format_results_table(rows))
+    print("\n".join(closing_lines(cfg, stages, folds, results)), flush=True)
+
+
 def run(cfg: DictConfig) -> dict[str, dict]:
     """Run ``cfg.stage`` (one stage or ``all``) on ``cfg.fold`` (one fold or ``all``), once with ``seed`` or
     once per seed of ``seeds``; returns per stage its summary (one seed) or its seeds summary.
@@ -154,6 +179,7 @@ def run(cfg: DictConfig) -> dict[str, dict]:
     means, and the spread over seeds beside the spread over folds.
     """
     overrides = task_overrides()
+    set_lightning_verbosity(bool(cfg.get("verbose")))
     check_stage(str(cfg.stage), (*PIPELINE, "all", *(s for s in STAGES if s not in PIPELINE)), overrides)
     stages = PIPELINE if cfg.stage == "all" else (cfg.stage,)
     check_objective(cfg.objective)
@@ -173,8 +199,13 @@ def run(cfg: DictConfig) -> dict[str, dict]:
     for key, corpus in (("data", datamodule), ("test_data", datamodule.test_corpus)):
         if corpus is not None:
             index_corpus(key, corpus, overrides)
+    notice = wandb_notice(cfg)
+    if notice and rank_zero_only.rank == 0 and str(cfg.fold) != SUMMARY:
+        print(notice, flush=True)
     if not seeds:
-        return cross_validate(cfg, stages, datamodule, agent)
+        summaries = cross_validate(cfg, stages, datamodule, agent)
+        print_closing(cfg, stages, resolve_folds(cfg, datamodule), summaries)
+        return summaries
     base_tag, base_run_dir = str(cfg.tag), Path(cfg.paths.run_dir)
     per_seed: dict[str, list[dict]] = {stage: [] for stage in stages}
     for seed in seeds:
@@ -188,4 +219,6 @@ def run(cfg: DictConfig) -> dict[str, dict]:
             if summarises(cfg):
                 (base_run_dir / stage).mkdir(parents=True, exist_ok=True)
                 atomic_write_text(json.dumps(seeds_summary, indent=2), base_run_dir / stage / "seeds_summary.json")
+    cfg.tag = base_tag
+    print_closing(cfg, stages, resolve_folds(cfg, datamodule), seeds_summaries)
     return seeds_summaries

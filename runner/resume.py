@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.atomic import atomic_save
 from tracking.loggers import WANDB_ID_FILE
 
-SELECTION_KEYS = ("stage", "fold", "seeds", "resume", "keep_freed_memory")
+SELECTION_KEYS = ("stage", "fold", "seeds", "resume", "keep_freed_memory", "verbose")
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 SHOWN_KEYS = 6  # differing keys named in the "trained again" line
 

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.keep_early_stop import KeepEarlyStop
+from callbacks.progress import Position
 from callbacks.leakage import LeakageGuard
 from callbacks.seeded_state import TrainFromSeededState
 from datamodules.datamodule import EmotionDataModule
@@ -68,8 +69,8 @@ class NetworkStage:
     def prepare(self, cfg: DictConfig, module: EmotionModule, datamodule: EmotionDataModule) -> None:
         """What the module needs done to the data once it is built (nothing here)."""
 
-    def train(self, cfg: DictConfig, fold: int, datamodule: EmotionDataModule) -> dict:
-        return train_stage(cfg, self, fold, datamodule)
+    def train(self, cfg: DictConfig, fold: int, datamodule: EmotionDataModule, position: Position | None = None) -> dict:
+        return train_stage(cfg, self, fold, datamodule, position)
 
 
 class VisualStage(NetworkStage):
@@ -101,7 +102,8 @@ class BaselineStage:
 
     name = "baseline"
 
-    def train(self, cfg: DictConfig, fold: int, datamodule: EmotionDataModule) -> dict:
+    def train(self, cfg: DictConfig, fold: int, datamodule: EmotionDataModule, position: Position | None = None) -> dict:
+        """Fit and test the SVM of ``fold`` (no epochs: ``position`` is not shown)."""
         from runner.baseline import (
             train_baseline,  # scikit-learn and openSMILE load only when asked for
         )
@@ -141,12 +143,15 @@ def upstream_change(data: L.LightningDataModule, out: Path) -> str | None:
     return None
 
 
-def train_stage(cfg: DictConfig, stage: NetworkStage, fold: int, datamodule: EmotionDataModule) -> dict:
+def train_stage(
+    cfg: DictConfig, stage: NetworkStage, fold: int, datamodule: EmotionDataModule, position: Position | None = None
+) -> dict:
     """Train ``stage`` on ``fold``, choose its checkpoint on validation clips, test it, write metrics.json.
 
     A fold finished with the same config is skipped and an unfinished one goes on from its last.ckpt
     (``resume``, runner/resume.py). With ``test_only=true`` the fold's existing best.ckpt is
     evaluated without training (for instance on another number of devices: the metrics are the same).
+    ``position``: where this run is in the command, for the progress lines.
     """
     out = fold_dir(cfg, stage.name, fold)
     test_only = bool(cfg.get("test_only"))
@@ -165,16 +170,19 @@ def train_stage(cfg: DictConfig, stage: NetworkStage, fold: int, datamodule: Emo
             clear_fold(out)
         # a test-only run keeps the training run's config.yaml
         write_fold_files(cfg, out, provenance, "test_config.yaml" if test_only else "config.yaml")
-        return fit_and_test(cfg, stage, fold, datamodule, data, provenance, plan.checkpoint, test_only=test_only)
+        return fit_and_test(
+            cfg, stage, fold, datamodule, data, provenance, plan.checkpoint, test_only=test_only, position=position
+        )
 
 
 def fit_and_test(
     cfg: DictConfig, stage: NetworkStage, fold: int, datamodule: EmotionDataModule, data: L.LightningDataModule,
-    provenance: dict, resume_from: Path | None, *, test_only: bool,
+    provenance: dict, resume_from: Path | None, *, test_only: bool, position: Position | None = None,
 ) -> dict:
     """Fit ``data`` (the corpus ``datamodule`` itself, or the fusion stage's features of it) from
     ``resume_from`` when given, not at all with ``test_only``; then validate and test the checkpoint chosen
-    on ``objective.metric`` over the validation subjects (the ``val`` and ``test`` blocks of metrics.json)."""
+    on ``objective.metric`` over the validation subjects (the ``val`` and ``test`` blocks of metrics.json).
+    Lightning's per-split metric tables are printed under ``verbose=true`` only."""
     out, stage_cfg = fold_dir(cfg, stage.name, fold), cfg.model[stage.name]
     L.seed_everything(cfg.seed + fold, workers=True)  # the module's initial weights
     module = instantiate(
@@ -184,7 +192,7 @@ def fit_and_test(
     subjects = subjects_of_fold(datamodule)
     logger = build_logger(cfg, stage=stage.name, fold=fold, out_dir=out, resume=resume_from is not None)
     context = {"dirpath": str(out / "checkpoints"), "out_dir": str(out), "stage": stage.name, "fold": fold,
-               "test_subjects": subjects["test"]}
+               "test_subjects": subjects["test"], "position": position}
     seeded_state = TrainFromSeededState()
     callbacks = [*build_callbacks(cfg.callbacks, context, has_logger=logger is not False), seeded_state,
                  KeepEarlyStop(), LeakageGuard(datamodule)]
@@ -203,8 +211,9 @@ def fit_and_test(
             expected = best_checkpoint(cfg, stage.name, fold)
             if best and Path(best).resolve() != expected.resolve():
                 raise RuntimeError(f"checkpoint saved as {best}; expected {expected}")
-        trainer.validate(module, datamodule=data, ckpt_path=best)
-        trainer.test(module, datamodule=data, ckpt_path=best)
+        verbose = bool(cfg.get("verbose"))
+        trainer.validate(module, datamodule=data, ckpt_path=best, verbose=verbose)
+        trainer.test(module, datamodule=data, ckpt_path=best, verbose=verbose)
         failed = False
     finally:
         finish_logger(logger, failed)
@@ -240,7 +249,7 @@ def build_callbacks(callbacks_cfg: DictConfig, context: dict[str, Any], has_logg
     """Instantiate the configured callbacks of one (stage, fold) run.
 
     A parameter of the ``_target_`` (a class or a factory function) named like a ``context`` key
-    (``dirpath``, ``out_dir``, ``stage``, ``fold``, ``test_subjects``) and not set in the config receives the
+    (``dirpath``, ``out_dir``, ``stage``, ``fold``, ``test_subjects``, ``position``) and not set in the config receives the
     run's value. ``null`` entries are skipped, and so is the learning-rate monitor under ``logger=none`` (it
     has nowhere to log).
     """
@@ -253,5 +262,5 @@ def build_callbacks(callbacks_cfg: DictConfig, context: dict[str, Any], has_logg
             continue
         parameters = inspect.signature(target).parameters
         extra = {name: value for name, value in context.items() if name in parameters and name not in node}
-        callbacks.append(instantiate(node, **extra))
+        callbacks.append(instantiate(node, _partial_=True)(**extra))  # context values passed as they are, not as config
     return callbacks

@@ -14,6 +14,7 @@ A row holds ``fold``, the subjects and clip counts of its split and the metrics 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -129,7 +130,8 @@ def summarize_seeds(per_seed: Sequence[Mapping]) -> dict:
 
 def format_summary_table(summary: Mapping) -> str:
     """The per-fold table a researcher reads at the end of a cross-validation: the validation objective
-    that selected each fold's checkpoint, then the test metrics."""
+    that selected each fold's checkpoint, then the test metrics; every test subject, wrapped over lines, and
+    the spread over folds when there are several."""
     objective = summary["objective"]
     objective_key, _ = check_objective(objective)
     header = (f"{'fold':>6} {'test subjects':<20} {'clips':>5} {objective['metric']:>14} {'seg acc':>8} "
@@ -137,14 +139,18 @@ def format_summary_table(summary: Mapping) -> str:
     seed = f" / seed {summary['seed']}" if summary.get("seed") is not None else ""
     lines = [f"{summary['corpus']} / {summary['cv']} / {summary['stage']}{seed}", header, "-" * len(header)]
     for val_row, row in zip(summary["val"]["folds"], summary["test"]["folds"]):
+        subjects = textwrap.wrap(", ".join(row["subjects"]), 20, break_long_words=False) or [""]
         lines.append(
-            f"{row['fold']:>6} {','.join(row['subjects'])[:20]:<20} {row['n_clips']:>5} "
+            f"{row['fold']:>6} {subjects[0]:<20} {row['n_clips']:>5} "
             f"{val_row[objective_key]:>14.3f} {row['segment_accuracy']:>8.3f} {row['video_accuracy']:>9.3f} "
             f"{row['video_uar']:>9.3f}"
         )
+        lines.extend(f"{'':>6} {part}" for part in subjects[1:])
     lines.append("-" * len(header))
-    for label, stats, val_stats in (("mean", summary["test"]["mean"], summary["val"]["mean"]),
-                                    ("± std", summary["test"]["std"], summary["val"]["std"])):
+    spreads = [("mean", summary["test"]["mean"], summary["val"]["mean"])]
+    if len(summary["test"]["folds"]) > 1:
+        spreads.append(("± std", summary["test"]["std"], summary["val"]["std"]))
+    for label, stats, val_stats in spreads:
         lines.append(
             f"{label:>6} {'over folds':<20} {'':>5} {val_stats[objective_key]:>14.3f} "
             f"{stats['segment_accuracy']:>8.3f} {stats['video_accuracy']:>9.3f} {stats['video_uar']:>9.3f}"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
-from callbacks.progress import EpochLines
+from callbacks.progress import EpochLines, Position, RunClock, clock_time
 from datamodules.clips import PAPER_EMOTIONS
 from runner.loop import MissingFoldsError, run
 from runner.stage import build_callbacks
@@ -39,7 +39,8 @@ def test_folds_as_submitit_jobs_summarise_as_one_cross_validation(tiny_demo, tmp
     logs = sorted((jobs / "_hydra" / "multirun").glob("*/*/.submitit/*/*_log.out"))
     assert len(logs) == 2  # each fold ran in its own submitit process, whose stdout is a file
     for log in logs:
-        assert re.search(r"^stage audio fold [01] epoch 2/2: train loss \d\.\d{3}, .*val video acc \d\.\d{3} \| \d+ s$",
+        assert re.search(r"^stage audio \(1/1\), fold ([01]) \(\d/1\), epoch 2/2: train loss \d\.\d{3}, .*val video acc "
+                         r"\d\.\d{3} \| \d+ s, fold ~0 s left$",
                          log.read_text(), re.MULTILINE), log.read_text()[-2000:]
 
     gathered = run(compose_train([*tiny_demo, *TWO_FOLDS, f"paths.output_dir={jobs}", "fold=summary"]))["audio"]
@@ -117,5 +118,41 @@ def test_the_progress_bar_is_a_plain_line_per_epoch_when_stdout_is_not_a_termina
         metrics = {"train/loss_epoch": torch.tensor(1.5), "train/loss_step": torch.tensor(9.0),
                    "train/acc": torch.tensor(0.25), "val/loss": torch.tensor(1.25), "val/video_acc": torch.tensor(0.5)}
         trainer = SimpleNamespace(callback_metrics=metrics, max_epochs=15, current_epoch=2)
-        assert re.fullmatch(r"stage audio fold 3 epoch 3/15: train loss 1\.500, train acc 0\.250, val loss 1\.250, "
-                            r"val video acc 0\.500 \| \d+ s", bar.epoch_line(trainer))
+        assert re.fullmatch(r"stage audio, fold 3, epoch 3/15: train loss 1\.500, train acc 0\.250, val loss 1\.250, "
+                            r"val video acc 0\.500 \| \d+ s, fold ~\d+ s left", bar.epoch_line(trainer))
+
+
+def test_an_epoch_line_says_where_the_run_is_and_how_long_it_has_left():
+    clock = RunClock(("audio", "visual", "fusion"), {"audio": 10, "visual": 4, "fusion": 20}, fold_count=3)
+    clock.epoch_seconds = {"audio": [6.0, 6.0], "visual": [30.0]}
+    bar = EpochLines("visual", 1, Position(stage=2, stages=3, fold=2, folds=3, clock=clock))
+    trainer = SimpleNamespace(callback_metrics={"val/loss": torch.tensor(1.0)}, max_epochs=4, current_epoch=0)
+    bar._first_epoch = 0
+    bar._start -= 30
+    # left: 3 visual epochs of this fold, its fusion (20 epochs at the mean epoch of all seen, 14 s), then
+    # the last fold's audio, visual and fusion: 90 + 280 + 60 + 120 + 280 s = 13:50
+    assert re.fullmatch(r"stage visual \(2/3\), fold 1 \(2/3\), epoch 1/4: val loss 1\.000 \| 30 s, "
+                        r"fold ~1:30 left, run ~13:50 left", bar.epoch_line(trainer))
+    assert clock_time(3725) == "1:02:05"
+
+
+
+@pytest.mark.slow
+def test_a_training_run_prints_its_position_and_ends_with_where_its_results_are(tiny_demo, tmp_path):
+    argv = [sys.executable, "train.py", *tiny_demo, *TWO_FOLDS, "logger=wandb", f"paths.output_dir={tmp_path}", "fold=all"]
+    output = run_checked(argv, clean_environ()).stdout
+    run_dir = tmp_path / "demo" / "kfold"
+    for fold, position in (("0", "1/2"), ("1", "2/2")):
+        assert re.search(rf"^stage audio \(1/1\), fold {fold} \({position}\), epoch 2/2: .* \| \d+ s, fold ~0 s left, "
+                         rf"run ~\d+ s left$", output, re.MULTILINE), output
+    for noise in ("Tip", "GPU available", "Restoring states", "Test metric", "Validate metric", "┏"):
+        assert noise not in output, noise
+    assert output.count("results.csv:") == 1
+    assert "± std" in output
+    closing = output[output.index("Results of this run:"):].splitlines()
+    assert closing[0] == f"Results of this run: {run_dir}"
+    assert f"summary {run_dir / 'audio' / 'summary.json'}" in closing[1]
+    assert str(run_dir / "audio" / "fold_1" / "plots") in closing[1]
+    assert closing[2] == f"  results table (every run of this corpus and cv): {run_dir / 'results.csv'}"
+    assert f"wandb sync {run_dir}/*/fold_*/wandb/offline-run-*" in closing[3]
+    assert output.count("W&B runs are written offline to") == 1
