@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from runner.command_line import check_choices, one_line_errors, with_corpus_experiment
+from runner.unread_keys import check_overrides
 
 os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
@@ -44,4 +45,6 @@ if __name__ == "__main__":
     with one_line_errors():  # before Hydra, whose own message for an unknown config name has no command
         check_choices(sys.argv[1:], config_dir)
     sys.argv[1:] = with_corpus_experiment(sys.argv[1:], config_dir)  # data=ravdess runs experiment=ravdess_audio
+    with one_line_errors():
+        check_overrides(sys.argv[1:], config_dir)
     main()
