@@ -32,3 +32,18 @@ def prepare_command(root: Path, cache: Path, workers: int) -> list[str]:
 def processed_now(output: str) -> int:
     """How many clips one prepare.py run prepared itself (its report's ``processed now``)."""
     return int(re.search(r"(\d+) processed now", output).group(1))
+
+
+def failing_train_py(args: list[str], **env: str) -> str:
+    """stderr of ``python train.py <args>``, which must fail with status 1."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))} | env
+    result = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=environ, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1, f"train.py {' '.join(args)} did not fail:\n{result.stdout[-2000:]}{result.stderr}"
+    return result.stderr
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, f"expected one line, got:\n{stderr}"
+    return lines[0]

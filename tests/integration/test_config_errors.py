@@ -2,9 +2,6 @@
 instead of a traceback, before any fold folder or demo corpus is made."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,21 +10,7 @@ import torch
 from runner.command_line import ConfigError, check_choices, train_command
 from tests.helpers.configs import small_demo_overrides
 from tests.helpers.paths import REPO
-
-
-def failing_train_py(args: list[str], **env: str) -> str:
-    """stderr of ``python train.py <args>``, which must fail with status 1."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))} | env
-    result = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=environ, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 1, f"train.py {' '.join(args)} did not fail:\n{result.stdout[-2000:]}{result.stderr}"
-    return result.stderr
-
-
-def one_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in stderr, f"expected one line, got:\n{stderr}"
-    return lines[0]
+from tests.helpers.processes import failing_train_py, one_line
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from conftest import REPO
 from runner.command_line import ConfigError
 from runner.unread_keys import check_overrides
-from test_config_errors import failing_train_py, one_line
+from tests.helpers.paths import REPO
+from tests.helpers.processes import failing_train_py, one_line
 
 CONFIGS = REPO / "configs"
 EXPERIMENTS = sorted(path.stem for path in (CONFIGS / "experiment").glob("*.yaml"))
