@@ -6,6 +6,7 @@
 Follow it: configs/predict.yaml -> runner/prediction/inference.py (predict) -> datamodules/recordings.py
 (the training pipeline's steps on each file) and tracking/plots.py (timeline_figure).
 """
+
 import os
 from pathlib import Path
 

@@ -6,6 +6,7 @@
 Follow it: configs/train.yaml -> runner/loop.py (run) -> runner/stage.py (train_stage, fit_and_test)
 -> datamodules/datamodule.py (data) and lightning_modules/{audio,visual,fusion}_module.py (loss).
 """
+
 import os
 import sys
 import warnings

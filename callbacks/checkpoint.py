@@ -1,8 +1,9 @@
 """The best checkpoint's monitor: the validation objective, with ties broken by a second validation metric."""
+
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import lightning as L
 import numpy as np
@@ -45,8 +46,9 @@ class SelectionScore(L.Callback):
         tie_break_mode: "max" or "min" for ``tie_break``.
     """
 
-    def __init__(self, metric: str, mode: str = "max", tie_break: str | None = None,
-                 tie_break_mode: str = "min") -> None:
+    def __init__(
+        self, metric: str, mode: str = "max", tie_break: str | None = None, tie_break_mode: str = "min"
+    ) -> None:
         self.metric, self.mode = metric, mode
         self.tie_break, self.tie_break_mode = tie_break, tie_break_mode
 

@@ -1,5 +1,6 @@
 """Per-fold test accuracy: a W&B table row per fold run (the cross-validation summary run is
 ``tracking/cv_summary_run.py``)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

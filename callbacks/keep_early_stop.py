@@ -1,4 +1,5 @@
 """Early stopping that holds across a resume."""
+
 from __future__ import annotations
 
 import lightning as L

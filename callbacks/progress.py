@@ -4,6 +4,7 @@ A rich (or tqdm) bar redraws one line in place; when stdout is a file (a SLURM j
 that writes nothing readable for minutes, then a wall of control codes. ``progress_bar`` picks the bar
 on a terminal and ``EpochLines`` elsewhere, by ``sys.stdout.isatty()``.
 """
+
 from __future__ import annotations
 
 import time
@@ -58,7 +59,7 @@ class RunClock:
     def left(self, position: Position, epochs_left: int) -> float | None:
         """Seconds to the end of the run from ``position`` with ``epochs_left`` epochs of its fit to go."""
         current = self.stages[position.stage - 1]
-        later = [*self.stages[position.stage:], *self.stages * (position.folds - position.fold)]
+        later = [*self.stages[position.stage :], *self.stages * (position.folds - position.fold)]
         rates = {stage: self.seconds_per_epoch(stage) for stage in {current, *later}}
         if None in rates.values():
             return None

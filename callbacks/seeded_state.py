@@ -1,4 +1,5 @@
 """Training starts from the random state captured before ``fit``: the same numbers on a cold or warm cache."""
+
 from __future__ import annotations
 
 import random

@@ -3,6 +3,7 @@
 The lowest layer of the project's file writing (caches, reports, checkpoints): it imports nothing from the
 project.
 """
+
 from __future__ import annotations
 
 import os

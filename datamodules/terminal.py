@@ -4,6 +4,7 @@ Every progress output (training's bar, preprocessing's and prediction's clip cou
 a bar redrawn in place reads well on a terminal, and a log file (a SLURM job, ``nohup``, ``> log``) wants
 whole lines instead. The lowest layer: it imports nothing from the project.
 """
+
 from __future__ import annotations
 
 import sys

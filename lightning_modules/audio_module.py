@@ -1,7 +1,9 @@
 """Audio network, §3.2: MFCC images -> VGG19 fc7 (4096-D) -> segment emotion; or a statistics-pooling TDNN."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +18,6 @@ from lightning_modules.components.vgg import (
     VGGFeatureExtractor,
     preprocess_uint8_images,
 )
-
 
 AUDIO_BACKBONES: dict[str, type[nn.Module]] = {"vgg": VGGFeatureExtractor, "tdnn": StatsPoolTDNN}
 

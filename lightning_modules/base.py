@@ -1,9 +1,10 @@
 """Training, evaluation and optimisation shared by the audio, visual and fusion LightningModules."""
+
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from typing import Any, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -86,9 +87,9 @@ class EmotionModule(L.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
         self.num_classes = num_classes
-        self.class_names = [str(name) for name in class_names] if class_names is not None else [
-            str(i) for i in range(num_classes)
-        ]
+        self.class_names = (
+            [str(name) for name in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
+        )
         self.optimizer_name, self.lr, self.weight_decay, self.momentum = optimizer, lr, weight_decay, momentum
         self.scheduler_name, self.scheduler_patience = scheduler, scheduler_patience
         self.label_smoothing = label_smoothing
@@ -135,9 +136,7 @@ class EmotionModule(L.LightningModule):
             loss = self._training_loss(logits, labels)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
         batch_size = labels.shape[0]
-        self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=batch_size
-        )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=batch_size)
         self.log("train/acc", accuracy, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
         return loss
 

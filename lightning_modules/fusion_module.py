@@ -1,7 +1,9 @@
 """Fusion network, §3.4: precomputed audio and visual segment features -> attention DNN (Eq. 5-7)."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -4,6 +4,7 @@ sweeps, and its name in metrics.json and summary.json.
 Model selection reads a *validation* metric only: ``objective.metric`` (default ``val/video_uar``), named as
 ``EmotionModule`` logs it. Test metrics are reported beside it and never optimised.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -47,6 +48,10 @@ def check_objective(objective: Mapping) -> tuple[str, str]:
     """(summary metric name, mode) of ``objective`` = {metric: "val/<logged name>", mode: max|min}; its
     ``tie_break`` (the checkpoint's second criterion), when set, is held to the same rules."""
     if objective.get("tie_break") is not None:
-        check_selection_metric(str(objective["tie_break"]), str(objective.get("tie_break_mode", "min")),
-                               "objective.tie_break", "objective.tie_break_mode")
+        check_selection_metric(
+            str(objective["tie_break"]),
+            str(objective.get("tie_break_mode", "min")),
+            "objective.tie_break",
+            "objective.tie_break_mode",
+        )
     return check_selection_metric(str(objective["metric"]), str(objective["mode"]))

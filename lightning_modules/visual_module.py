@@ -1,8 +1,9 @@
 """Visual network, §3.3: 20 face crops per segment -> VGG19 fc7 per frame -> LSTM (4096-D) -> segment emotion."""
+
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,7 +66,12 @@ class VisualModule(EmotionModule):
         self.input_mean, self.input_std = input_mean, input_std
         self.augment, self.augments = FaceAugment(**face_augment), bool(face_augment)
         self.encoder = FaceSequenceEncoder(
-            visual_backbone(**backbone), lstm_hidden, lstm_layers, lstm_dropout, frames_per_chunk, temporal,
+            visual_backbone(**backbone),
+            lstm_hidden,
+            lstm_layers,
+            lstm_dropout,
+            frames_per_chunk,
+            temporal,
             lstm_impl=lstm_impl,
         )
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.encoder.out_dim, num_classes))
@@ -98,5 +104,9 @@ class VisualModule(EmotionModule):
         the content of the frozen weights (so a retrained or other backbone never reads stale features)."""
         cnn = self.encoder.cnn
         frozen = cnn.features if cnn.frozen_layer == "pool5" else cnn
-        return {"layer": cnn.frozen_layer, "input_mean": self.input_mean, "input_std": self.input_std,
-                "weights": tensor_digest(frozen.state_dict().values())}
+        return {
+            "layer": cnn.frozen_layer,
+            "input_mean": self.input_mean,
+            "input_std": self.input_std,
+            "weights": tensor_digest(frozen.state_dict().values()),
+        }

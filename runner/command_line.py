@@ -12,6 +12,7 @@ choice (its documented restriction on interpolated defaults), so ``train.py`` ad
 ``experiment=<the corpus's>`` to the command line before Hydra composes it, and says so. An ``experiment=`` on
 the command line always wins; a sweep over corpora (``data=a,b``) is left as it is.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -32,8 +33,15 @@ if TYPE_CHECKING:
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 # what a CPU run leaves out of a GPU command
-DEVICE_KEYS = ("trainer", "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
-               "trainer.precision", "trainer.sync_batchnorm")
+DEVICE_KEYS = (
+    "trainer",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.precision",
+    "trainer.sync_batchnorm",
+)
 
 
 class ConfigError(ValueError):
@@ -61,8 +69,11 @@ def override_key(override: str) -> str:
 def train_command(overrides: Sequence[str], changes: Mapping[str, str | None], program: str = "train.py") -> str:
     """``try: python <program> <overrides>`` with the keys of ``changes`` set to their values in place
     (appended when absent) or, for None, left out."""
-    args = [o if override_key(o) not in changes else f"{o.partition('=')[0]}={changes[override_key(o)]}"
-            for o in overrides if changes.get(override_key(o), "") is not None]
+    args = [
+        o if override_key(o) not in changes else f"{o.partition('=')[0]}={changes[override_key(o)]}"
+        for o in overrides
+        if changes.get(override_key(o), "") is not None
+    ]
     given = {override_key(o) for o in overrides}
     args += [f"{key}={value}" for key, value in changes.items() if value is not None and key not in given]
     return " ".join([f"try: python {program}", *args])
@@ -206,6 +217,8 @@ def with_corpus_experiment(args: Sequence[str], config_dir: Path) -> list[str]:
     if experiment is None:
         return list(args)
     at = next(i for i, arg in enumerate(args) if override_key(arg) == "data" and "=" in arg) + 1
-    print(f"{args[at - 1].lstrip('+')}: experiment={experiment}, the corpus's recipe "
-          f"(configs/{CORPUS_EXPERIMENTS}; name another experiment= to change it)")
+    print(
+        f"{args[at - 1].lstrip('+')}: experiment={experiment}, the corpus's recipe "
+        f"(configs/{CORPUS_EXPERIMENTS}; name another experiment= to change it)"
+    )
     return [*args[:at], f"experiment={experiment}", *args[at:]]

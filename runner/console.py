@@ -1,5 +1,6 @@
 """What ``train.py`` prints besides its epoch lines and tables: Lightning's own lines (off unless
 ``verbose=true``), a word on where offline W&B runs go, and the closing lines naming where the results are."""
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,10 @@ def wandb_notice(cfg: DictConfig) -> str | None:
     """Where this run's offline W&B runs are written and how to see them; None when not offline W&B."""
     if not offline_wandb(cfg):
         return None
-    return (f"W&B runs are written offline to {cfg.paths.run_dir}/<stage>/fold_<K>/wandb/ (nothing is uploaded); "
-            f"to view them on wandb.ai run `wandb login` once, then `{wandb_sync_command(Path(cfg.paths.run_dir))}`")
+    return (
+        f"W&B runs are written offline to {cfg.paths.run_dir}/<stage>/fold_<K>/wandb/ (nothing is uploaded); "
+        f"to view them on wandb.ai run `wandb login` once, then `{wandb_sync_command(Path(cfg.paths.run_dir))}`"
+    )
 
 
 def _paths(paths: Sequence[Path]) -> str:

@@ -1,5 +1,6 @@
 """A (stage, fold) run's folder and the records written in it: ``config.yaml``, ``fold.json`` (what it was
 trained on) and the checks that the fusion stage's extractors were trained on the same split."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.atomic import atomic_write_text
 from datamodules.corpora import natural_key
 from datamodules.datamodule import EmotionDataModule
-from datamodules.atomic import atomic_write_text
 from runner.command_line import other_overrides
 
 
@@ -38,9 +39,7 @@ def upstream_checkpoints(cfg: DictConfig, fold: int, overrides: list[str] | None
     missing = [stage for stage, path in paths.items() if not path.exists()]
     if missing:
         kept = other_overrides(overrides or [])
-        commands = "\n".join(
-            f"  python train.py {' '.join([f'stage={s}', f'fold={fold}', *kept])}" for s in missing
-        )
+        commands = "\n".join(f"  python train.py {' '.join([f'stage={s}', f'fold={fold}', *kept])}" for s in missing)
         raise MissingCheckpointError(
             f"stage=fusion fold={fold} needs the {' and '.join(missing)} extractor checkpoint(s) "
             f"{', '.join(str(paths[s]) for s in missing)}; run first:\n{commands}"

@@ -13,6 +13,7 @@ e.g. on a cluster, shares the plain run folder).
 Under DDP every rank runs this same sequence of folds and stages (Lightning re-launches the script on
 each rank), so the trainers meet; files and W&B runs are written by rank zero only.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from datamodules.datamodule import EmotionDataModule
+from callbacks.progress import Position, RunClock
 from datamodules.atomic import atomic_write_text
+from datamodules.datamodule import EmotionDataModule
 from lightning_modules.objective import check_objective
 from runner.command_line import (
     check_accelerator,
@@ -36,7 +38,6 @@ from runner.command_line import (
     other_overrides,
     task_overrides,
 )
-from callbacks.progress import Position, RunClock
 from runner.console import closing_lines, set_lightning_verbosity, wandb_notice
 from runner.fold_files import fold_dir
 from runner.run_tag import run_tag

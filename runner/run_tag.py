@@ -1,5 +1,6 @@
 """The run's ``tag``: the folder of its outputs under ``<corpus>/<cv>/``, so that runs of different
 configurations never share one."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,6 +6,7 @@ fusion stage on the features of the fold's two extractors, the classical baselin
 (stage, fold) run writes ``<run_dir>/<stage>/fold_<K>/`` with ``config.yaml``, ``fold.json``,
 ``checkpoints/best.ckpt`` and ``last.ckpt``, ``metrics.json`` and ``plots/``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -21,13 +22,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.keep_early_stop import KeepEarlyStop
-from callbacks.progress import Position
 from callbacks.leakage import LeakageGuard
+from callbacks.progress import Position
 from callbacks.seeded_state import TrainFromSeededState
+from datamodules.atomic import atomic_write_text
 from datamodules.datamodule import EmotionDataModule
 from datamodules.feature_cache import Extractor, FeatureCache
 from datamodules.features import FeatureDataModule, file_digest
-from datamodules.atomic import atomic_write_text
 from lightning_modules.audio_module import AudioModule
 from lightning_modules.base import EmotionModule
 from lightning_modules.visual_module import VisualModule
@@ -61,7 +62,9 @@ class NetworkStage:
     def __init__(self, name: str, inputs: tuple[str, ...]) -> None:
         self.name, self.inputs = name, inputs
 
-    def data(self, cfg: DictConfig, fold: int, datamodule: EmotionDataModule, provenance: dict) -> L.LightningDataModule:
+    def data(
+        self, cfg: DictConfig, fold: int, datamodule: EmotionDataModule, provenance: dict
+    ) -> L.LightningDataModule:
         """The data this stage trains on: the corpus's segments with the stage's inputs."""
         datamodule.inputs, datamodule.batch_size = self.inputs, cfg.model[self.name].batch_size
         return datamodule
@@ -69,7 +72,9 @@ class NetworkStage:
     def prepare(self, cfg: DictConfig, module: EmotionModule, datamodule: EmotionDataModule) -> None:
         """What the module needs done to the data once it is built (nothing here)."""
 
-    def train(self, cfg: DictConfig, fold: int, datamodule: EmotionDataModule, position: Position | None = None) -> dict:
+    def train(
+        self, cfg: DictConfig, fold: int, datamodule: EmotionDataModule, position: Position | None = None
+    ) -> dict:
         return train_stage(cfg, self, fold, datamodule, position)
 
 
@@ -83,7 +88,9 @@ class VisualStage(NetworkStage):
 class FusionStage(NetworkStage):
     """Attention fusion over the features of the fold's trained audio and visual extractors."""
 
-    def data(self, cfg: DictConfig, fold: int, datamodule: EmotionDataModule, provenance: dict) -> L.LightningDataModule:
+    def data(
+        self, cfg: DictConfig, fold: int, datamodule: EmotionDataModule, provenance: dict
+    ) -> L.LightningDataModule:
         """The features of the fold's audio and visual extractors (refused when missing or of another fold split)."""
         audio_ckpt, visual_ckpt = upstream_checkpoints(cfg, fold, task_overrides())
         check_upstream_provenance(provenance, {"audio": audio_ckpt, "visual": visual_ckpt}, task_overrides())
@@ -91,9 +98,16 @@ class FusionStage(NetworkStage):
         checkpoints = {"audio": (AudioModule, audio_ckpt), "visual": (VisualModule, visual_ckpt)}
         return FeatureDataModule(
             datamodule,
-            {name: partial(frozen_extractor, module_class, path, precision) for name, (module_class, path) in checkpoints.items()},
-            {name: {"checkpoint": file_digest(path), "precision": precision} for name, (_, path) in checkpoints.items()},
-            fold_dir(cfg, self.name, fold) / "features", batch_size=cfg.model[self.name].batch_size,
+            {
+                name: partial(frozen_extractor, module_class, path, precision)
+                for name, (module_class, path) in checkpoints.items()
+            },
+            {
+                name: {"checkpoint": file_digest(path), "precision": precision}
+                for name, (_, path) in checkpoints.items()
+            },
+            fold_dir(cfg, self.name, fold) / "features",
+            batch_size=cfg.model[self.name].batch_size,
         )
 
 
@@ -102,7 +116,9 @@ class BaselineStage:
 
     name = "baseline"
 
-    def train(self, cfg: DictConfig, fold: int, datamodule: EmotionDataModule, position: Position | None = None) -> dict:
+    def train(
+        self, cfg: DictConfig, fold: int, datamodule: EmotionDataModule, position: Position | None = None
+    ) -> dict:
         """Fit and test the SVM of ``fold`` (no epochs: ``position`` is not shown)."""
         from runner.baseline import (
             train_baseline,  # scikit-learn and openSMILE load only when asked for
@@ -139,7 +155,9 @@ def upstream_change(data: L.LightningDataModule, out: Path) -> str | None:
     retrained since), or None."""
     has_results = (out / "metrics.json").exists() or (out / LAST_CHECKPOINT).exists()
     if isinstance(data, FeatureDataModule) and has_results and not data.cache_is_current:
-        return f"its audio or visual extractor changed since ({data.cache_root.name}/ holds other checkpoints' features)"
+        return (
+            f"its audio or visual extractor changed since ({data.cache_root.name}/ holds other checkpoints' features)"
+        )
     return None
 
 
@@ -176,8 +194,16 @@ def train_stage(
 
 
 def fit_and_test(
-    cfg: DictConfig, stage: NetworkStage, fold: int, datamodule: EmotionDataModule, data: L.LightningDataModule,
-    provenance: dict, resume_from: Path | None, *, test_only: bool, position: Position | None = None,
+    cfg: DictConfig,
+    stage: NetworkStage,
+    fold: int,
+    datamodule: EmotionDataModule,
+    data: L.LightningDataModule,
+    provenance: dict,
+    resume_from: Path | None,
+    *,
+    test_only: bool,
+    position: Position | None = None,
 ) -> dict:
     """Fit ``data`` (the corpus ``datamodule`` itself, or the fusion stage's features of it) from
     ``resume_from`` when given, not at all with ``test_only``; then validate and test the checkpoint chosen
@@ -191,11 +217,21 @@ def fit_and_test(
     stage.prepare(cfg, module, datamodule)
     subjects = subjects_of_fold(datamodule)
     logger = build_logger(cfg, stage=stage.name, fold=fold, out_dir=out, resume=resume_from is not None)
-    context = {"dirpath": str(out / "checkpoints"), "out_dir": str(out), "stage": stage.name, "fold": fold,
-               "test_subjects": subjects["test"], "position": position}
+    context = {
+        "dirpath": str(out / "checkpoints"),
+        "out_dir": str(out),
+        "stage": stage.name,
+        "fold": fold,
+        "test_subjects": subjects["test"],
+        "position": position,
+    }
     seeded_state = TrainFromSeededState()
-    callbacks = [*build_callbacks(cfg.callbacks, context, has_logger=logger is not False), seeded_state,
-                 KeepEarlyStop(), LeakageGuard(datamodule)]
+    callbacks = [
+        *build_callbacks(cfg.callbacks, context, has_logger=logger is not False),
+        seeded_state,
+        KeepEarlyStop(),
+        LeakageGuard(datamodule),
+    ]
     trainer: L.Trainer = instantiate(
         cfg.trainer, **stage_cfg.get("trainer", {}), callbacks=callbacks, logger=logger, default_root_dir=str(out)
     )
@@ -218,7 +254,10 @@ def fit_and_test(
     finally:
         finish_logger(logger, failed)
     val, test = split_metrics(module.last_eval["val"]), split_metrics(module.last_eval["test"])
-    metrics = {**fold_metrics(provenance, subjects, OmegaConf.to_container(cfg.objective), val, test), "best_checkpoint": best}
+    metrics = {
+        **fold_metrics(provenance, subjects, OmegaConf.to_container(cfg.objective), val, test),
+        "best_checkpoint": best,
+    }
     if trainer.is_global_zero:
         atomic_write_text(json.dumps(metrics, indent=2), out / "metrics.json")
     return metrics

@@ -21,6 +21,7 @@ Each mistake is a ``ConfigError`` naming the key, the nearest existing keys (``d
 config's dotted keys) and a command that works. Multirun command lines (``-m``, ``--cfg`` or any other flag)
 are left to Hydra.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from runner.command_line import ConfigError, override_key, train_command
 
@@ -86,8 +87,11 @@ def parameters(target: str) -> set[str] | None:
             signature = inspect.signature(function)
         except (ValueError, TypeError):
             return None
-        taken |= {name for name, p in signature.parameters.items()
-                  if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+        taken |= {
+            name
+            for name, p in signature.parameters.items()
+            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        }
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
             return taken - {"self"}
         if getattr(function, "__module__", "").partition(".")[0] not in PROJECT_PACKAGES:
@@ -104,7 +108,7 @@ def target_nodes(node: object, prefix: str = "") -> Iterator[tuple[str, DictConf
             if f"{prefix}{key}" != "hydra":
                 yield from target_nodes(node._get_node(key), f"{prefix}{key}.")
     elif isinstance(node, ListConfig) and not node._is_none() and not node._is_interpolation():
-        for index, item in enumerate(node._iter_ex(resolve=False)):
+        for index, _item in enumerate(node._iter_ex(resolve=False)):
             yield from target_nodes(node._get_node(index), f"{prefix}{index}.")
 
 
@@ -175,7 +179,9 @@ def is_group(arg: str, config_dir: Path) -> bool:
     return key.startswith("hydra") or (config_dir / key).is_dir()
 
 
-def check_overrides(args: Sequence[str], config_dir: Path, config_name: str = "train", program: str = "train.py") -> None:
+def check_overrides(
+    args: Sequence[str], config_dir: Path, config_name: str = "train", program: str = "train.py"
+) -> None:
     """Compose ``config_name`` with the command line ``args`` and stop (``ConfigError``) on a key no object reads."""
     if any(arg.startswith("-") for arg in args):
         return

@@ -1,4 +1,5 @@
 """Fixtures shared by tests/unit and tests/integration; helpers live in tests/helpers."""
+
 from pathlib import Path
 
 import pytest
@@ -58,5 +59,7 @@ def generated_emodb(tmp_path_factory) -> Path:
     from tests.helpers.audio_trees import make_emodb
 
     root = tmp_path_factory.mktemp("generated_emodb")
-    make_emodb(root, speakers=("03", "08", "09"), emotions=("anger", "disgust", "fear", "happiness", "sadness"), takes=3)
+    make_emodb(
+        root, speakers=("03", "08", "09"), emotions=("anger", "disgust", "fear", "happiness", "sadness"), takes=3
+    )
     return root

@@ -1,4 +1,5 @@
 """W&B values built from the gathered evaluation: the trainer's W&B logger and confusion-matrix charts."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

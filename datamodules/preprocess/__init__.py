@@ -21,6 +21,7 @@ Modules, each importing only those above it:
 - ``corpus``: ``prepare_corpus``;
 - ``vad_plots``: VAD plots of a sample of clips.
 """
+
 from datamodules.preprocess.cache_files import cache_folder, cache_key, load_clip
 from datamodules.preprocess.corpus import PreparedCorpus, TooManyFailuresError, prepare_corpus
 from datamodules.preprocess.pipeline import (
@@ -39,7 +40,6 @@ from datamodules.preprocess.progress import clip_progress
 from datamodules.preprocess.report import face_counts, failure_line, format_report
 from datamodules.preprocess.vad_plots import plot_vad_spans, sample_across
 from datamodules.preprocess.workers import (
-    _results_in_this_process,
     available_cores,
     chunks,
     computing_with,

@@ -6,6 +6,7 @@ preprocessing config (``cache_key``). Several runs may fill one cache at once (a
 filesystem): every file is written whole (``datamodules.atomic``), and a clip is prepared only by the run that
 holds its lock (``claim_clip``).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -106,7 +107,7 @@ def _lock_current(path: Path, wait: bool) -> IO | None:
     """An open handle that holds the lock of the file now at ``path`` (created if missing); None when
     another process holds it and ``wait`` is False."""
     while True:
-        handle = open(path, "a")
+        handle = open(path, "a")  # noqa: SIM115 (the lock lives as long as the open handle)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,6 +1,7 @@
 """``prepare_corpus``: every clip of a corpus not yet in the cache prepared by the workers, the clips another
 run is preparing waited for, and the report written; the run stops when too many clips fail.
 """
+
 from __future__ import annotations
 
 import json
@@ -115,15 +116,21 @@ def prepare_corpus(
 
     kept = [c for c in clips if c.clip_id in run.metas]
     report = build_report(
-        kept, run.metas, run.dropped, indexed or IndexResult(clips=list(clips)), corpus=corpus, key=key,
-        folder=folder, processed_now=run.processed_now, work_s=work_s, total_s=time.perf_counter() - start,
+        kept,
+        run.metas,
+        run.dropped,
+        indexed or IndexResult(clips=list(clips)),
+        corpus=corpus,
+        key=key,
+        folder=folder,
+        processed_now=run.processed_now,
+        work_s=work_s,
+        total_s=time.perf_counter() - start,
     )
     atomic_write_text(json.dumps(report, indent=2), folder / "report.json")
     if run.failed_too_often:
         raise TooManyFailuresError(failure_summary(report, cfg["max_failed_fraction"]))
-    return PreparedCorpus(
-        clips=kept, files={c.clip_id: files[c.clip_id] for c in kept}, metas=run.metas, report=report
-    )
+    return PreparedCorpus(clips=kept, files={c.clip_id: files[c.clip_id] for c in kept}, metas=run.metas, report=report)
 
 
 def _prepare_clips(

@@ -4,6 +4,7 @@ Each step runs under ``step``: an exception in it becomes a ``ClipFailure`` nami
 is dropped with the step and the reason and the other clips go on. ``preprocess_clip`` chains the steps for a
 corpus clip; ``datamodules.recordings`` reuses them for new recordings.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -65,8 +66,9 @@ def check_duration(audio: np.ndarray, sample_rate: int, mfcc_cfg: dict, path: Pa
     duration_s = audio.size / sample_rate
     if duration_s < minimum_s:
         raise BadInputError(
-            path, f"too short: {duration_s:.3f} s of audio, one segment of {mfcc_cfg['window']} MFCC frames "
-            f"needs {minimum_s:.3f} s"
+            path,
+            f"too short: {duration_s:.3f} s of audio, one segment of {mfcc_cfg['window']} MFCC frames "
+            f"needs {minimum_s:.3f} s",
         )
 
 
@@ -85,10 +87,14 @@ def check_failure_settings(cfg: dict) -> None:
     if not 0 <= faces["min_detection_rate"] <= 1:
         raise ValueError(f"faces.min_detection_rate must be in [0, 1], got {faces['min_detection_rate']}")
     if frames_decoded(faces) not in FRAMES_DECODED_CHOICES:
-        raise ValueError(f"faces.frames_decoded must be one of {FRAMES_DECODED_CHOICES}, got {faces['frames_decoded']!r}")
+        raise ValueError(
+            f"faces.frames_decoded must be one of {FRAMES_DECODED_CHOICES}, got {faces['frames_decoded']!r}"
+        )
     keyframes_of(faces)  # its own checks
     if sequence_segments(cfg) not in SEQUENCE_SEGMENTS_CHOICES:
-        raise ValueError(f"sequence_segments must be one of {SEQUENCE_SEGMENTS_CHOICES}, got {cfg['sequence_segments']!r}")
+        raise ValueError(
+            f"sequence_segments must be one of {SEQUENCE_SEGMENTS_CHOICES}, got {cfg['sequence_segments']!r}"
+        )
     if sequence_segments(cfg) == "frame" and frames_decoded(faces) != "all":
         raise ValueError("sequence_segments=frame cuts a clip at its decoded frames: it needs faces.frames_decoded=all")
 
@@ -207,15 +213,27 @@ def frame_segments(frame_times: np.ndarray) -> torch.Tensor:
 
 
 def segment_faces(
-    decoded: DecodedClip, segment_times: torch.Tensor, faces: dict, detector: FaceDetector | WholeFrameFaces,
-    path: Path, fill: str | None = None,
+    decoded: DecodedClip,
+    segment_times: torch.Tensor,
+    faces: dict,
+    detector: FaceDetector | WholeFrameFaces,
+    path: Path,
+    fill: str | None = None,
 ) -> FaceTrack:
     """The face track of the segments (§3.3) under ``faces`` (the config's ``faces``), its fill rule unless
     ``fill`` names another."""
     return build_face_track(
-        decoded.frames, decoded.frame_times, segment_times, detector, size=faces["size"], margin=faces["margin"],
-        fallback=faces["fallback"], path=path, frames_per_segment=faces["frames_per_segment"],
-        fill=fill or faces["fill"], keyframes=keyframes_of(faces),
+        decoded.frames,
+        decoded.frame_times,
+        segment_times,
+        detector,
+        size=faces["size"],
+        margin=faces["margin"],
+        fallback=faces["fallback"],
+        path=path,
+        frames_per_segment=faces["frames_per_segment"],
+        fill=fill or faces["fill"],
+        keyframes=keyframes_of(faces),
     )
 
 
@@ -233,8 +251,11 @@ def face_segments(
     if few and faces["few_faces"] == "drop":
         raise FewFacesError(path, f"{few}; faces.few_faces=keep keeps such clips")
     kept = torch.as_tensor(track.segments)
-    record = {**{key: value[kept] for key, value in record.items()}, "face_frames": track.face_frames,
-              "face_index": track.face_index}
+    record = {
+        **{key: value[kept] for key, value in record.items()},
+        "face_frames": track.face_frames,
+        "face_index": track.face_index,
+    }
     return record, {
         "n_frames": int(track.face_frames.shape[0]),
         "decoded_frames": track.decoded_frames,
@@ -257,7 +278,9 @@ def face_detector(cfg: dict, device: str = "cpu") -> FaceDetector | WholeFrameFa
     if not faces.get("detect", True):
         return WholeFrameFaces()
     return FaceDetector(
-        device=device, min_confidence=faces["min_confidence"], detect_max_side=faces["detect_max_side"],
+        device=device,
+        min_confidence=faces["min_confidence"],
+        detect_max_side=faces["detect_max_side"],
         min_face_size=faces["min_face_size"],
     )
 

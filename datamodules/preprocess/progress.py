@@ -1,4 +1,5 @@
 """Progress of a run over clips: a tqdm bar on a terminal, a line per tenth of the clips in a log file."""
+
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
 """The report of a prepared corpus: what was found, prepared, excluded, skipped and dropped and why, per class,
 subject and face; as JSON (``build_report``) and as a short table (``format_report``).
 """
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,17 @@ def reason_kind(failure: dict) -> str:
 
 
 def build_report(
-    kept: list[Clip], metas: dict[str, dict], dropped: dict[str, dict], indexed: IndexResult,
-    *, corpus: str, key: str, folder: Path, processed_now: list[str], work_s: float, total_s: float,
+    kept: list[Clip],
+    metas: dict[str, dict],
+    dropped: dict[str, dict],
+    indexed: IndexResult,
+    *,
+    corpus: str,
+    key: str,
+    folder: Path,
+    processed_now: list[str],
+    work_s: float,
+    total_s: float,
 ) -> dict:
     """Counts a researcher checks before training: every file under the root (found, excluded by selection,
     skipped by the indexer, dropped, prepared), per class and subject, segments, faces, and the reasons."""
@@ -93,7 +103,8 @@ def face_counts(kept: list[Clip], metas: dict[str, dict], dropped: dict[str, dic
         "face_detected_frames": detected,
         "face_detection_rate": detected / decoded if decoded else None,
         "face_detection_rate_per_clip": {
-            m["clip_id"]: round(m["face_detected_frames"] / m["decoded_frames"], 4) for m in kept_metas
+            m["clip_id"]: round(m["face_detected_frames"] / m["decoded_frames"], 4)
+            for m in kept_metas
             if m["decoded_frames"]
         },
         "face_filled_frames": sum(m["face_filled_frames"] for m in kept_metas),
@@ -125,10 +136,14 @@ def format_report(report: dict, listed: int = 20) -> str:
         + (f" + {files['not_reached']} not reached" if "not_reached" in files else ""),
         f"clips: {report['clips_prepared']} prepared of {report['clips_indexed']} indexed, "
         f"{report['clips_processed_now']} processed now in {report['seconds']} s"
-        + (f" ({report['clips_per_second']} clips/s, {report['media_seconds_per_second']} s of media/s)"
-           if report["clips_per_second"] else ""),
+        + (
+            f" ({report['clips_per_second']} clips/s, {report['media_seconds_per_second']} s of media/s)"
+            if report["clips_per_second"]
+            else ""
+        ),
         f"segments: {report['segments']}",
-        "per class: " + ", ".join(
+        "per class: "
+        + ", ".join(
             f"{k} {v} clips/{report['segments_per_class'][k]} seg" for k, v in report["clips_per_class"].items()
         ),
         "per subject: " + ", ".join(f"{k} {v}" for k, v in report["clips_per_subject"].items()),

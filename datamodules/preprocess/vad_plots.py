@@ -1,4 +1,5 @@
 """VAD plots of a sample of a corpus's clips, spread over classes and subjects, to check the VAD by eye."""
+
 from __future__ import annotations
 
 from collections import Counter

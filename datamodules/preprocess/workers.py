@@ -1,6 +1,7 @@
 """Where clips are prepared: this process's thread limits, the pool of worker processes, and the task each
 worker runs on a clip (``_prepare_one``: under the clip's lock, into its cache file or its verdict).
 """
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,11 @@ def computing_with(threads: int | None) -> Iterator[None]:
 
 def thread_settings() -> dict:
     """The thread counts this process computes with: torch's, FFmpeg's decoder's and the environment's."""
-    return {"torch": torch.get_num_threads(), "decoder": decoder_threads(),
-            **{name: os.environ.get(name) for name in THREAD_VARIABLES}}
+    return {
+        "torch": torch.get_num_threads(),
+        "decoder": decoder_threads(),
+        **{name: os.environ.get(name) for name in THREAD_VARIABLES},
+    }
 
 
 def _init_worker(cfg: dict, threads: int | None) -> None:
@@ -190,7 +194,7 @@ def _results_in_this_process(todo: list[Clip], cfg: dict, files: dict[str, Path]
 def _outcomes(clips: list[Clip], cfg: dict, files: list[Path], wait: bool) -> Iterator[ClipOutcome]:
     """``_prepare_one``'s outcome for each of ``clips`` (written to the matching ``files``), as each finishes."""
     for clip, file in zip(clips, files):
-        yield _task_result(lambda: _prepare_one(clip, cfg, file, wait), clip)
+        yield _task_result(lambda: _prepare_one(clip, cfg, file, wait), clip)  # noqa: B023 (called at once)
 
 
 def _prepare_chunk(clips: list[Clip], cfg: dict, files: list[Path], wait: bool) -> list[ClipOutcome]:

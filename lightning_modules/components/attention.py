@@ -1,7 +1,8 @@
 """Attention-based feature fusion, §3.4 (Eq. 5-7)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

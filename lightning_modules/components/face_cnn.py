@@ -1,7 +1,8 @@
 """A small from-scratch CNN for face crops: the CPU-size frame encoder for real faces (CK+)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -1,7 +1,8 @@
 """A time-delay network with statistics pooling: the CPU-size audio backbone for real speakers."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -1,8 +1,9 @@
 """VGG fc7 feature extractor shared by the audio (§3.2) and visual (§3.3) networks."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn

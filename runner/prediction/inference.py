@@ -7,6 +7,7 @@ pipeline's steps (datamodules/recordings.py), its segments go through each chose
 batches, the folds' segment probabilities are averaged, and the file's label is evaluation's majority vote
 (§3.4). Outputs: ``predictions.csv``, ``predictions.json`` and a timeline figure per file (``<name>.png``).
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,6 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-
-
 def segment_sources(stage: str, recording: Recording) -> list[str]:
     """Which network predicts each segment (``SOURCES``): the stage's own, but a fusion run falls back to its
     audio network on the segments in none of whose frames a face was detected (``audio_only``), and to its
@@ -91,8 +90,10 @@ def source_outputs(
     and on the visual features ``[B, 2]`` (Eq. 6, ``FusionModule.modality_weights``)."""
     if source != "fusion":
         return networks[SOURCES[source][0]](batch), None
-    features = {"audio_feat": networks["audio"].extract_features(batch),
-                "visual_feat": networks["visual"].extract_features(batch)}
+    features = {
+        "audio_feat": networks["audio"].extract_features(batch),
+        "visual_feat": networks["visual"].extract_features(batch),
+    }
     logits, extra = networks["fusion"].segment_outputs(features)
     return logits, networks["fusion"].modality_weights(extra["attention"])
 
@@ -153,8 +154,10 @@ def predict_files(run: TrainedRun, files: list[Path], problems: list[Problem], o
     inputs = STAGE_INPUTS[run.stage]
     detector = face_detector(run.preprocess, str(run.device)) if inputs.faces else None
     names = dict(zip(files, display_names(files)))
-    print(f"predict: {len(files)} file(s) with the {run.stage} model of {run.folder} (folds "
-          f"{', '.join(map(str, run.folds))}) on {run.device}; outputs in {out}")
+    print(
+        f"predict: {len(files)} file(s) with the {run.stage} model of {run.folder} (folds "
+        f"{', '.join(map(str, run.folds))}) on {run.device}; outputs in {out}"
+    )
     entries = []
     failed = [ClipFailure("input", BadInputError(path, reason)).describe(path) for path, reason in problems]
     for failure in failed:
@@ -185,6 +188,9 @@ def predict_file(run: TrainedRun, recording: Recording, name: str, out: Path, cf
     entry = file_entry(recording, name, sources, probs, attention, run.class_names)
     with step("timeline"):
         crops = face_crops(recording, cfg.face_crops)
-        save_figure(timeline_figure(entry, recording.waveform, recording.sample_rate, crops), out / entry["timeline"],
-                    dpi=cfg.dpi)
+        save_figure(
+            timeline_figure(entry, recording.waveform, recording.sample_rate, crops),
+            out / entry["timeline"],
+            dpi=cfg.dpi,
+        )
     return entry

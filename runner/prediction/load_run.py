@@ -1,5 +1,6 @@
 """A trained run folder read back for prediction: its stages and folds, the saved config and class names,
 and each fold's networks rebuilt from their checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -101,7 +102,8 @@ def load_network(checkpoint: Path, stage: str, device: torch.device) -> EmotionM
     if getattr(network, "input_norm", "none") == "speaker":
         warnings.warn(
             f"{checkpoint}: a speaker-normalised audio model (data.audio_norm=speaker); each recording's own "
-            "statistics stand in for its speaker's", stacklevel=2,
+            "statistics stand in for its speaker's",
+            stacklevel=2,
         )
     return network
 

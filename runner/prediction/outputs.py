@@ -1,5 +1,6 @@
 """What prediction writes: a file's entry (per segment, the fold mean and the majority vote),
 predictions.csv, predictions.json and the timeline figure's inputs."""
+
 from __future__ import annotations
 
 import csv
@@ -26,7 +27,11 @@ def _attention_entry(weights: torch.Tensor) -> dict[str, float] | None:
 
 
 def file_entry(
-    recording: Recording, name: str, sources: list[str], probs: torch.Tensor, attention: torch.Tensor,
+    recording: Recording,
+    name: str,
+    sources: list[str],
+    probs: torch.Tensor,
+    attention: torch.Tensor,
     class_names: list[str],
 ) -> dict:
     """A file's predictions as written to predictions.json: the voted label (majority vote of the segments,
@@ -39,8 +44,11 @@ def file_entry(
     face_rate = recording.face_detection_rate
     segments = [
         {
-            "start_s": _rounded(start), "end_s": _rounded(end), "label": class_names[int(row.argmax())],
-            "probabilities": dict(zip(class_names, map(_rounded, row))), "source": source,
+            "start_s": _rounded(start),
+            "end_s": _rounded(end),
+            "label": class_names[int(row.argmax())],
+            "probabilities": dict(zip(class_names, map(_rounded, row))),
+            "source": source,
             "attention": _attention_entry(weights),
         }
         for (start, end), row, source, weights in zip(recording.segment_times.tolist(), probs, sources, attention)
@@ -66,8 +74,10 @@ def file_entry(
 def summary_line(entry: dict) -> str:
     """One line per file on the terminal: its label, confidence and votes, and the networks behind them."""
     sources = ", ".join(f"{source} {count}" for source, count in entry["sources"].items())
-    return (f"{entry['name']}: {entry['label']} (confidence {entry['confidence']:.2f}, "
-            f"{entry['votes']}/{entry['n_segments']} segments; {sources})")
+    return (
+        f"{entry['name']}: {entry['label']} (confidence {entry['confidence']:.2f}, "
+        f"{entry['votes']}/{entry['n_segments']} segments; {sources})"
+    )
 
 
 def face_crops(recording: Recording, count: int) -> list[tuple[float, np.ndarray]]:
@@ -86,21 +96,38 @@ def csv_rows(entries: list[dict], class_names: list[str]) -> list[dict]:
     for entry in entries:
         span = entry["speech_span_s"] or [None, None]
         attention = entry["attention"] or {}
-        rows.append({
-            "level": "file", "file": entry["file"], "start_s": 0.0, "end_s": entry["duration_s"],
-            "label": entry["label"], **{f"p_{c}": entry["probabilities"][c] for c in class_names},
-            "source": "+".join(entry["sources"]), "attn_audio": attention.get("audio"),
-            "attn_visual": attention.get("visual"), "n_segments": entry["n_segments"], "speech_start_s": span[0],
-            "speech_end_s": span[1], "face_detection_rate": entry["face_detection_rate"],
-        })
+        rows.append(
+            {
+                "level": "file",
+                "file": entry["file"],
+                "start_s": 0.0,
+                "end_s": entry["duration_s"],
+                "label": entry["label"],
+                **{f"p_{c}": entry["probabilities"][c] for c in class_names},
+                "source": "+".join(entry["sources"]),
+                "attn_audio": attention.get("audio"),
+                "attn_visual": attention.get("visual"),
+                "n_segments": entry["n_segments"],
+                "speech_start_s": span[0],
+                "speech_end_s": span[1],
+                "face_detection_rate": entry["face_detection_rate"],
+            }
+        )
         for segment in entry["segments"]:
             attention = segment["attention"] or {}
-            rows.append({
-                "level": "segment", "file": entry["file"], "start_s": segment["start_s"], "end_s": segment["end_s"],
-                "label": segment["label"], **{f"p_{c}": segment["probabilities"][c] for c in class_names},
-                "source": segment["source"], "attn_audio": attention.get("audio"),
-                "attn_visual": attention.get("visual"),
-            })
+            rows.append(
+                {
+                    "level": "segment",
+                    "file": entry["file"],
+                    "start_s": segment["start_s"],
+                    "end_s": segment["end_s"],
+                    "label": segment["label"],
+                    **{f"p_{c}": segment["probabilities"][c] for c in class_names},
+                    "source": segment["source"],
+                    "attn_audio": attention.get("audio"),
+                    "attn_visual": attention.get("visual"),
+                }
+            )
     return rows
 
 
@@ -108,13 +135,31 @@ def write_predictions(out: Path, run: TrainedRun, entries: list[dict], failed: l
     """predictions.json (the run, stage, folds, classes, every file with its segments, the files that
     failed) and predictions.csv (``csv_rows``) in ``out``."""
     report = {
-        "run": str(run.folder), "stage": run.stage, "folds": run.folds, "class_names": run.class_names,
-        "device": str(run.device), "files": entries, "failed": failed,
+        "run": str(run.folder),
+        "stage": run.stage,
+        "folds": run.folds,
+        "class_names": run.class_names,
+        "device": str(run.device),
+        "files": entries,
+        "failed": failed,
     }
     atomic_write_text(json.dumps(report, indent=2), out / "predictions.json")
     rows = csv_rows(entries, run.class_names)
-    columns = ["level", "file", "start_s", "end_s", "label", *(f"p_{c}" for c in run.class_names), "source",
-               "attn_audio", "attn_visual", "n_segments", "speech_start_s", "speech_end_s", "face_detection_rate"]
+    columns = [
+        "level",
+        "file",
+        "start_s",
+        "end_s",
+        "label",
+        *(f"p_{c}" for c in run.class_names),
+        "source",
+        "attn_audio",
+        "attn_visual",
+        "n_segments",
+        "speech_start_s",
+        "speech_end_s",
+        "face_detection_rate",
+    ]
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()

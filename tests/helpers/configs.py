@@ -1,4 +1,6 @@
 """The real configs composed as train.py composes them, and overrides for small, fast runs."""
+
+import copy
 import os
 from pathlib import Path
 
@@ -13,7 +15,6 @@ TINY_MODELS = [
     "model.fusion.module.attention_dim=16",
     "model.fusion.module.hidden_dims=[32]",
 ]
-import copy
 
 
 def compose_train(overrides: list[str]):
@@ -38,6 +39,7 @@ def small_demo_overrides(base: Path) -> list[str]:
         "data.preprocess.faces.detect_max_side=160",
         "callbacks.progress_bar=null",
     ]
+
 
 # configs/preprocess/paper.yaml as a plain dict
 PAPER = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preprocess" / "paper.yaml"))

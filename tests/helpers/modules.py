@@ -1,4 +1,5 @@
 """Small real modules, data and trainers for the model tests."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -10,7 +11,6 @@ from lightning_modules import AudioModule, FusionModule, VisualModule
 TINY_VGG = {"variant": "vgg11", "width": 0.125, "fc_dim": 64, "dropout": 0.0}
 FACE_SIZE = 32
 NUM_CLASSES = 3
-
 
 
 def make_segment_rows(n_clips: int = 4, segments_per_clip: int = 3, with_features: bool = False) -> list[dict]:
@@ -29,8 +29,9 @@ def make_segment_rows(n_clips: int = 4, segments_per_clip: int = 3, with_feature
                 row["visual_feat"] = torch.randn(8, generator=generator)
             else:
                 row["audio"] = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=generator)
-                row["faces"] = torch.randint(0, 256, (20, 3, FACE_SIZE, FACE_SIZE), dtype=torch.uint8,
-                                             generator=generator)
+                row["faces"] = torch.randint(
+                    0, 256, (20, 3, FACE_SIZE, FACE_SIZE), dtype=torch.uint8, generator=generator
+                )
             rows.append(row)
     return rows
 
@@ -40,8 +41,14 @@ def make_loader(rows: list[dict], batch_size: int = 4) -> DataLoader:
 
 
 def make_trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
-                "enable_model_summary": False, "default_root_dir": tmp_path}
+    defaults = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+    }
     return L.Trainer(**{**defaults, **kwargs})
 
 
@@ -54,5 +61,4 @@ def make_visual_module(**kwargs) -> VisualModule:
 
 
 def make_fusion_module(**kwargs) -> FusionModule:
-    return FusionModule(audio_dim=8, visual_dim=8, attention_dim=4, hidden_dims=[8], num_classes=NUM_CLASSES,
-                        **kwargs)
+    return FusionModule(audio_dim=8, visual_dim=8, attention_dim=4, hidden_dims=[8], num_classes=NUM_CLASSES, **kwargs)

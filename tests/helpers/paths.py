@@ -1,4 +1,5 @@
 """Where the repository and ../shared/data are, and how a test reaches them."""
+
 import os
 import shutil
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Running the entry points as a user does: subprocesses with a clean environment."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,15 @@ def run_checked(argv: list[str], env: dict[str, str]) -> subprocess.CompletedPro
 
 def prepare_command(root: Path, cache: Path, workers: int) -> list[str]:
     """``python prepare.py`` of the RAVDESS-layout corpus at ``root`` into ``cache``, with ``workers`` processes."""
-    return [sys.executable, "prepare.py", "data=ravdess", f"data.root={root}", f"paths.cache_dir={cache}",
-            f"data.preprocess_workers={workers}", "vad_plots=0"]
+    return [
+        sys.executable,
+        "prepare.py",
+        "data=ravdess",
+        f"data.root={root}",
+        f"paths.cache_dir={cache}",
+        f"data.preprocess_workers={workers}",
+        "vad_plots=0",
+    ]
 
 
 def processed_now(output: str) -> int:
@@ -37,8 +45,9 @@ def processed_now(output: str) -> int:
 def failing_train_py(args: list[str], **env: str) -> str:
     """stderr of ``python train.py <args>``, which must fail with status 1."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))} | env
-    result = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=environ, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, env=environ, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 1, f"train.py {' '.join(args)} did not fail:\n{result.stdout[-2000:]}{result.stderr}"
     return result.stderr
 

@@ -1,4 +1,5 @@
 """Decoding, VAD (Eq. 1) and MFCC images (Eq. 2-4) on real recordings."""
+
 import subprocess
 import sys
 import wave
@@ -201,7 +202,7 @@ def test_vad_on_ravdess_keeps_speech_and_drops_silence(ravdess_speech_root, name
     # does not cut into the loud speech ...
     assert result.start_s <= onset and result.end_s >= offset
     # ... and removes the silence before and after it, up to the δ1/δ2 margins
-    assert 0 < result.start_s and onset - DEFAULT_PRE_S - tolerance <= result.start_s
+    assert result.start_s > 0 and onset - DEFAULT_PRE_S - tolerance <= result.start_s
     assert result.end_s < duration and result.end_s <= offset + DEFAULT_POST_S + tolerance
     assert result.end_s - result.start_s < duration - 0.5
 

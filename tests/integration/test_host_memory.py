@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from runner.host_memory import ON_GLIBC
+from tests.helpers.paths import REPO
 
 REUSE = """
 import resource, sys, torch
@@ -18,14 +19,14 @@ for _ in range(8):  # 256 MB made, every page written, and freed, as a training 
 print(kept, sum(faults[3:]))
 """
 BLOCK_PAGES = 64 * 2**20 * 4 // 4096  # 65,536 pages of 4 KB
-from tests.helpers.paths import REPO  # noqa: E402
 
 
 def page_faults_after_settling(mode: str) -> tuple[str, int]:
     """(whether the setting took, page faults of the last 5 of 8 successive 256 MB tensors), in a fresh
     interpreter (the setting is process-wide)."""
-    out = subprocess.run([sys.executable, "-c", REUSE, mode], capture_output=True, text=True, check=True,
-                         cwd=REPO).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", REUSE, mode], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
     kept, faults = out.split()
     return kept, int(faults)
 

@@ -1,5 +1,6 @@
 """Optuna searches (configs/hparams_search/*.yaml): cross-validated trials scored on validation subjects
 only, one SQLite study per stage that a rerun resumes."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from optuna.trial import TrialState
 
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from runner.stage import PIPELINE as STAGES
-from tests.helpers.paths import REPO  # noqa: E402
+from tests.helpers.paths import REPO
 from tests.helpers.processes import TINY_AUDIO, clean_environ, run_checked
 from tracking.results_table import read_results
 
@@ -68,8 +69,17 @@ def test_search_is_a_stored_cross_validation_over_its_stage_config_keys(path, me
 def test_a_search_scores_trials_on_validation_folds_and_resumes_its_study(tiny_demo, tmp_path):
     # One epoch leaves video UAR at chance (1/6) on validation and test alike; segment accuracy tells
     # them apart, so the study is scored on it to show which of the two a trial's value is.
-    argv = [sys.executable, "train.py", "-m", "hparams_search=audio_optuna", "objective.metric=val/seg_acc",
-            *tiny_demo, f"paths.output_dir={tmp_path}", "logger=csv", *(f"{k}={v}" for k, v in TINY_AUDIO.items())]
+    argv = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hparams_search=audio_optuna",
+        "objective.metric=val/seg_acc",
+        *tiny_demo,
+        f"paths.output_dir={tmp_path}",
+        "logger=csv",
+        *(f"{k}={v}" for k, v in TINY_AUDIO.items()),
+    ]
     storage = f"sqlite:///{tmp_path}/demo/loso/optuna.db"
     results = tmp_path / "demo" / "loso" / "results.csv"
     run_checked([*argv, "hydra.sweeper.n_trials=2"], clean_environ())

@@ -1,4 +1,5 @@
 """Model components and the three LightningModules, on CPU with random init and small sizes."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -60,8 +61,9 @@ def test_attention_context_vector_is_trained():
 
 def test_fusion_head_two_tokens_are_the_modalities():
     torch.manual_seed(0)
-    head = AttentionFusionHead(audio_dim=6, visual_dim=6, num_tokens=2, attention_dim=4, hidden_dims=[5],
-                               dropout=0.0, num_classes=NUM_CLASSES)
+    head = AttentionFusionHead(
+        audio_dim=6, visual_dim=6, num_tokens=2, attention_dim=4, hidden_dims=[5], dropout=0.0, num_classes=NUM_CLASSES
+    )
     audio, visual = torch.randn(3, 6), torch.randn(3, 6)
     logits, weights = head(audio, visual)
     assert logits.shape == (3, NUM_CLASSES) and weights.shape == (3, 2)
@@ -72,13 +74,15 @@ def test_fusion_head_two_tokens_are_the_modalities():
 
 
 def test_fusion_head_finer_tokens_and_single_token():
-    head = AttentionFusionHead(audio_dim=6, visual_dim=2, num_tokens=4, attention_dim=4, hidden_dims=[],
-                               num_classes=NUM_CLASSES)
+    head = AttentionFusionHead(
+        audio_dim=6, visual_dim=2, num_tokens=4, attention_dim=4, hidden_dims=[], num_classes=NUM_CLASSES
+    )
     logits, weights = head(torch.randn(2, 6), torch.randn(2, 2))
     assert logits.shape == (2, NUM_CLASSES) and weights.shape == (2, 4)
     assert head.token_audio_fraction().tolist() == [1.0, 1.0, 1.0, 0.0]
-    concat = AttentionFusionHead(audio_dim=3, visual_dim=5, num_tokens=1, attention_dim=2, hidden_dims=[],
-                                 num_classes=NUM_CLASSES)
+    concat = AttentionFusionHead(
+        audio_dim=3, visual_dim=5, num_tokens=1, attention_dim=2, hidden_dims=[], num_classes=NUM_CLASSES
+    )
     audio, visual = torch.randn(2, 3), torch.randn(2, 5)
     attended, weights = concat.attend(audio, visual)
     assert torch.equal(weights, torch.ones(2, 1)) and torch.equal(attended, torch.cat([audio, visual], 1))
@@ -249,7 +253,8 @@ VAL_METRICS = {"val/loss", "val/seg_acc", "val/video_acc", "val/video_uar", "val
 
 
 @pytest.mark.parametrize(
-    ("make_module", "with_features"), [(make_audio_module, False), (make_visual_module, False), (make_fusion_module, True)]
+    ("make_module", "with_features"),
+    [(make_audio_module, False), (make_visual_module, False), (make_fusion_module, True)],
 )
 def test_module_trains_and_validates_with_a_real_trainer(tmp_path, make_module, with_features):
     torch.manual_seed(0)
@@ -370,8 +375,10 @@ class _SaveLastEvalPerRank(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {name: value.item() for name, value in trainer.callback_metrics.items()}
-        torch.save({"last_eval": pl_module.last_eval["val"], "metrics": metrics},
-                   f"{self.dirpath}/rank{trainer.global_rank}.pt")
+        torch.save(
+            {"last_eval": pl_module.last_eval["val"], "metrics": metrics},
+            f"{self.dirpath}/rank{trainer.global_rank}.pt",
+        )
 
 
 @pytest.mark.slow
@@ -384,8 +391,9 @@ def test_two_process_validation_logs_the_single_process_metrics_on_every_rank(tm
     single.validate(module, make_loader(rows, batch_size=3))
     expected = module.last_eval["val"]
     expected_score = single.callback_metrics["val/selection"].item()
-    ddp = make_trainer(tmp_path, devices=2, strategy="ddp_spawn",
-                   callbacks=[selection, _SaveLastEvalPerRank(str(tmp_path))])
+    ddp = make_trainer(
+        tmp_path, devices=2, strategy="ddp_spawn", callbacks=[selection, _SaveLastEvalPerRank(str(tmp_path))]
+    )
     ddp.validate(module, make_loader(rows, batch_size=3))
     scores = []
     for rank in range(2):
@@ -403,20 +411,29 @@ def test_modules_instantiate_from_hydra_configs_with_plain_hparams():
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    config = OmegaConf.create({
-        "_target_": "lightning_modules.audio_module.AudioModule",
-        "backbone": {**TINY_VGG, "freeze": "features"},
-        "num_classes": NUM_CLASSES,
-        "class_names": ["a", "b", "c"],
-        "input_mean": [0.5, 0.5, 0.5],
-        "scheduler": "cosine",
-    })
+    config = OmegaConf.create(
+        {
+            "_target_": "lightning_modules.audio_module.AudioModule",
+            "backbone": {**TINY_VGG, "freeze": "features"},
+            "num_classes": NUM_CLASSES,
+            "class_names": ["a", "b", "c"],
+            "input_mean": [0.5, 0.5, 0.5],
+            "scheduler": "cosine",
+        }
+    )
     module = instantiate(config)
     assert isinstance(module, AudioModule) and module.backbone.freeze == "features"
     assert type(module.hparams["backbone"]) is dict and type(module.hparams["input_mean"]) is list
     assert type(module.hparams["class_names"]) is list
-    fusion = instantiate({"_target_": "lightning_modules.fusion_module.FusionModule", "audio_dim": 8,
-                          "visual_dim": 8, "hidden_dims": OmegaConf.create([4, 4]), "num_classes": 2})
+    fusion = instantiate(
+        {
+            "_target_": "lightning_modules.fusion_module.FusionModule",
+            "audio_dim": 8,
+            "visual_dim": 8,
+            "hidden_dims": OmegaConf.create([4, 4]),
+            "num_classes": 2,
+        }
+    )
     assert type(fusion.hparams["hidden_dims"]) is list
 
 
@@ -483,8 +500,10 @@ def test_per_frame_face_augment_draws_each_distinct_frame_and_keeps_runs():
 def test_checkpoints_that_name_the_frame_cnn_vgg_still_load():
     torch.manual_seed(0)
     encoder = FaceSequenceEncoder(TINY_VGG, lstm_hidden=16)
-    old = {key.replace("cnn.", "vgg.", 1) if key.startswith("cnn.") else key: value
-           for key, value in encoder.state_dict().items()}
+    old = {
+        key.replace("cnn.", "vgg.", 1) if key.startswith("cnn.") else key: value
+        for key, value in encoder.state_dict().items()
+    }
     assert any(key.startswith("vgg.") for key in old)
     fresh = FaceSequenceEncoder(TINY_VGG, lstm_hidden=16)
     fresh.load_state_dict(old)
@@ -522,8 +541,12 @@ def test_streaming_lstm_equals_torch_lstm_with_gradients(batch_first, layers, gi
 def test_streaming_lstm_layer_gradients_by_finite_differences():
     torch.manual_seed(0)
     lstm = nn.LSTM(4, 3).double()
-    inputs = (torch.randn(2, 5, 4, dtype=torch.double), *lstm.parameters(),
-              torch.randn(2, 3, dtype=torch.double), torch.randn(2, 3, dtype=torch.double))
+    inputs = (
+        torch.randn(2, 5, 4, dtype=torch.double),
+        *lstm.parameters(),
+        torch.randn(2, 3, dtype=torch.double),
+        torch.randn(2, 3, dtype=torch.double),
+    )
     inputs = tuple(part.detach().requires_grad_() for part in inputs)
     assert torch.autograd.gradcheck(_LSTMLayer.apply, inputs)
 
@@ -539,15 +562,17 @@ def test_the_streaming_lstm_is_an_opt_in_and_checkpoints_load_in_either():
     torch.manual_seed(0)
     plain = VisualModule(backbone=TINY_VGG, lstm_hidden=STREAMING_MIN_HIDDEN, num_classes=NUM_CLASSES)
     assert type(plain.encoder.lstm) is nn.LSTM  # lstm_impl="torch", the default
-    streaming = VisualModule(backbone=TINY_VGG, lstm_hidden=STREAMING_MIN_HIDDEN, num_classes=NUM_CLASSES,
-                             lstm_impl="streaming")
+    streaming = VisualModule(
+        backbone=TINY_VGG, lstm_hidden=STREAMING_MIN_HIDDEN, num_classes=NUM_CLASSES, lstm_impl="streaming"
+    )
     assert isinstance(streaming.encoder.lstm, StreamingLSTM)
     assert streaming.encoder.lstm.streams(torch.randn(2, 3, streaming.encoder.cnn.out_dim))
     streaming.load_state_dict(plain.state_dict())  # the same parameters under the same names, both ways
     plain.load_state_dict(streaming.state_dict())
     frames = torch.randn(2, 4, streaming.encoder.cnn.out_dim)
     with torch.no_grad():
-        torch.testing.assert_close(streaming.encoder.sequence_feature(frames), plain.encoder.sequence_feature(frames),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            streaming.encoder.sequence_feature(frames), plain.encoder.sequence_feature(frames), rtol=1e-5, atol=1e-5
+        )
     with pytest.raises(ValueError, match="lstm_impl"):
         FaceSequenceEncoder(TINY_VGG, lstm_hidden=16, lstm_impl="cudnn")

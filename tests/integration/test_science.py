@@ -1,4 +1,5 @@
 """Tests that fail when the science breaks: learning, leakage between folds, optimisation switches."""
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,9 @@ def synthetic_clips(subjects: int = 4, per_label: int = 2) -> list[Clip]:
     """``subjects`` x 6 emotions x ``per_label`` clips, ids like ``s01_anger_1``."""
     return [
         Clip(f"s{s:02d}_{label}_{k}", Path(f"s{s:02d}_{label}_{k}.mp4"), f"s{s:02d}", label)
-        for s in range(1, subjects + 1) for label in PAPER_EMOTIONS for k in range(per_label)
+        for s in range(1, subjects + 1)
+        for label in PAPER_EMOTIONS
+        for k in range(per_label)
     ]
 
 
@@ -57,7 +60,11 @@ def test_folds_record_whether_they_are_subject_grouped():
 
 def test_loader_guard_accepts_every_fold_served_as_split():
     clips = synthetic_clips()
-    folds = [*loso_folds(clips), *kfold_folds(clips, k=3, group_by="clip"), *kfold_folds(clips, k=2, group_by="subject")]
+    folds = [
+        *loso_folds(clips),
+        *kfold_folds(clips, k=3, group_by="clip"),
+        *kfold_folds(clips, k=2, group_by="subject"),
+    ]
     for fold in folds:
         assert_loaders_match_fold(fold_parts(fold), fold, clips)
 
@@ -80,7 +87,9 @@ def test_loader_guard_checks_test_subjects_only_in_subject_grouped_folds():
     with pytest.raises(AssertionError, match=r"val loader serves clips of test subject\(s\) \['s01'\]"):
         assert_loaders_match_fold({"val": fold.val + [late_clip.clip_id]}, fold, [*clips, late_clip])
     by_clip = kfold_folds(clips, k=3, group_by="clip")[0]
-    shared_subjects = {clip.subject for clip in clips if clip.clip_id in set(by_clip.train)} & set(by_clip.test_subjects)
+    shared_subjects = {clip.subject for clip in clips if clip.clip_id in set(by_clip.train)} & set(
+        by_clip.test_subjects
+    )
     assert shared_subjects  # grouped by clip, test subjects also train: allowed
     assert_loaders_match_fold({"train": by_clip.train}, by_clip, clips)
 
@@ -88,7 +97,9 @@ def test_loader_guard_checks_test_subjects_only_in_subject_grouped_folds():
 def test_loader_guard_names_clips_outside_the_val_and_test_parts():
     clips = synthetic_clips()
     fold = loso_folds(clips)[1]
-    with pytest.raises(AssertionError, match=r"val loader serves 1 clip\(s\) not in the fold's val part: \['s04_anger_0'\]"):
+    with pytest.raises(
+        AssertionError, match=r"val loader serves 1 clip\(s\) not in the fold's val part: \['s04_anger_0'\]"
+    ):
         assert_loaders_match_fold({"val": fold.val + ["s04_anger_0"]}, fold, clips)
     all_ids = [clip.clip_id for clip in clips]
     with pytest.raises(AssertionError, match=r"test loader serves 36 clip\(s\) not in the fold's test part"):
@@ -103,7 +114,8 @@ def test_served_clip_ids_of_segment_and_feature_datasets():
     assert served_clip_ids(segments, clips) == {clips[3].clip_id, clips[7].clip_id}
     features = {"clip_index": torch.arange(len(clips)).repeat_interleave(2)}  # two segments per clip
     assert served_clip_ids(FeatureDataset(features, rows=torch.tensor([0, 1, 5])), clips) == {
-        clips[0].clip_id, clips[2].clip_id
+        clips[0].clip_id,
+        clips[2].clip_id,
     }
     every_clip = FeatureDataset(features, rows=torch.arange(2 * len(clips)))  # fusion serving every clip
     fold = loso_folds(clips)[0]
@@ -113,8 +125,14 @@ def test_served_clip_ids_of_segment_and_feature_datasets():
         served_clip_ids([1, 2], clips)
 
 
-LEAKAGE_RUN = ["stage=audio", "fold=0", "logger=none", "+trainer.fast_dev_run=true", "resume=false",
-               "model.audio.module.backbone.fc_dim=32"]
+LEAKAGE_RUN = [
+    "stage=audio",
+    "fold=0",
+    "logger=none",
+    "+trainer.fast_dev_run=true",
+    "resume=false",
+    "model.audio.module.backbone.fc_dim=32",
+]
 
 
 @pytest.mark.slow
@@ -125,7 +143,9 @@ def test_training_run_passes_the_guard_and_fails_when_train_serves_the_test_clip
     fold = datamodule.current_fold
     leaky = DataLoader(datamodule.dataset(fold.train + fold.test), batch_size=datamodule.batch_size, shuffle=True)
     monkeypatch.setattr(datamodule, "train_dataloader", lambda: leaky)
-    with pytest.raises(AssertionError, match=r"fold 0 \(loso-s01\) data loaders leak: .*train loader serves 6 test clip"):
+    with pytest.raises(
+        AssertionError, match=r"fold 0 \(loso-s01\) data loaders leak: .*train loader serves 6 test clip"
+    ):
         train_stage(cfg, STAGES["audio"], 0, datamodule)
 
 
@@ -153,8 +173,14 @@ def test_fusion_loaders_serving_every_clip_fail_the_guard(tiny_demo, tmp_path, m
 # Anger, fear and sadness differ in the demo voice's pitch, contour and loudness by more than subjects
 # and clips vary (datamodules/demo_corpus.py): a model that learns anything separates them.
 SEPARABLE_CLASSES = "[anger,fear,sadness]"
-LEARNING_RUN = ["stage=audio", "fold=0", "logger=none", "seed=0", "model.audio.trainer.max_epochs=15",
-                "callbacks.early_stopping=null"]
+LEARNING_RUN = [
+    "stage=audio",
+    "fold=0",
+    "logger=none",
+    "seed=0",
+    "model.audio.trainer.max_epochs=15",
+    "callbacks.early_stopping=null",
+]
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +188,12 @@ def separable_demo(tmp_path_factory) -> list[str]:
     """4 subjects x 3 separable emotions x 6 clips of the demo, audio only, prepared once."""
     overrides = [
         *small_demo_overrides(tmp_path_factory.mktemp("separable_demo")),
-        "++data.generator.subjects=4", "++data.generator.clips_per_emotion=6",
-        "++data.generator.size=[96,72]", "++data.generator.fps=10",
-        "data.preprocess.video=false", f"data.classes={SEPARABLE_CLASSES}",
+        "++data.generator.subjects=4",
+        "++data.generator.clips_per_emotion=6",
+        "++data.generator.size=[96,72]",
+        "++data.generator.fps=10",
+        "data.preprocess.video=false",
+        f"data.classes={SEPARABLE_CLASSES}",
     ]
     instantiate(compose_train(overrides).data).prepare_data()
     return overrides
@@ -185,8 +214,7 @@ def test_audio_trained_on_shuffled_labels_stays_near_chance(separable_demo):
     cfg = compose_train([*separable_demo, *LEARNING_RUN, "tag=shuffled_labels"])  # not the learning run's folder
     datamodule = demo_datamodule(cfg)
     datamodule.setup()
-    training = [i for i, clip in enumerate(datamodule.clips)
-                if clip.subject not in datamodule.folds[0].test_subjects]
+    training = [i for i, clip in enumerate(datamodule.clips) if clip.subject not in datamodule.folds[0].test_subjects]
     labels = [datamodule.clips[i].label for i in training]
     random.Random(0).shuffle(labels)
     assert sum(datamodule.clips[i].label != label for i, label in zip(training, labels)) > len(training) / 2
@@ -221,13 +249,22 @@ def feature_loader(size: int = 6) -> DataLoader:
 
 def fusion_module(**training) -> FusionModule:
     torch.manual_seed(0)
-    return FusionModule(audio_dim=8, visual_dim=8, attention_dim=4, hidden_dims=[8], dropout=0.0,
-                        num_classes=NUM_CLASSES, **training)
+    return FusionModule(
+        audio_dim=8, visual_dim=8, attention_dim=4, hidden_dims=[8], dropout=0.0, num_classes=NUM_CLASSES, **training
+    )
 
 
 def cpu_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path, **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
 
 
 class LearningRateHistory(L.Callback):
@@ -248,7 +285,9 @@ def built_optimizer_and_scheduler(module: L.LightningModule) -> tuple[torch.opti
     return built["optimizer"], built["lr_scheduler"]
 
 
-@pytest.mark.parametrize(("name", "cls"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
+@pytest.mark.parametrize(
+    ("name", "cls"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)]
+)
 def test_optimizer_switch_builds_that_class_with_lr_and_weight_decay(name, cls):
     optimizer, scheduler = built_optimizer_and_scheduler(fusion_module(optimizer=name, lr=0.02, weight_decay=0.0123))
     assert type(optimizer) is cls and scheduler is None
@@ -296,7 +335,9 @@ def test_cosine_scheduler_follows_the_cosine_over_max_epochs(tmp_path):
     history = LearningRateHistory()
     module = fusion_module(lr=lr, scheduler="cosine")
     cpu_trainer(tmp_path, max_epochs=epochs, callbacks=[history]).fit(module, feature_loader(), feature_loader())
-    assert history.rates == pytest.approx([lr * (1 + math.cos(math.pi * epoch / epochs)) / 2 for epoch in range(epochs)])
+    assert history.rates == pytest.approx(
+        [lr * (1 + math.cos(math.pi * epoch / epochs)) / 2 for epoch in range(epochs)]
+    )
 
 
 def stage_batch(stage: str, cfg: DictConfig) -> dict[str, torch.Tensor]:
@@ -305,7 +346,9 @@ def stage_batch(stage: str, cfg: DictConfig) -> dict[str, torch.Tensor]:
     size = cfg.data.preprocess.faces.size
     inputs = {
         "audio": lambda: {"audio": torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=generator)},
-        "visual": lambda: {"faces": torch.randint(0, 256, (4, 20, 3, size, size), dtype=torch.uint8, generator=generator)},
+        "visual": lambda: {
+            "faces": torch.randint(0, 256, (4, 20, 3, size, size), dtype=torch.uint8, generator=generator)
+        },
         "fusion": lambda: {
             "audio_feat": torch.randn(4, cfg.model.fusion.module.audio_dim, generator=generator),
             "visual_feat": torch.randn(4, cfg.model.fusion.module.visual_dim, generator=generator),
@@ -317,8 +360,14 @@ def stage_batch(stage: str, cfg: DictConfig) -> dict[str, torch.Tensor]:
 @pytest.mark.filterwarnings(NO_TRAINER_TO_LOG_TO)
 @pytest.mark.parametrize("stage", ["audio", "visual", "fusion"])
 def test_configured_optimisation_reaches_each_stage_module(stage):
-    switches = {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.03, "scheduler": "plateau",
-                "scheduler_patience": 3, "label_smoothing": 0.1}
+    switches = {
+        "optimizer": "adamw",
+        "lr": 0.002,
+        "weight_decay": 0.03,
+        "scheduler": "plateau",
+        "scheduler_patience": 3,
+        "label_smoothing": 0.1,
+    }
     cfg = compose_train([f"++model.{stage}.module.{key}={value}" for key, value in switches.items()])
     classes = list(cfg.data.classes)
     module = instantiate(cfg.model[stage].module, _convert_="all", num_classes=len(classes), class_names=classes)

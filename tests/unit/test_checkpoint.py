@@ -1,4 +1,5 @@
 """The best checkpoint: ties on a saturated validation objective go to the lower validation loss."""
+
 from __future__ import annotations
 
 import math
@@ -56,20 +57,39 @@ class ScriptedValidation(L.LightningModule):
 
 def selection_callbacks(tmp_path, tie_break: str | None) -> list[L.Callback]:
     """configs/callbacks/default.yaml's selection and best checkpoint, and last.ckpt."""
-    return [SelectionScore("val/video_uar", "max", tie_break, "min"),
-            ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/selection", mode="max", save_top_k=1,
-                            enable_version_counter=False),
-            ModelCheckpoint(dirpath=tmp_path, filename="last", enable_version_counter=False)]
+    return [
+        SelectionScore("val/video_uar", "max", tie_break, "min"),
+        ModelCheckpoint(
+            dirpath=tmp_path,
+            filename="best",
+            monitor="val/selection",
+            mode="max",
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
+        ModelCheckpoint(dirpath=tmp_path, filename="last", enable_version_counter=False),
+    ]
 
 
-def fit(tmp_path, tie_break: str | None, epochs: int | None = None, ckpt_path=None,
-        scripted: list[tuple[float, float]] = SCRIPTED) -> tuple[ModelCheckpoint, ScriptedValidation]:
+def fit(
+    tmp_path,
+    tie_break: str | None,
+    epochs: int | None = None,
+    ckpt_path=None,
+    scripted: list[tuple[float, float]] = SCRIPTED,
+) -> tuple[ModelCheckpoint, ScriptedValidation]:
     """Trains ``epochs`` (default: all scripted) with the selection callbacks; (best checkpoint, module)."""
     data = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
     callbacks = selection_callbacks(tmp_path, tie_break)
     module = ScriptedValidation(scripted)
-    trainer = L.Trainer(max_epochs=epochs or len(scripted), callbacks=callbacks, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=epochs or len(scripted),
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, train_dataloaders=data, val_dataloaders=data, ckpt_path=ckpt_path)
     assert trainer.callback_metrics["val/selection"].dtype == torch.float64
     return callbacks[1], module
@@ -117,8 +137,10 @@ def test_the_score_orders_by_the_metric_then_by_the_tie_break(mode, tie_break_mo
     score = SelectionScore("val/video_uar", mode, "val/loss", tie_break_mode).score
     # neighbouring float32 values (at zero, below a power of two, below 1) and others
     below = [np.nextafter(np.float32(x), np.float32(0)) for x in (0.5, 1.0)]
-    metrics = sorted([0.0, float(np.nextafter(np.float32(0), np.float32(1))), 1 / 3, 0.5, 1.0, *map(float, below)],
-                     reverse=mode == "min")  # the worst first
+    metrics = sorted(
+        [0.0, float(np.nextafter(np.float32(0), np.float32(1))), 1 / 3, 0.5, 1.0, *map(float, below)],
+        reverse=mode == "min",
+    )  # the worst first
     tie_breaks = [-math.inf, -1e6, -1.0, 0.0, 0.2, 0.2000001, 7.0, 1e6, math.inf]
     if tie_break_mode == "min":
         tie_breaks.reverse()  # the worst first
@@ -133,8 +155,9 @@ def test_the_score_orders_by_the_metric_then_by_the_tie_break(mode, tie_break_mo
 def test_without_a_tie_break_the_score_is_the_metric_as_logged():
     assert SelectionScore("val/video_uar", "max").score({"val/video_uar": 1 / 3}) == float(np.float32(1 / 3))
     # a NaN metric stays NaN, the worst for ModelCheckpoint
-    assert math.isnan(SelectionScore("val/loss", "min", "val/video_uar", "max").score(
-        {"val/loss": math.nan, "val/video_uar": 1.0}))
+    assert math.isnan(
+        SelectionScore("val/loss", "min", "val/video_uar", "max").score({"val/loss": math.nan, "val/video_uar": 1.0})
+    )
 
 
 class RecordsTestedWeights(ScriptedValidation):
@@ -151,8 +174,14 @@ def test_with_ema_the_test_after_fit_sees_the_average_that_was_validated_and_che
     data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=2)
     selection, best, _ = selection_callbacks(tmp_path, "val/loss")
     module = RecordsTestedWeights()
-    trainer = L.Trainer(max_epochs=4, callbacks=[selection, best, EMAWeights(decay=0.9)], logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=4,
+        callbacks=[selection, best, EMAWeights(decay=0.9)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, train_dataloaders=data, val_dataloaders=data)
     trainer.test(module, dataloaders=data, ckpt_path=best.best_model_path)
     saved = torch.load(best.best_model_path, weights_only=False)

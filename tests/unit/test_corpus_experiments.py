@@ -1,4 +1,5 @@
 """``python train.py data=<corpus>`` runs the corpus's own experiment (configs/corpus_experiments.yaml)."""
+
 from __future__ import annotations
 
 from omegaconf import OmegaConf
@@ -13,14 +14,24 @@ CONFIGS = REPO / "configs"
 def test_a_corpus_alone_gets_its_experiment_among_the_overrides(capsys):
     args = ["-m", "data=ravdess", "stage=audio", "--cfg", "job"]
     assert with_corpus_experiment(args, CONFIGS) == [
-        "-m", "data=ravdess", "experiment=ravdess_audio", "stage=audio", "--cfg", "job"
+        "-m",
+        "data=ravdess",
+        "experiment=ravdess_audio",
+        "stage=audio",
+        "--cfg",
+        "job",
     ]
     assert "data=ravdess: experiment=ravdess_audio, the corpus's recipe" in capsys.readouterr().out
 
 
 def test_an_experiment_a_sweep_over_corpora_or_no_corpus_are_left_as_given():
-    for args in (["data=ravdess", "experiment=paper_ravdess_kfold"], ["+experiment=demo", "data=ck"],
-                 ["-m", "data=ravdess,emodb"], ["stage=audio"], ["data=demo_like_corpus_not_listed"]):
+    for args in (
+        ["data=ravdess", "experiment=paper_ravdess_kfold"],
+        ["+experiment=demo", "data=ck"],
+        ["-m", "data=ravdess,emodb"],
+        ["stage=audio"],
+        ["data=demo_like_corpus_not_listed"],
+    ):
         assert corpus_experiment(args, CONFIGS) is None
         assert with_corpus_experiment(args, CONFIGS) == args
 

@@ -4,6 +4,7 @@ Layers, lowest first: datamodules <- lightning_modules <- tracking <- callbacks 
 (train.py, prepare.py, predict.py, scripts/, hydra_plugins/). Imports inside functions count: a lazy import
 hides a cycle from Python, not from a reader.
 """
+
 from __future__ import annotations
 
 import ast
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.paths import REPO  # noqa: E402
+from tests.helpers.paths import REPO
 
 LAYERS = ("datamodules", "lightning_modules", "tracking", "callbacks", "runner")
 ENTRY_POINTS = ("train.py", "prepare.py", "predict.py", "scripts", "hydra_plugins")
@@ -59,8 +60,12 @@ def layer(name: str) -> int:
 def import_graph(root: Path) -> dict[str, set[str]]:
     """Every project file's module name -> the project modules it imports."""
     files = [p for top in LAYERS for p in (root / top).rglob("*.py")]
-    files += [p for entry in ENTRY_POINTS for p in ([root / entry] if entry.endswith(".py") else (root / entry).rglob("*.py"))
-              if p.is_file()]
+    files += [
+        p
+        for entry in ENTRY_POINTS
+        for p in ([root / entry] if entry.endswith(".py") else (root / entry).rglob("*.py"))
+        if p.is_file()
+    ]
     graph = {}
     for path in files:
         name = module_name(path, root)
@@ -70,8 +75,12 @@ def import_graph(root: Path) -> dict[str, set[str]]:
 
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(f"{importer} -> {imported}" for importer, targets in graph.items()
-                  for imported in targets if layer(imported) > layer(importer))
+    return sorted(
+        f"{importer} -> {imported}"
+        for importer, targets in graph.items()
+        for imported in targets
+        if layer(imported) > layer(importer)
+    )
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -84,7 +93,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             if nxt.startswith(node + "."):
                 continue  # a package importing its own submodule (re-exports in __init__)
             if state.get(nxt) == "open":
-                found.append(path[path.index(nxt):] + [nxt])
+                found.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, [*path, nxt])
         state[node] = "done"
