@@ -102,34 +102,38 @@ def timeline_figure(
     entry: dict, waveform: np.ndarray, sample_rate: int, crops: Sequence[tuple[float, np.ndarray]]
 ) -> Figure:
     """One recording's predictions over time, from its predictions.json ``entry``: face crops at their times
-    (``crops``: seconds, uint8 ``[S, S, 3]``), the waveform with the span the VAD kept, each segment's class
-    probabilities as stacked bands, and for a fusion run the attention weight on audio and on visual
+    (``crops``: seconds, uint8 ``[S, S, 3]``), the waveform with the span the VAD kept, each segment's window
+    as a line over the time it covers (coloured by its label), each segment's class probabilities as a
+    stacked bar at its window's centre, and for a fusion run the attention weight on audio and on visual
     features per segment (segments predicted by one modality's model shown as such)."""
     segments = entry["segments"]
     class_names = list(entry["probabilities"])
     duration = entry["duration_s"]
     fused = any(segment["source"] in ("fusion", *SOURCE_STYLES) for segment in segments)
-    heights = [1.1] * bool(crops) + [1.2, 2.2] + [1.2] * fused
+    heights = [1.1] * bool(crops) + [1.2, min(0.5 + 0.08 * len(segments), 1.6), 2.2] + [1.2] * fused
     fig = Figure(figsize=(10, 0.6 + sum(heights)), layout="constrained")
     axes = list(fig.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights}))
     if crops:
         _draw_crops(axes.pop(0), crops, duration, crop_width=duration * heights[0] / 8.5)
-    ax_wave, ax_probs = axes[:2]
+    ax_wave, ax_windows, ax_probs = axes[:3]
     _draw_waveform(ax_wave, waveform, sample_rate, entry["speech_span_s"])
-    starts = np.array([segment["start_s"] for segment in segments])
-    centres = (starts + np.array([segment["end_s"] for segment in segments])) / 2
-    width = float(np.median(np.diff(starts))) if len(starts) > 1 else segments[0]["end_s"] - segments[0]["start_s"]
+    windows = np.array([[segment["start_s"], segment["end_s"]] for segment in segments])
+    centres = windows.mean(axis=1)
+    # a bar marks a centre, narrower than the gap between centres: the window it stands for is drawn above
+    width = 0.8 * float(np.min(np.diff(centres))) if len(segments) > 1 else 0.1 * float(np.ptp(windows))
+    colours = dict(zip(class_names, (f"C{k % 10}" for k in range(len(class_names)))))
+    _draw_windows(ax_windows, windows, [colours[segment["label"]] for segment in segments])
     bottom = np.zeros(len(segments))
-    colours = [f"C{k % 10}" for k in range(len(class_names))]
-    for name, colour in zip(class_names, colours):
+    for name, colour in colours.items():
         values = np.array([segment["probabilities"][name] for segment in segments])
         ax_probs.bar(centres, values, width, bottom=bottom, color=colour, label=name, linewidth=0)
         bottom += values
     ax_probs.set_ylim(0, 1)
     ax_probs.set_ylabel("probability")
-    ax_probs.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="class", title_fontsize=8)
+    ax_probs.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="class\n(bar at its\nwindow's centre)",
+                    title_fontsize=8)
     if fused:
-        _draw_attention(axes[2], segments, centres, width)
+        _draw_attention(axes[3], segments, centres, width)
     axes[-1].set_xlabel("time (s)")
     axes[-1].set_xlim(0, duration)
     fig.suptitle(
@@ -138,6 +142,19 @@ def timeline_figure(
         fontsize=11,
     )
     return fig
+
+
+def _draw_windows(ax, windows: np.ndarray, colours: Sequence[str]) -> None:
+    """Each segment's window (``[start, end]`` seconds, one row per segment, in order) as a line over the
+    time it covers, with a tick at its centre (``gid`` ``segment_windows``: the figure's record of them)."""
+    rows = np.arange(len(windows))
+    ax.hlines(rows, windows[:, 0], windows[:, 1], colors=colours, linewidth=2, gid="segment_windows",
+              label="segment window (colour: its label)")
+    ax.plot(windows.mean(axis=1), rows, "|", color="0.2", markersize=5, label="window centre")
+    ax.set_ylim(len(windows) - 0.5, -0.5)
+    ax.set_yticks([])
+    ax.set_ylabel("windows", rotation=0, ha="right", va="center")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
 
 
 def _draw_crops(ax, crops: Sequence[tuple[float, np.ndarray]], duration: float, crop_width: float) -> None:
