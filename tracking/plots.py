@@ -130,8 +130,13 @@ def timeline_figure(
         bottom += values
     ax_probs.set_ylim(0, 1)
     ax_probs.set_ylabel("probability")
-    ax_probs.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="class\n(bar at its\nwindow's centre)",
-                    title_fontsize=8)
+    ax_probs.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        title="class\n(bar at its\nwindow's centre)",
+        title_fontsize=8,
+    )
     if fused:
         _draw_attention(axes[3], segments, centres, width)
     axes[-1].set_xlabel("time (s)")
@@ -148,8 +153,15 @@ def _draw_windows(ax, windows: np.ndarray, colours: Sequence[str]) -> None:
     """Each segment's window (``[start, end]`` seconds, one row per segment, in order) as a line over the
     time it covers, with a tick at its centre (``gid`` ``segment_windows``: the figure's record of them)."""
     rows = np.arange(len(windows))
-    ax.hlines(rows, windows[:, 0], windows[:, 1], colors=colours, linewidth=2, gid="segment_windows",
-              label="segment window (colour: its label)")
+    ax.hlines(
+        rows,
+        windows[:, 0],
+        windows[:, 1],
+        colors=colours,
+        linewidth=2,
+        gid="segment_windows",
+        label="segment window (colour: its label)",
+    )
     ax.plot(windows.mean(axis=1), rows, "|", color="0.2", markersize=5, label="window centre")
     ax.set_ylim(len(windows) - 0.5, -0.5)
     ax.set_yticks([])

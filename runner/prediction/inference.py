@@ -176,9 +176,11 @@ def predict_files(run: TrainedRun, files: list[Path], problems: list[Problem], o
         bar.update()
     bar.close()
     write_predictions(out, run, entries, failed)
-    print(f"{len(entries)} file(s) predicted, {len(failed)} failed\n"
-          f"Predictions: {out / 'predictions.csv'} and {out / 'predictions.json'}\n"
-          f"Timeline figures: {out}/<file>.png" + f" ({len(entries)})" * bool(entries))
+    print(
+        f"{len(entries)} file(s) predicted, {len(failed)} failed\n"
+        f"Predictions: {out / 'predictions.csv'} and {out / 'predictions.json'}\n"
+        f"Timeline figures: {out}/<file>.png" + f" ({len(entries)})" * bool(entries)
+    )
     return json.loads((out / "predictions.json").read_text())
 
 

@@ -258,19 +258,36 @@ def timeline_entry(windows: list[tuple[float, float]], duration: float) -> dict:
     """A predictions.json file entry with segments over ``windows`` (seconds), as predict.py writes it."""
     names = ["anger", "happiness"]
     segments = [
-        {"start_s": start, "end_s": end, "label": names[k % 2], "source": "audio", "attention": None,
-         "probabilities": {names[k % 2]: 0.7, names[1 - k % 2]: 0.3}}
+        {
+            "start_s": start,
+            "end_s": end,
+            "label": names[k % 2],
+            "source": "audio",
+            "attention": None,
+            "probabilities": {names[k % 2]: 0.7, names[1 - k % 2]: 0.3},
+        }
         for k, (start, end) in enumerate(windows)
     ]
-    return {"name": "clip", "label": "anger", "confidence": 0.6, "votes": 1, "n_segments": len(segments),
-            "probabilities": {"anger": 0.5, "happiness": 0.5}, "duration_s": duration,
-            "speech_span_s": [0.25, 2.75], "segments": segments}
+    return {
+        "name": "clip",
+        "label": "anger",
+        "confidence": 0.6,
+        "votes": 1,
+        "n_segments": len(segments),
+        "probabilities": {"anger": 0.5, "happiness": 0.5},
+        "duration_s": duration,
+        "speech_span_s": [0.25, 2.75],
+        "segments": segments,
+    }
 
 
-@pytest.mark.parametrize("windows", [
-    [(round(0.25 + 0.3 * k, 4), round(0.25 + 0.3 * k + 1.93, 4)) for k in range(2)],  # a 2.5-s span, 1.93-s windows
-    [(0.5, 2.43)],  # one segment
-])
+@pytest.mark.parametrize(
+    "windows",
+    [
+        [(round(0.25 + 0.3 * k, 4), round(0.25 + 0.3 * k + 1.93, 4)) for k in range(2)],  # a 2.5-s span, 1.93-s windows
+        [(0.5, 2.43)],  # one segment
+    ],
+)
 def test_the_timeline_draws_each_segment_over_the_window_it_covers(windows):
     from matplotlib.collections import LineCollection
 
@@ -278,12 +295,18 @@ def test_the_timeline_draws_each_segment_over_the_window_it_covers(windows):
 
     entry = timeline_entry(windows, duration=3.0)
     figure = timeline_figure(json.loads(json.dumps(entry)), np.zeros(48000, dtype=np.float32), 16000, [])
-    (drawn,) = [c for ax in figure.axes for c in ax.collections
-                if isinstance(c, LineCollection) and c.get_gid() == "segment_windows"]
+    (drawn,) = [
+        c
+        for ax in figure.axes
+        for c in ax.collections
+        if isinstance(c, LineCollection) and c.get_gid() == "segment_windows"
+    ]
     extents = np.array([(a[0], b[0]) for a, b in drawn.get_segments()])
     np.testing.assert_allclose(extents, [(s["start_s"], s["end_s"]) for s in entry["segments"]])
     bars = [patch for ax in figure.axes if ax.get_ylabel() == "probability" for patch in ax.patches]
     centres = sorted({round(bar.get_x() + bar.get_width() / 2, 4) for bar in bars})
     assert centres == pytest.approx([(start + end) / 2 for start, end in windows])
-    legend_title = next(ax.get_legend().get_title().get_text() for ax in figure.axes if ax.get_ylabel() == "probability")
+    legend_title = next(
+        ax.get_legend().get_title().get_text() for ax in figure.axes if ax.get_ylabel() == "probability"
+    )
     assert "window's centre" in legend_title
