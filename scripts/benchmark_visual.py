@@ -31,8 +31,9 @@ from datamodules.feature_cache import FeatureCache  # noqa: E402
 from lightning_modules.host_memory import keep_freed_memory  # noqa: E402
 from lightning_modules.visual_module import VisualModule  # noqa: E402
 
-PAPER_BACKBONE = {"variant": "vgg19", "batch_norm": False, "weights": "none", "width": 1.0, "fc_dim": 4096,
-                  "dropout": 0.5, "freeze": "features", "pool": "7x7"}
+PAPER_BACKBONE = {"_target_": "lightning_modules.components.vgg.VGGFeatureExtractor", "variant": "vgg19",
+                  "batch_norm": False, "weights": "none", "width": 1.0, "fc_dim": 4096, "dropout": 0.5,
+                  "freeze": "features", "pool": "7x7"}
 
 
 def overlapping_segments(segments: int, shift: int, frames: int = 20) -> torch.Tensor:

@@ -14,7 +14,8 @@ from datamodules.feature_cache import FeatureCache
 from lightning_modules.cross_validation import run
 from lightning_modules.visual_module import VisualModule
 
-TINY_VGG = {"variant": "vgg11", "batch_norm": True, "weights": "none", "width": 0.125, "fc_dim": 16}
+TINY_VGG = {"_target_": "lightning_modules.components.vgg.VGGFeatureExtractor", "variant": "vgg11", "batch_norm": True,
+            "weights": "none", "width": 0.125, "fc_dim": 16}
 
 
 def clips(n: int = 5, rows: int = 3) -> list[tuple[str, dict[str, torch.Tensor]]]:

@@ -23,7 +23,7 @@ KILL_AFTER_EPOCHS = 2  # of fold 1: the kill lands while it trains its third epo
 # every kind of state a resumed fold needs: Adam moments, a cosine schedule, SpecAugment and dropout draws
 TRAIN = [
     *TINY_MODELS, "stage=audio", "fold=all", f"model.audio.trainer.max_epochs={EPOCHS}", "model.audio.module.lr=0.003",
-    "model.audio.module.scheduler=cosine",
+    "model.audio.module.scheduler={_target_:lightning_modules.schedules.cosine,_partial_:true}",
     "model.audio.module.spec_augment={freq_masks:1,freq_width:8,time_masks:1,time_width:10}",
 ]
 COMPARED = ("val", "test", "objective")  # metrics.json without its paths
