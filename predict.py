@@ -6,6 +6,7 @@
 Follow it: configs/predict.yaml -> lightning_modules/prediction.py (predict) -> datamodules/recordings.py
 (the training pipeline's steps on each file) and callbacks/plots.py (timeline_figure).
 """
+
 import os
 from pathlib import Path
 

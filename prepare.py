@@ -1,7 +1,8 @@
 """Preprocess a corpus (VAD, MFCC images, face tracks) into the clip cache and print the report.
 
-    python prepare.py data=ravdess data.root=../shared/data/ravdess-speech-16k
+python prepare.py data=ravdess data.root=../shared/data/ravdess-speech-16k
 """
+
 import os
 from pathlib import Path
 

@@ -6,6 +6,7 @@
 Follow it: configs/train.yaml -> lightning_modules/cross_validation.py (run, train_stage)
 -> datamodules/datamodule.py (data) and lightning_modules/{audio,visual,fusion}_module.py (loss).
 """
+
 import os
 import sys
 import warnings

@@ -1,4 +1,5 @@
 """Experiment tracking: confusion matrices, per-fold accuracy, the CV summary run, loggers, results table."""
+
 from __future__ import annotations
 
 import inspect

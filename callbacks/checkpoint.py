@@ -1,4 +1,5 @@
 """The best checkpoint on the validation objective, with ties broken by a second validation metric."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -27,8 +28,13 @@ class BestCheckpoint(ModelCheckpoint):
             be 1.
     """
 
-    def __init__(self, tie_break: str | None = None, tie_break_mode: str = "min", dirpath: str | None = None,
-                 **checkpoint_kwargs: Any) -> None:
+    def __init__(
+        self,
+        tie_break: str | None = None,
+        tie_break_mode: str = "min",
+        dirpath: str | None = None,
+        **checkpoint_kwargs: Any,
+    ) -> None:
         super().__init__(dirpath=dirpath, **checkpoint_kwargs)
         if tie_break is not None:
             if self.monitor is None or self.save_top_k != 1:
@@ -51,7 +57,11 @@ class BestCheckpoint(ModelCheckpoint):
         if candidate is None:
             return False
         candidate = float(candidate)
-        return candidate > self.best_tie_break_score if self.tie_break_mode == "max" else candidate < self.best_tie_break_score
+        return (
+            candidate > self.best_tie_break_score
+            if self.tie_break_mode == "max"
+            else candidate < self.best_tie_break_score
+        )
 
     def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
         if self.tie_break is None or current is None:

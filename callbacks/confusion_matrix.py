@@ -1,4 +1,5 @@
 """Segment- and video-level confusion matrices at validation and test end: W&B chart + heatmap, and PNG files."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

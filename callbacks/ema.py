@@ -1,4 +1,5 @@
 """An exponential moving average of the weights, evaluated in place of the weights themselves."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -6,6 +6,7 @@ per-fold table, ``cv/<split>/<metric>_mean`` / ``cv/<split>/<metric>_std`` for t
 objective is the validation one, ``cv_objective_key(objective.metric)``, e.g. ``cv/val/video_uar_mean``;
 ``cv/objective`` holds its value too), a per-fold bar chart and the pooled test confusion matrices.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,7 +22,11 @@ from lightning_modules.cv_summary import SPLITS, check_objective
 
 METRICS = ("accuracy", "uar", "macro_f1")
 FOLD_COLUMNS = (
-    "stage", "fold", "test_subjects", "n_test_clips", "n_test_segments",
+    "stage",
+    "fold",
+    "test_subjects",
+    "n_test_clips",
+    "n_test_segments",
     *(f"{level}_{metric}" for level in LEVELS for metric in METRICS),
 )
 
@@ -35,8 +40,11 @@ def cv_objective_key(metric: str) -> str:
 def fold_accuracy_row(stage: str, fold: int, test_subjects: Sequence[str], result: dict) -> dict:
     """One fold's test metrics as a flat row (keys FOLD_COLUMNS) from an evaluation result dict."""
     row = {
-        "stage": stage, "fold": fold, "test_subjects": ",".join(test_subjects),
-        "n_test_clips": result["n_clips"], "n_test_segments": result["n_segments"],
+        "stage": stage,
+        "fold": fold,
+        "test_subjects": ",".join(test_subjects),
+        "n_test_clips": result["n_clips"],
+        "n_test_segments": result["n_segments"],
     }
     row.update({f"{level}_{metric}": float(result[level][metric]) for level in LEVELS for metric in METRICS})
     return row
@@ -67,13 +75,16 @@ def save_cv_summary_plots(summary: dict, out_dir: Path) -> dict[str, Path]:
     test = summary["test"]
     plots = {
         "fold_accuracy": save_figure(
-            fold_accuracy_figure(test["folds"], test["mean"], test["std"], title, chance=1 / len(summary["class_names"])),
+            fold_accuracy_figure(
+                test["folds"], test["mean"], test["std"], title, chance=1 / len(summary["class_names"])
+            ),
             out_dir / "fold_accuracy.png",
         )
     }
     for level in LEVELS:
         figure = confusion_matrix_figure(
-            test["pooled"][level]["confusion_matrix"], summary["class_names"],
+            test["pooled"][level]["confusion_matrix"],
+            summary["class_names"],
             f"{title}: {level}-level, pooled over {len(test['folds'])} folds",
         )
         plots[f"pooled_{level}"] = save_figure(figure, out_dir / f"pooled_{level}_confusion.png")
@@ -113,18 +124,32 @@ def log_cv_summary_run(
         try:
             objective_key, _ = check_objective(summary["objective"])
             metric_columns = [c for c in FOLD_COLUMNS if c.startswith(LEVELS)]
-            columns = ["stage", "fold", "test_subjects", "n_test_clips", summary["objective"]["metric"],
-                       *metric_columns]
+            columns = [
+                "stage",
+                "fold",
+                "test_subjects",
+                "n_test_clips",
+                summary["objective"]["metric"],
+                *metric_columns,
+            ]
             rows = [
-                [stage, row["fold"], ",".join(row["subjects"]), row["n_clips"], val_row[objective_key],
-                 *(row[c] for c in metric_columns)]
+                [
+                    stage,
+                    row["fold"],
+                    ",".join(row["subjects"]),
+                    row["n_clips"],
+                    val_row[objective_key],
+                    *(row[c] for c in metric_columns),
+                ]
                 for val_row, row in zip(summary["val"]["folds"], summary["test"]["folds"])
             ]
             table = wandb.Table(columns=columns, data=rows)
             bars = wandb.Table(
                 columns=["fold", "video_accuracy"],
-                data=[[f"fold {row['fold']} ({','.join(row['subjects'])})", row["video_accuracy"]]
-                      for row in summary["test"]["folds"]],
+                data=[
+                    [f"fold {row['fold']} ({','.join(row['subjects'])})", row["video_accuracy"]]
+                    for row in summary["test"]["folds"]
+                ],
             )
             log: dict = {
                 "cv/fold_accuracy": table,
@@ -135,8 +160,11 @@ def log_cv_summary_run(
             }
             for level in LEVELS:
                 log |= wandb_confusion_matrix(
-                    f"cv/pooled_{level}_confusion_matrix", summary["test"]["pooled"][level]["confusion_matrix"],
-                    summary["class_names"], f"{stage} {level}-level, pooled over folds", plots[f"pooled_{level}"],
+                    f"cv/pooled_{level}_confusion_matrix",
+                    summary["test"]["pooled"][level]["confusion_matrix"],
+                    summary["class_names"],
+                    f"{stage} {level}-level, pooled over folds",
+                    plots[f"pooled_{level}"],
                 )
             run.log({**log, **cv_summary_metrics(summary)})
             run_id = run.id

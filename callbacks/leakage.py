@@ -5,6 +5,7 @@ model. ``LeakageGuard`` reads the datasets inside the train, val and test loader
 maps them to clip ids (``SegmentDataset.clip_indices`` and a ``FeatureDataset``'s ``clip_index``
 column are positions in the ``EmotionDataModule``'s ``clips``) and calls ``assert_loaders_match_fold``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -65,7 +66,9 @@ def assert_loaders_match_fold(served: Mapping[str, Collection[str]], fold: Fold,
     for split, ids in served.items():
         outside = set(ids) - part_of_fold[split]
         if outside:
-            problems.append(f"{split} loader serves {len(outside)} clip(s) not in the fold's {split} part: {_named(outside)}")
+            problems.append(
+                f"{split} loader serves {len(outside)} clip(s) not in the fold's {split} part: {_named(outside)}"
+            )
         if split == "test":
             continue
         test_clips = set(ids) & part_of_fold["test"]
@@ -101,7 +104,9 @@ class LeakageGuard(L.Callback):
         corpus_clips = self.datamodule.corpus_of(split).clips
         served = set().union(*(served_clip_ids(dataset, corpus_clips) for dataset in loader_datasets(loaders)))
         test_corpus = self.datamodule.corpus_of("test")
-        every_clip = self.datamodule.clips if test_corpus is self.datamodule else [*self.datamodule.clips, *test_corpus.clips]
+        every_clip = (
+            self.datamodule.clips if test_corpus is self.datamodule else [*self.datamodule.clips, *test_corpus.clips]
+        )
         assert_loaders_match_fold({split: served}, self.datamodule.current_fold, every_clip)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -9,6 +9,7 @@ cross-validation makes one run per fold: ``detach_agent_run`` moves the agent's 
 fold runs are ordinary runs, and the cv-summary run of the last stage is started as the agent's run
 (``agent_run_environment``), so the sweep sees the cross-validated mean as its objective.
 """
+
 from __future__ import annotations
 
 import os

@@ -2,6 +2,7 @@
 
 Every function draws on a bare ``Figure`` (Agg canvas), so none needs a display or touches pyplot's state.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -42,8 +43,12 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequen
 
 
 def fold_accuracy_figure(
-    folds: Sequence[dict], mean: dict, std: dict, title: str,
-    metrics: Sequence[str] = ("segment_accuracy", "video_accuracy"), chance: float | None = None,
+    folds: Sequence[dict],
+    mean: dict,
+    std: dict,
+    title: str,
+    metrics: Sequence[str] = ("segment_accuracy", "video_accuracy"),
+    chance: float | None = None,
 ) -> Figure:
     """Grouped bars of each fold's test accuracies (rows as in summary.json), with the mean ± std over
     folds (dashed line and band) and the chance level (dotted) when given."""
@@ -129,7 +134,8 @@ def timeline_figure(
     axes[-1].set_xlim(0, duration)
     fig.suptitle(
         f"{entry['name']}: {entry['label']} (confidence {entry['confidence']:.2f}, "
-        f"{entry['votes']}/{entry['n_segments']} segments)", fontsize=11,
+        f"{entry['votes']}/{entry['n_segments']} segments)",
+        fontsize=11,
     )
     return fig
 
@@ -164,8 +170,9 @@ def _draw_attention(ax, segments: Sequence[dict], centres: np.ndarray, width: fl
     fused = np.array([segment["attention"] is not None for segment in segments])
     audio = np.array([segment["attention"]["audio"] if segment["attention"] else 0.0 for segment in segments])
     ax.bar(centres[fused], audio[fused], width, color="tab:blue", label="on audio", linewidth=0)
-    ax.bar(centres[fused], 1 - audio[fused], width, bottom=audio[fused], color="tab:orange", label="on visual",
-           linewidth=0)
+    ax.bar(
+        centres[fused], 1 - audio[fused], width, bottom=audio[fused], color="tab:orange", label="on visual", linewidth=0
+    )
     for source, (colour, label) in SOURCE_STYLES.items():
         alone = np.array([segment["source"] == source for segment in segments])
         if alone.any():

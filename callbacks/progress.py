@@ -4,6 +4,7 @@ A rich (or tqdm) bar redraws one line in place; when stdout is a file (a SLURM j
 that writes nothing readable for minutes, then a wall of control codes. ``progress_bar`` picks the bar
 on a terminal and ``EpochLines`` elsewhere, by ``sys.stdout.isatty()``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -54,8 +55,10 @@ class EpochLines(ProgressBar):
             if name is not None:
                 values.append(f"{label} {float(metrics[name]):.3f}")
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        return (f"stage {self.stage} fold {self.fold} epoch {trainer.current_epoch + 1}{epochs}: "
-                f"{', '.join(values)} | {time.perf_counter() - self._start:.0f} s")
+        return (
+            f"stage {self.stage} fold {self.fold} epoch {trainer.current_epoch + 1}{epochs}: "
+            f"{', '.join(values)} | {time.perf_counter() - self._start:.0f} s"
+        )
 
 
 def progress_bar(stage: str = "", fold: int | str = "", interactive: bool | None = None) -> ProgressBar:

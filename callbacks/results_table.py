@@ -5,6 +5,7 @@ test metrics, mean ± std over folds) to ``<output_dir>/<corpus>/<cv>/results.cs
 validation objective. Rows are appended under an exclusive file lock, so parallel
 jobs on one machine (or on a shared filesystem with working locks) never interleave.
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,11 +15,24 @@ import time
 from pathlib import Path
 
 RESULT_COLUMNS = (
-    "finished", "tag", "stage", "seed", "n_folds",
-    "objective", "objective_mode", "objective_mean", "objective_std",
-    "test_video_accuracy_mean", "test_video_accuracy_std", "test_video_uar_mean", "test_video_uar_std",
-    "test_segment_accuracy_mean", "test_segment_accuracy_std", "test_pooled_video_accuracy",
-    "overrides", "run_dir",
+    "finished",
+    "tag",
+    "stage",
+    "seed",
+    "n_folds",
+    "objective",
+    "objective_mode",
+    "objective_mean",
+    "objective_std",
+    "test_video_accuracy_mean",
+    "test_video_accuracy_std",
+    "test_video_uar_mean",
+    "test_video_uar_std",
+    "test_segment_accuracy_mean",
+    "test_segment_accuracy_std",
+    "test_pooled_video_accuracy",
+    "overrides",
+    "run_dir",
 )
 
 
@@ -36,8 +50,14 @@ def results_row(summary: dict, tag: str, overrides: list[str], run_dir: Path) ->
         "objective_mode": objective["mode"],
         "objective_mean": f"{objective['mean']:.4f}",
         "objective_std": f"{objective['std']:.4f}",
-        **{f"test_{name}_mean": f"{test['mean'][name]:.4f}" for name in ("video_accuracy", "video_uar", "segment_accuracy")},
-        **{f"test_{name}_std": f"{test['std'][name]:.4f}" for name in ("video_accuracy", "video_uar", "segment_accuracy")},
+        **{
+            f"test_{name}_mean": f"{test['mean'][name]:.4f}"
+            for name in ("video_accuracy", "video_uar", "segment_accuracy")
+        },
+        **{
+            f"test_{name}_std": f"{test['std'][name]:.4f}"
+            for name in ("video_accuracy", "video_uar", "segment_accuracy")
+        },
         "test_pooled_video_accuracy": f"{test['pooled']['video']['accuracy']:.4f}",
         "overrides": " ".join(overrides),
         "run_dir": str(run_dir),
@@ -74,8 +94,10 @@ def format_results_table(rows: list[dict], stage: str | None = None) -> str:
     """The rows (optionally of one stage), best validation objective first, as a text table; test
     metrics are shown beside it, never used for the order."""
     rows = sorted((row for row in rows if stage is None or row["stage"] == stage), key=objective_rank)
-    header = (f"{'objective (val)':>24} {'test video acc':>15} {'test video UAR':>15} {'folds':>5} {'stage':<7} "
-              f"{'tag':<28} overrides")
+    header = (
+        f"{'objective (val)':>24} {'test video acc':>15} {'test video UAR':>15} {'folds':>5} {'stage':<7} "
+        f"{'tag':<28} overrides"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(

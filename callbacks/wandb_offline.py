@@ -8,6 +8,7 @@ The ``.wandb`` file is a LevelDB-style log of protobuf ``Record`` messages: a 7-
     run = read_offline_run(next(find_offline_runs("outputs/demo/loso/audio/fold_0")))
     run.job_type, run.summary["test/video_acc"], run.table("test/fold_accuracy")
 """
+
 from __future__ import annotations
 
 import json
@@ -165,7 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("root", type=Path, help="a folder holding offline-run-* folders at any depth")
     args = parser.parse_args(argv)
-    keys = ("cv/objective", "cv/test/video_accuracy_mean", "cv/test/video_accuracy_std", "test/video_acc", "test/seg_acc")
+    keys = (
+        "cv/objective",
+        "cv/test/video_accuracy_mean",
+        "cv/test/video_accuracy_std",
+        "test/video_acc",
+        "test/seg_acc",
+    )
     for path in find_offline_runs(args.root):
         run = read_offline_run(path)
         values = "  ".join(f"{key}={run.summary[key]:.3f}" for key in keys if key in run.summary)

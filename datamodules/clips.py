@@ -1,4 +1,5 @@
 """The clip table every corpus indexer produces."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

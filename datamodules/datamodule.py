@@ -1,9 +1,10 @@
 """The LightningDataModule: index a corpus, prepare it (once, on rank zero), split it by subject or clip."""
+
 from __future__ import annotations
 
 from bisect import bisect_right
-from itertools import accumulate
 from collections.abc import Callable, Sequence
+from itertools import accumulate
 from pathlib import Path
 
 import lightning as L
@@ -34,8 +35,13 @@ class SegmentDataset(Dataset):
     """
 
     def __init__(
-        self, records: Sequence[dict], clip_indices: Sequence[int], labels: Sequence[int],
-        first_segment_ids: Sequence[int], inputs: Sequence[str], frame_features: Sequence[torch.Tensor] = (),
+        self,
+        records: Sequence[dict],
+        clip_indices: Sequence[int],
+        labels: Sequence[int],
+        first_segment_ids: Sequence[int],
+        inputs: Sequence[str],
+        frame_features: Sequence[torch.Tensor] = (),
         audio_stats: Sequence[torch.Tensor] = (),
     ) -> None:
         self.records, self.clip_indices, self.labels = records, clip_indices, labels
@@ -177,8 +183,13 @@ class EmotionDataModule(L.LightningDataModule):
         if self._prepared is None:
             indexed = self.index()
             self._prepared = prepare_corpus(
-                indexed.clips, self.preprocess_cfg, Path(self.cache_dir), corpus=self.name, source=self.source,
-                workers=self.preprocess_workers, indexed=indexed,
+                indexed.clips,
+                self.preprocess_cfg,
+                Path(self.cache_dir),
+                corpus=self.name,
+                source=self.source,
+                workers=self.preprocess_workers,
+                indexed=indexed,
             )
             print(format_report(self._prepared.report))
             if self.test_corpus is not None:
@@ -221,9 +232,12 @@ class EmotionDataModule(L.LightningDataModule):
         inputs = inputs or self.inputs
         features = [self.frame_features[self.clips[i].clip_id] for i in positions] if "frame_features" in inputs else ()
         return SegmentDataset(
-            [self.records[i] for i in positions], positions,
+            [self.records[i] for i in positions],
+            positions,
             [self.classes.index(self.clips[i].label) for i in positions],
-            [self.first_segment_ids[i] for i in positions], inputs, features,
+            [self.first_segment_ids[i] for i in positions],
+            inputs,
+            features,
             [self.audio_stats[i] for i in positions] if self.audio_stats else (),
         )
 
@@ -231,8 +245,11 @@ class EmotionDataModule(L.LightningDataModule):
         """Batches of the current fold's ``part``, read from the corpus that holds it, with this module's inputs."""
         dataset = self.corpus_of(part).dataset(getattr(self.current_fold, part), inputs=self.inputs)
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

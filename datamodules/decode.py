@@ -6,6 +6,7 @@ Audio and video share one time origin: the presentation time of the first audio 
 span found on the audio (VAD, MFCC segments) selects the matching video frames directly. An image
 sequence has no audio; its frames lie at ``i / frame_rate`` seconds.
 """
+
 from __future__ import annotations
 
 import os

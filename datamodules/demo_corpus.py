@@ -17,6 +17,7 @@ Files are written to a temporary name and renamed; complete files are not rewrit
 
     python -m datamodules.demo_corpus --out data/demo [--subjects 4 --clips-per-emotion 3 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -191,8 +192,7 @@ def plan_clip(rng: np.random.Generator, seconds: tuple[float, float], fps: int) 
 def _vowel_gain(frequency_hz: np.ndarray, formants: Sequence[float]) -> np.ndarray:
     """Formant envelope, band-limited to the speech band (roll-off below 280 Hz, above 3600 Hz)."""
     gain = 0.3 + sum(  # a floor of 0.3: vowels colour the voice less than the emotion's tilt does
-        np.exp(-0.5 * ((frequency_hz - centre) / width) ** 2)
-        for centre, width in zip(formants, _FORMANT_BANDWIDTHS_HZ)
+        np.exp(-0.5 * ((frequency_hz - centre) / width) ** 2) for centre, width in zip(formants, _FORMANT_BANDWIDTHS_HZ)
     )
     return gain / (1 + (280 / frequency_hz) ** 4) / (1 + (frequency_hz / 3600) ** 8)
 
@@ -293,11 +293,15 @@ def draw_face(
     draw.ellipse((cx - 1.08 * rx, cy - 1.12 * ry, cx + 1.08 * rx, cy + 0.55 * ry), fill=subject.hair)
     draw.rectangle((cx - 0.45 * rx, cy + 0.7 * ry, cx + 0.45 * rx, height), fill=shade)
     for side in (-1, 1):
-        draw.ellipse((cx + side * rx - 0.14 * rx, cy - 0.2 * ry, cx + side * rx + 0.14 * rx, cy + 0.15 * ry), fill=shade)
+        draw.ellipse(
+            (cx + side * rx - 0.14 * rx, cy - 0.2 * ry, cx + side * rx + 0.14 * rx, cy + 0.15 * ry), fill=shade
+        )
     for ring in range(FACE_SHADING_RINGS):
         light, inset = 0.8 + 0.2 * ring / (FACE_SHADING_RINGS - 1), 1.0 - 0.06 * ring
-        draw.ellipse((cx - inset * rx, cy - inset * ry * (1 + 0.02 * ring), cx + inset * rx, cy + inset * ry),
-                     fill=tuple(int(channel * light) for channel in skin))
+        draw.ellipse(
+            (cx - inset * rx, cy - inset * ry * (1 + 0.02 * ring), cx + inset * rx, cy + inset * ry),
+            fill=tuple(int(channel * light) for channel in skin),
+        )
 
     eye_y, brow_y = cy - 0.18 * ry, cy - 0.40 * ry - 0.14 * ry * face.brow_raise
     eye_rx, eye_ry = 0.19 * rx, max(0.08 * ry * face.eye_open, 1.5)
@@ -305,7 +309,12 @@ def draw_face(
         eye_x = cx + side * 0.4 * rx
         draw.ellipse((eye_x - 1.35 * eye_rx, eye_y - 0.16 * ry, eye_x + 1.35 * eye_rx, eye_y + 0.11 * ry), fill=socket)
         draw.line(
-            (cx + side * 0.14 * rx, brow_y + 0.14 * ry * face.brow_tilt, cx + side * 0.66 * rx, brow_y - 0.05 * ry * face.brow_tilt),
+            (
+                cx + side * 0.14 * rx,
+                brow_y + 0.14 * ry * face.brow_tilt,
+                cx + side * 0.66 * rx,
+                brow_y - 0.05 * ry * face.brow_tilt,
+            ),
             fill=tuple(int(channel * 0.45) for channel in subject.hair),  # dark even under grey hair
             width=max(int(0.095 * ry), 2),
         )
@@ -320,7 +329,9 @@ def draw_face(
     draw.polygon(((cx, cy - 0.1 * ry), (cx - 0.12 * rx, nose_y), (cx + 0.12 * rx, nose_y)), fill=shade)
     for side in (-1, 1):
         nostril_x = cx + side * 0.07 * rx
-        draw.ellipse((nostril_x - 0.035 * rx, nose_y - 0.03 * ry, nostril_x + 0.035 * rx, nose_y + 0.01 * ry), fill=deep_shade)
+        draw.ellipse(
+            (nostril_x - 0.035 * rx, nose_y - 0.03 * ry, nostril_x + 0.035 * rx, nose_y + 0.01 * ry), fill=deep_shade
+        )
 
     mouth_y, half_width = cy + 0.5 * ry, 0.33 * rx * face.mouth_width
     opening = (0.04 + 0.9 * mouth_open) * 0.22 * ry * face.mouth_open
@@ -452,9 +463,10 @@ def generate_clip(
 
 def _parameters(**parameters) -> dict:
     """The generation parameters as the manifest stores them (tuples become lists), with the version."""
-    return {"version": GENERATOR_VERSION, **{
-        name: list(value) if isinstance(value, tuple) else value for name, value in parameters.items()
-    }}
+    return {
+        "version": GENERATOR_VERSION,
+        **{name: list(value) if isinstance(value, tuple) else value for name, value in parameters.items()},
+    }
 
 
 def _check_parameters(subjects: int, clips_per_emotion: int, seconds, size, fps: int, sample_rate: int) -> None:
@@ -503,8 +515,13 @@ def generate_demo_corpus(
     _check_parameters(subjects, clips_per_emotion, seconds, size, fps, sample_rate)
     out = Path(out)
     parameters = _parameters(
-        subjects=subjects, clips_per_emotion=clips_per_emotion, seconds=tuple(seconds), size=tuple(size),
-        fps=fps, sample_rate=sample_rate, seed=seed,
+        subjects=subjects,
+        clips_per_emotion=clips_per_emotion,
+        seconds=tuple(seconds),
+        size=tuple(size),
+        fps=fps,
+        sample_rate=sample_rate,
+        seed=seed,
     )
     manifest = _read_manifest(out)
     if manifest is not None and manifest["parameters"] != parameters:
@@ -519,8 +536,15 @@ def generate_demo_corpus(
     for path, number, emotion, k in tqdm(jobs, desc="demo corpus", unit="clip", disable=not progress):
         if not path.is_file():
             generate_clip(
-                path, make_subject(number, seed), emotion, k,
-                seconds=tuple(seconds), size=tuple(size), fps=fps, sample_rate=sample_rate, seed=seed,
+                path,
+                make_subject(number, seed),
+                emotion,
+                k,
+                seconds=tuple(seconds),
+                size=tuple(size),
+                fps=fps,
+                sample_rate=sample_rate,
+                seed=seed,
             )
     _write_manifest(out, parameters, complete=True)
     return [path for path, *_ in jobs]
@@ -554,8 +578,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     paths = generate_demo_corpus(
-        args.out, subjects=args.subjects, clips_per_emotion=args.clips_per_emotion, seconds=tuple(args.seconds),
-        size=tuple(args.size), fps=args.fps, sample_rate=args.sample_rate, seed=args.seed, progress=True,
+        args.out,
+        subjects=args.subjects,
+        clips_per_emotion=args.clips_per_emotion,
+        seconds=tuple(args.seconds),
+        size=tuple(args.size),
+        fps=args.fps,
+        sample_rate=args.sample_rate,
+        seed=args.seed,
+        progress=True,
     )
     print(f"{len(paths)} clips under {args.out}")
 

@@ -5,6 +5,7 @@ the last ``last_frames`` of them grey at ``size`` x ``size`` and describes each 
 gradients (Dalal and Triggs, 2005) and by histograms of uniform local binary patterns over a grid of cells
 (Ojala et al., 2002; Shan et al., 2009 on CK); the vectors of those frames are averaged into the clip's.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -60,15 +61,20 @@ class HogLbp:
         from skimage.feature import hog, local_binary_pattern  # scikit-image: only when these features are asked for
 
         gradients = hog(
-            face, orientations=self.hog_orientations, pixels_per_cell=(self.hog_cell, self.hog_cell),
-            cells_per_block=(self.hog_block, self.hog_block), block_norm="L2-Hys", feature_vector=True,
+            face,
+            orientations=self.hog_orientations,
+            pixels_per_cell=(self.hog_cell, self.hog_cell),
+            cells_per_block=(self.hog_block, self.hog_block),
+            block_norm="L2-Hys",
+            feature_vector=True,
         )
         patterns = local_binary_pattern(face, self.lbp_points, self.lbp_radius, method="nri_uniform")
         bins = self.lbp_points * (self.lbp_points - 1) + 3
         cells = np.array_split(np.arange(self.size), self.lbp_grid)
         histograms = [
             np.bincount(patterns[np.ix_(rows, cols)].astype(np.int64).ravel(), minlength=bins) / (len(rows) * len(cols))
-            for rows in cells for cols in cells
+            for rows in cells
+            for cols in cells
         ]
         return np.concatenate([gradients, *histograms]).astype(np.float32)
 
@@ -78,5 +84,5 @@ class HogLbp:
         path = corpus.cache_folder / f"{clip.clip_id}.pt"
         if not path.exists():
             raise BadInputError(clip.path, "no prepared face crops: preprocessing dropped the clip (see its report)")
-        faces = grey_faces(load_clip(path)["face_frames"][-self.last_frames:], self.size)
+        faces = grey_faces(load_clip(path)["face_frames"][-self.last_frames :], self.size)
         return np.mean([self.frame_vector(face) for face in faces], axis=0)

@@ -14,6 +14,7 @@ searched, and two neighbouring searched frames whose faces overlap by ``redetect
 of the frames between them interpolated; where they do not (no face on one side, or the face moved), the frame
 halfway between them is searched too, until every stretch is either followed or searched frame by frame.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -286,7 +287,9 @@ def fit_to_length(indices: np.ndarray, n: int = FRAMES_PER_SEGMENT) -> np.ndarra
     return np.concatenate([np.repeat(indices[:1], front), indices, np.repeat(indices[-1:], back)])
 
 
-def segment_frame_indices(frame_times: np.ndarray, start_s: float, end_s: float, n: int = FRAMES_PER_SEGMENT) -> np.ndarray:
+def segment_frame_indices(
+    frame_times: np.ndarray, start_s: float, end_s: float, n: int = FRAMES_PER_SEGMENT
+) -> np.ndarray:
     """The ``n`` frames of one segment: those with ``start_s <= t < end_s``, fitted by rules 2 and 3.
 
     If no frame falls in the window, the frame nearest to the window's centre is repeated ``n`` times.
@@ -344,7 +347,9 @@ def crop_faces(
         pad = (max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
         if any(pad):
             patch = F.pad(patch, pad)
-        crops[i] = F.interpolate(patch[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        crops[i] = F.interpolate(patch[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[
+            0
+        ]
     return crops
 
 

@@ -11,6 +11,7 @@ Layout: ``<root>/<hash of the key>/`` holds ``key.json``, shards ``shard_00000.p
 temporary name and renamed, and the index after its shard, so a killed fill leaves whole shards that the next
 fill keeps; a 100k-frame corpus is a few dozen files, not 100k.
 """
+
 from __future__ import annotations
 
 import hashlib

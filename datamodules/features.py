@@ -1,5 +1,6 @@
 """Fusion-stage data: every segment's audio and visual features, computed once by the frozen extractors and
 kept in ``datamodules.feature_cache`` (the extractors come in as callables: no LightningModule is imported here)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -66,8 +67,13 @@ class FeatureDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, segments: EmotionDataModule, extractors: Mapping[str, Callable[[], Extractor]], keys: Mapping[str, dict],
-        cache_root: Path, batch_size: int = 64, extract_batch_size: int = 16,
+        self,
+        segments: EmotionDataModule,
+        extractors: Mapping[str, Callable[[], Extractor]],
+        keys: Mapping[str, dict],
+        cache_root: Path,
+        batch_size: int = 64,
+        extract_batch_size: int = 16,
     ) -> None:
         super().__init__()
         if segments.test_corpus is not None:
@@ -82,8 +88,11 @@ class FeatureDataModule(L.LightningDataModule):
     @cached_property
     def caches(self) -> dict[str, FeatureCache]:
         return {
-            name: FeatureCache(self.cache_root / name, {"clips": self.segments.cache_folder.name, **self.keys[name]},
-                               batch_rows=self.extract_batch_size)
+            name: FeatureCache(
+                self.cache_root / name,
+                {"clips": self.segments.cache_folder.name, **self.keys[name]},
+                batch_rows=self.extract_batch_size,
+            )
             for name in EXTRACTED
         }
 
@@ -138,4 +147,3 @@ class FeatureDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.segments.current_fold.test, shuffle=False)
-

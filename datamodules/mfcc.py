@@ -7,6 +7,7 @@ delta-delta), every channel min-max rescaled to 0-255.
 
 A segment of 64 frames covers (64 - 1) * 10 ms + 25 ms = 655 ms of audio, the paper's segment length.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -86,7 +87,9 @@ def mfcc_frames(
     if signal.numel() < n_fft:
         signal = torch.nn.functional.pad(signal, (0, n_fft - signal.numel()))
     mel_power = _mel_spectrogram(sample_rate, n_fft, hop, n_mels, f_min, f_max)(signal) / n_fft
-    log_mel = torchaudio.functional.amplitude_to_DB(mel_power, multiplier=10.0, amin=1e-10, db_multiplier=0.0, top_db=TOP_DB)
+    log_mel = torchaudio.functional.amplitude_to_DB(
+        mel_power, multiplier=10.0, amin=1e-10, db_multiplier=0.0, top_db=TOP_DB
+    )
     if representation == "logmel":
         static = log_mel  # [n_mels, T]
     else:

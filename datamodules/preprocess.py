@@ -11,6 +11,7 @@ Several runs may fill one cache at once (array jobs on a shared filesystem): eve
 temporary name and renamed, and a clip is prepared only by the run that holds its lock (``claim_clip``);
 the others go on with other clips and read it when it is done.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -136,8 +137,9 @@ def check_duration(audio: np.ndarray, sample_rate: int, mfcc_cfg: dict, path: Pa
     duration_s = audio.size / sample_rate
     if duration_s < minimum_s:
         raise BadInputError(
-            path, f"too short: {duration_s:.3f} s of audio, one segment of {mfcc_cfg['window']} MFCC frames "
-            f"needs {minimum_s:.3f} s"
+            path,
+            f"too short: {duration_s:.3f} s of audio, one segment of {mfcc_cfg['window']} MFCC frames "
+            f"needs {minimum_s:.3f} s",
         )
 
 
@@ -156,10 +158,14 @@ def check_failure_settings(cfg: dict) -> None:
     if not 0 <= faces["min_detection_rate"] <= 1:
         raise ValueError(f"faces.min_detection_rate must be in [0, 1], got {faces['min_detection_rate']}")
     if frames_decoded(faces) not in FRAMES_DECODED_CHOICES:
-        raise ValueError(f"faces.frames_decoded must be one of {FRAMES_DECODED_CHOICES}, got {faces['frames_decoded']!r}")
+        raise ValueError(
+            f"faces.frames_decoded must be one of {FRAMES_DECODED_CHOICES}, got {faces['frames_decoded']!r}"
+        )
     keyframes_of(faces)  # its own checks
     if sequence_segments(cfg) not in SEQUENCE_SEGMENTS_CHOICES:
-        raise ValueError(f"sequence_segments must be one of {SEQUENCE_SEGMENTS_CHOICES}, got {cfg['sequence_segments']!r}")
+        raise ValueError(
+            f"sequence_segments must be one of {SEQUENCE_SEGMENTS_CHOICES}, got {cfg['sequence_segments']!r}"
+        )
     if sequence_segments(cfg) == "frame" and frames_decoded(faces) != "all":
         raise ValueError("sequence_segments=frame cuts a clip at its decoded frames: it needs faces.frames_decoded=all")
 
@@ -278,15 +284,27 @@ def frame_segments(frame_times: np.ndarray) -> torch.Tensor:
 
 
 def segment_faces(
-    decoded: DecodedClip, segment_times: torch.Tensor, faces: dict, detector: FaceDetector | WholeFrameFaces,
-    path: Path, fill: str | None = None,
+    decoded: DecodedClip,
+    segment_times: torch.Tensor,
+    faces: dict,
+    detector: FaceDetector | WholeFrameFaces,
+    path: Path,
+    fill: str | None = None,
 ) -> FaceTrack:
     """The face track of the segments (§3.3) under ``faces`` (the config's ``faces``), its fill rule unless
     ``fill`` names another."""
     return build_face_track(
-        decoded.frames, decoded.frame_times, segment_times, detector, size=faces["size"], margin=faces["margin"],
-        fallback=faces["fallback"], path=path, frames_per_segment=faces["frames_per_segment"],
-        fill=fill or faces["fill"], keyframes=keyframes_of(faces),
+        decoded.frames,
+        decoded.frame_times,
+        segment_times,
+        detector,
+        size=faces["size"],
+        margin=faces["margin"],
+        fallback=faces["fallback"],
+        path=path,
+        frames_per_segment=faces["frames_per_segment"],
+        fill=fill or faces["fill"],
+        keyframes=keyframes_of(faces),
     )
 
 
@@ -304,8 +322,11 @@ def face_segments(
     if few and faces["few_faces"] == "drop":
         raise FewFacesError(path, f"{few}; faces.few_faces=keep keeps such clips")
     kept = torch.as_tensor(track.segments)
-    record = {**{key: value[kept] for key, value in record.items()}, "face_frames": track.face_frames,
-              "face_index": track.face_index}
+    record = {
+        **{key: value[kept] for key, value in record.items()},
+        "face_frames": track.face_frames,
+        "face_index": track.face_index,
+    }
     return record, {
         "n_frames": int(track.face_frames.shape[0]),
         "decoded_frames": track.decoded_frames,
@@ -328,7 +349,9 @@ def face_detector(cfg: dict, device: str = "cpu") -> FaceDetector | WholeFrameFa
     if not faces.get("detect", True):
         return WholeFrameFaces()
     return FaceDetector(
-        device=device, min_confidence=faces["min_confidence"], detect_max_side=faces["detect_max_side"],
+        device=device,
+        min_confidence=faces["min_confidence"],
+        detect_max_side=faces["detect_max_side"],
         min_face_size=faces["min_face_size"],
     )
 
@@ -435,8 +458,11 @@ def computing_with(threads: int | None) -> Iterator[None]:
 
 def thread_settings() -> dict:
     """The thread counts this process computes with: torch's, FFmpeg's decoder's and the environment's."""
-    return {"torch": torch.get_num_threads(), "decoder": decoder_threads(),
-            **{name: os.environ.get(name) for name in THREAD_VARIABLES}}
+    return {
+        "torch": torch.get_num_threads(),
+        "decoder": decoder_threads(),
+        **{name: os.environ.get(name) for name in THREAD_VARIABLES},
+    }
 
 
 def _init_worker(cfg: dict, threads: int | None) -> None:
@@ -732,15 +758,21 @@ def prepare_corpus(
 
     kept = [c for c in clips if c.clip_id in run.metas]
     report = build_report(
-        kept, run.metas, run.dropped, indexed or IndexResult(clips=list(clips)), corpus=corpus, key=key,
-        folder=folder, processed_now=run.processed_now, work_s=work_s, total_s=time.perf_counter() - start,
+        kept,
+        run.metas,
+        run.dropped,
+        indexed or IndexResult(clips=list(clips)),
+        corpus=corpus,
+        key=key,
+        folder=folder,
+        processed_now=run.processed_now,
+        work_s=work_s,
+        total_s=time.perf_counter() - start,
     )
     atomic_write_text(json.dumps(report, indent=2), folder / "report.json")
     if run.failed_too_often:
         raise TooManyFailuresError(failure_summary(report, cfg["max_failed_fraction"]))
-    return PreparedCorpus(
-        clips=kept, files={c.clip_id: files[c.clip_id] for c in kept}, metas=run.metas, report=report
-    )
+    return PreparedCorpus(clips=kept, files={c.clip_id: files[c.clip_id] for c in kept}, metas=run.metas, report=report)
 
 
 def _prepare_clips(
@@ -846,8 +878,17 @@ def reason_kind(failure: dict) -> str:
 
 
 def build_report(
-    kept: list[Clip], metas: dict[str, dict], dropped: dict[str, dict], indexed: IndexResult,
-    *, corpus: str, key: str, folder: Path, processed_now: list[str], work_s: float, total_s: float,
+    kept: list[Clip],
+    metas: dict[str, dict],
+    dropped: dict[str, dict],
+    indexed: IndexResult,
+    *,
+    corpus: str,
+    key: str,
+    folder: Path,
+    processed_now: list[str],
+    work_s: float,
+    total_s: float,
 ) -> dict:
     """Counts a researcher checks before training: every file under the root (found, excluded by selection,
     skipped by the indexer, dropped, prepared), per class and subject, segments, faces, and the reasons."""
@@ -903,7 +944,8 @@ def face_counts(kept: list[Clip], metas: dict[str, dict], dropped: dict[str, dic
         "face_detected_frames": detected,
         "face_detection_rate": detected / decoded if decoded else None,
         "face_detection_rate_per_clip": {
-            m["clip_id"]: round(m["face_detected_frames"] / m["decoded_frames"], 4) for m in kept_metas
+            m["clip_id"]: round(m["face_detected_frames"] / m["decoded_frames"], 4)
+            for m in kept_metas
             if m["decoded_frames"]
         },
         "face_filled_frames": sum(m["face_filled_frames"] for m in kept_metas),
@@ -935,10 +977,14 @@ def format_report(report: dict, listed: int = 20) -> str:
         + (f" + {files['not_reached']} not reached" if "not_reached" in files else ""),
         f"clips: {report['clips_prepared']} prepared of {report['clips_indexed']} indexed, "
         f"{report['clips_processed_now']} processed now in {report['seconds']} s"
-        + (f" ({report['clips_per_second']} clips/s, {report['media_seconds_per_second']} s of media/s)"
-           if report["clips_per_second"] else ""),
+        + (
+            f" ({report['clips_per_second']} clips/s, {report['media_seconds_per_second']} s of media/s)"
+            if report["clips_per_second"]
+            else ""
+        ),
         f"segments: {report['segments']}",
-        "per class: " + ", ".join(
+        "per class: "
+        + ", ".join(
             f"{k} {v} clips/{report['segments_per_class'][k]} seg" for k, v in report["clips_per_class"].items()
         ),
         "per subject: " + ", ".join(f"{k} {v}" for k, v in report["clips_per_subject"].items()),

@@ -6,6 +6,7 @@ Unlike a corpus clip, a recording may lack what one model needs and still be use
 without an audio track is cut into segments over its whole length for the visual model, and a recording in
 which no face is found keeps its audio segments for the audio model (``prepare_recording``).
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ single hold-out fold of named test subjects.
 A ``Fold`` holds clip ids. Every builder checks each fold it makes with ``assert_no_leakage``:
 no clip in two parts, and for subject-independent folds no test subject in train or val.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -124,7 +125,11 @@ def kfold_folds(
         else:
             validation = _subject_sample(training, val_fraction, rng)
         part_of = {
-            clip.clip_id: "test" if test_fold_of[clip.clip_id] == index else "val" if clip.clip_id in validation else "train"
+            clip.clip_id: "test"
+            if test_fold_of[clip.clip_id] == index
+            else "val"
+            if clip.clip_id in validation
+            else "train"
             for clip in clips
         }
         folds.append(_fold(index, f"{k}fold-{group_by}-{index}", clips, part_of, by_subject=group_by == "subject"))
@@ -164,13 +169,16 @@ def holdout_folds(
     else:
         validation = {clip.clip_id for clip in rest if clip.subject in named_val}
     if len(validation) == len(rest):
-        raise ValueError(f"holdout: no subject left to train on (test {test}, validation {named_val or 'all the rest'})")
+        raise ValueError(
+            f"holdout: no subject left to train on (test {test}, validation {named_val or 'all the rest'})"
+        )
     part_of = {
         clip.clip_id: "test" if clip.subject in test else "val" if clip.clip_id in validation else "train"
         for clip in clips
     }
-    return [_fold(0, "holdout-" + ("+".join(sorted(test, key=natural_key)) or "no-test"), clips, part_of,
-                  by_subject=True)]
+    return [
+        _fold(0, "holdout-" + ("+".join(sorted(test, key=natural_key)) or "no-test"), clips, part_of, by_subject=True)
+    ]
 
 
 def with_test_corpus(fold: Fold, test_clips: Sequence[Clip]) -> Fold:
@@ -186,8 +194,12 @@ def with_test_corpus(fold: Fold, test_clips: Sequence[Clip]) -> Fold:
     # by_subject stays False: the test speakers belong to another corpus, whose subject names may
     # coincide with this corpus's without being the same people
     return Fold(
-        index=fold.index, name=f"cross-corpus-{fold.index}", train=fold.train, val=fold.val,
-        test=[clip.clip_id for clip in test_clips], test_subjects=subjects_of(test_clips),
+        index=fold.index,
+        name=f"cross-corpus-{fold.index}",
+        train=fold.train,
+        val=fold.val,
+        test=[clip.clip_id for clip in test_clips],
+        test_subjects=subjects_of(test_clips),
     )
 
 
@@ -306,6 +318,10 @@ def fold_table(folds: Sequence[Fold], clips: Sequence[Clip]) -> str:
     for fold in folds:
         test_labels = Counter(label_of[clip_id] for clip_id in fold.test)
         per_label = "/".join(str(test_labels[label]) for label in labels)
-        subjects = ", ".join(fold.test_subjects) if len(fold.test_subjects) <= 4 else f"{len(fold.test_subjects)} subjects"
-        rows.append(f"{fold.name:<24}{len(fold.train):>7}{len(fold.val):>6}{len(fold.test):>6}  {per_label}  {subjects}")
+        subjects = (
+            ", ".join(fold.test_subjects) if len(fold.test_subjects) <= 4 else f"{len(fold.test_subjects)} subjects"
+        )
+        rows.append(
+            f"{fold.name:<24}{len(fold.train):>7}{len(fold.val):>6}{len(fold.test):>6}  {per_label}  {subjects}"
+        )
     return "\n".join(rows)

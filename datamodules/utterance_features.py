@@ -14,6 +14,7 @@ Vectors are cached one file per clip, ``<cache_dir>/utterance_features/<corpus>/
 key hashing the extractor's identity, what it reads of the preprocessing (``ClipFeatures.inputs``: the VAD
 config, or the clip cache) and the corpus's resolved root.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -85,7 +86,13 @@ class MfccStats(AudioFeatures):
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         static, delta, _ = mfcc_frames(audio, **asdict(self))  # each [n_mfcc, T]
-        stats = (static.mean(1), static.std(1, correction=0), static.amin(1), static.amax(1), delta.std(1, correction=0))
+        stats = (
+            static.mean(1),
+            static.std(1, correction=0),
+            static.amin(1),
+            static.amax(1),
+            delta.std(1, correction=0),
+        )
         return torch.cat(stats).numpy()
 
 

@@ -21,6 +21,7 @@ the clip maximum) fall under SR 0.6 (male voices put most of their energy in the
 85-180 Hz) while 100-4000 Hz still rejects low rumble and thumps below 100 Hz; SR_th 0.6 (VAD-py's
 value); gate -30 dB (breaths and room noise in RAVDESS sit at -35 to -60 dB); δ1 = δ2 = 0.25 s.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -137,7 +138,9 @@ def detect_speech_span(
     duration_s = len(audio) / sample_rate
     ratios, energies, window_times = window_speech_ratios(audio, sample_rate, window_ms, hop_ms, band)
     loudest = energies.max()
-    energies_db = 10 * np.log10(np.maximum(energies, 1e-30) / loudest) if loudest > 0 else np.full_like(energies, -np.inf)
+    energies_db = (
+        10 * np.log10(np.maximum(energies, 1e-30) / loudest) if loudest > 0 else np.full_like(energies, -np.inf)
+    )
     active = ratios >= ratio_threshold
     if min_rel_energy_db is not None:
         active &= energies_db >= min_rel_energy_db
@@ -161,7 +164,9 @@ def detect_speech_span(
     return VadResult(start_s=float(start_s), end_s=float(end_s), found=True, **evidence)
 
 
-def trim_to_speech(audio: np.ndarray, sample_rate: int, vad_cfg: Mapping) -> tuple[np.ndarray, tuple[float, float], bool]:
+def trim_to_speech(
+    audio: np.ndarray, sample_rate: int, vad_cfg: Mapping
+) -> tuple[np.ndarray, tuple[float, float], bool]:
     """``audio`` cut to the span kept under a ``preprocess.vad`` config node, that span in seconds, and
     whether speech was found: the detected span (``detect_speech_span`` with the node's values), or the
     whole clip when ``enabled`` is false or no window is active."""
@@ -190,22 +195,31 @@ def plot_vad(audio: np.ndarray | torch.Tensor, sample_rate: int, result: VadResu
     ax_wave.plot(times, signal, linewidth=0.5, color="0.2")
     ax_wave.set_ylabel("amplitude")
     ax_ratio.plot(centres, result.ratios, label="speech-band ratio SR", color="tab:blue")
-    ax_ratio.fill_between(centres, 0, 1, where=result.active, color="tab:green", alpha=0.2, label="active window", step="mid")
+    ax_ratio.fill_between(
+        centres, 0, 1, where=result.active, color="tab:green", alpha=0.2, label="active window", step="mid"
+    )
     ax_ratio.axhline(result.ratio_threshold, color="tab:blue", linestyle="--", linewidth=0.8, label="SR threshold")
     ax_ratio.set_ylim(0, 1.02)
     ax_ratio.set_ylabel("SR")
     ax_ratio.set_xlabel("time (s)")
     ax_energy = ax_ratio.twinx()
-    ax_energy.plot(centres, np.maximum(result.energies_db, -100), color="tab:orange", linewidth=0.8, label="energy (dB re max)")
+    ax_energy.plot(
+        centres, np.maximum(result.energies_db, -100), color="tab:orange", linewidth=0.8, label="energy (dB re max)"
+    )
     if result.min_rel_energy_db is not None:
-        ax_energy.axhline(result.min_rel_energy_db, color="tab:orange", linestyle="--", linewidth=0.8, label="energy gate")
+        ax_energy.axhline(
+            result.min_rel_energy_db, color="tab:orange", linestyle="--", linewidth=0.8, label="energy gate"
+        )
     ax_energy.set_ylim(-100, 3)
     ax_energy.set_ylabel("dB re loudest window")
     for ax in (ax_wave, ax_ratio):
         ax.axvspan(result.start_s, result.end_s, color="tab:red", alpha=0.08)
         ax.axvline(result.start_s, color="tab:red", linewidth=1)
         ax.axvline(result.end_s, color="tab:red", linewidth=1)
-    ax_wave.set_title(f"kept span {result.start_s:.2f}-{result.end_s:.2f} s" + ("" if result.found else " (no speech found: whole clip)"))
+    ax_wave.set_title(
+        f"kept span {result.start_s:.2f}-{result.end_s:.2f} s"
+        + ("" if result.found else " (no speech found: whole clip)")
+    )
     ax_ratio.legend(loc="upper left", fontsize=8)
     ax_energy.legend(loc="upper right", fontsize=8)
     fig.tight_layout()

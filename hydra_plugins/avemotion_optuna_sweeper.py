@@ -10,6 +10,7 @@ Hydra finds it because ``hydra_plugins`` is a namespace package: this folder (th
 ``sys.path``) joins the installed plugins. Optuna is imported only when a search runs, not on every
 Hydra start-up.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,7 +43,7 @@ def finished_trials(storage: str | None, study_name: str | None) -> int:
     if not storage:
         return 0
     if storage.startswith(SQLITE):
-        Path(storage[len(SQLITE):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(storage[len(SQLITE) :]).parent.mkdir(parents=True, exist_ok=True)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:  # optuna 2.x: "No such study"

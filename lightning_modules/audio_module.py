@@ -1,4 +1,5 @@
 """Audio network, §3.2: MFCC images -> VGG19 fc7 (4096-D) -> segment emotion; or a statistics-pooling TDNN."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence

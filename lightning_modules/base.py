@@ -1,4 +1,5 @@
 """Training, evaluation and optimisation shared by the audio, visual and fusion LightningModules."""
+
 from __future__ import annotations
 
 import inspect
@@ -104,9 +105,9 @@ class EmotionModule(L.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
         self.num_classes = num_classes
-        self.class_names = [str(name) for name in class_names] if class_names is not None else [
-            str(i) for i in range(num_classes)
-        ]
+        self.class_names = (
+            [str(name) for name in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
+        )
         # plain containers in the partials' settings (betas as a list, never a ListConfig in the optimiser state)
         self.optimizer_factory, self.lr = instantiate(optimizer, _convert_="all"), lr
         self.scheduler_factory = None if scheduler is None else instantiate(scheduler, _convert_="all")
@@ -154,9 +155,7 @@ class EmotionModule(L.LightningModule):
             loss = self._training_loss(logits, labels)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
         batch_size = labels.shape[0]
-        self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=batch_size
-        )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=batch_size)
         self.log("train/acc", accuracy, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
         return loss
 

@@ -10,6 +10,7 @@ never on the test clips. The chosen pipeline's validation and test predictions g
 ``evaluate`` as the deep stages, with one "segment" per clip (so segment and video metrics coincide),
 into a metrics.json with the same ``val`` and ``test`` blocks, plus the C search.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,9 @@ def class_probabilities(model: ClassifierMixin, features: np.ndarray, num_classe
 def evaluate_clips(model: ClassifierMixin, features: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     """``evaluate`` of ``model`` on whole clips: each clip is its own single segment."""
     rows = torch.arange(len(labels))
-    return evaluate(rows, rows, class_probabilities(model, features, num_classes), torch.from_numpy(labels), num_classes)
+    return evaluate(
+        rows, rows, class_probabilities(model, features, num_classes), torch.from_numpy(labels), num_classes
+    )
 
 
 def part_features(
@@ -67,8 +70,12 @@ def part_features(
 
 
 def choose_C(
-    build: Callable[[float], ClassifierMixin], C_grid: Sequence[float], train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray], objective: Mapping, num_classes: int,
+    build: Callable[[float], ClassifierMixin],
+    C_grid: Sequence[float],
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    objective: Mapping,
+    num_classes: int,
 ) -> tuple[ClassifierMixin, float, list[dict]]:
     """Of ``build(C)`` fitted on ``train`` for each C of the grid, the one whose C scores best on ``val`` by
     ``objective`` (ties: the earlier C), that C, and every C's score."""
@@ -109,15 +116,23 @@ def train_baseline(cfg: DictConfig, fold: int, datamodule: EmotionDataModule) ->
         classifier = instantiate(cfg.model.baseline.classifier)
         calibration = instantiate(cfg.model.baseline.calibration)
         model, C, search = choose_C(
-            lambda C: svm_pipeline(classifier, calibration, C), [float(C) for C in cfg.model.baseline.C_grid],
-            data["train"], data["val"], cfg.objective, num_classes,
+            lambda C: svm_pipeline(classifier, calibration, C),
+            [float(C) for C in cfg.model.baseline.C_grid],
+            data["train"],
+            data["val"],
+            cfg.objective,
+            num_classes,
         )
         val, test = (split_metrics(evaluate_clips(model, *data[part], num_classes)) for part in ("val", "test"))
         objective = OmegaConf.to_container(cfg.objective)
         metrics = fold_metrics(provenance, subjects_of_fold(datamodule), objective, val, test)
         metrics["baseline"] = {
-            "features": extractor.identity(), "classifier": str(classifier), "C": C,
-            "C_search": search, "n_train_clips": len(data["train"][1]), "dropped_clips": dropped,
+            "features": extractor.identity(),
+            "classifier": str(classifier),
+            "C": C,
+            "C_search": search,
+            "n_train_clips": len(data["train"][1]),
+            "dropped_clips": dropped,
         }
     if rank_zero_only.rank == 0:
         atomic_write_text(json.dumps(metrics, indent=2), out / "metrics.json")

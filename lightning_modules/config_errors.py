@@ -6,6 +6,7 @@ without a traceback; ``HYDRA_FULL_ERROR=1`` raises it as usual. Config names Hyd
 (``check_choices``): Hydra's own message lists the options but no command. The checks of ``run`` come
 before the corpus is indexed (and the demo corpus generated) and before any fold folder is made.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -26,8 +27,15 @@ if TYPE_CHECKING:
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 # what a CPU run leaves out of a GPU command
-DEVICE_KEYS = ("trainer", "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
-               "trainer.precision", "trainer.sync_batchnorm")
+DEVICE_KEYS = (
+    "trainer",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.precision",
+    "trainer.sync_batchnorm",
+)
 
 
 class ConfigError(ValueError):
@@ -55,8 +63,11 @@ def override_key(override: str) -> str:
 def train_command(overrides: Sequence[str], changes: Mapping[str, str | None], program: str = "train.py") -> str:
     """``try: python <program> <overrides>`` with the keys of ``changes`` set to their values in place
     (appended when absent) or, for None, left out."""
-    args = [o if override_key(o) not in changes else f"{o.partition('=')[0]}={changes[override_key(o)]}"
-            for o in overrides if changes.get(override_key(o), "") is not None]
+    args = [
+        o if override_key(o) not in changes else f"{o.partition('=')[0]}={changes[override_key(o)]}"
+        for o in overrides
+        if changes.get(override_key(o), "") is not None
+    ]
     given = {override_key(o) for o in overrides}
     args += [f"{key}={value}" for key, value in changes.items() if value is not None and key not in given]
     return " ".join([f"try: python {program}", *args])

@@ -5,6 +5,7 @@ choice, so ``train.py`` adds ``experiment=<the corpus's>`` to the command line b
 says so. An ``experiment=`` on the command line always wins; a sweep over corpora (``data=a,b``) is left as
 it is.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ def with_corpus_experiment(args: Sequence[str], config_dir: Path) -> list[str]:
     if experiment is None:
         return list(args)
     at = next(i for i, arg in enumerate(args) if override_key(arg) == "data" and "=" in arg) + 1
-    print(f"{args[at - 1].lstrip('+')}: experiment={experiment}, the corpus's recipe "
-          f"(configs/{CORPUS_EXPERIMENTS}; name another experiment= to change it)")
+    print(
+        f"{args[at - 1].lstrip('+')}: experiment={experiment}, the corpus's recipe "
+        f"(configs/{CORPUS_EXPERIMENTS}; name another experiment= to change it)"
+    )
     return [*args[:at], f"experiment={experiment}", *args[at:]]

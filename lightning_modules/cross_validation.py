@@ -13,6 +13,7 @@ e.g. on a cluster, shares the plain run folder).
 Under DDP every rank runs this same sequence of folds and stages (Lightning re-launches the script on
 each rank), so the trainers meet; files and W&B runs are written by rank zero only.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,11 +34,13 @@ from callbacks.fold_accuracy import log_cv_summary_run, save_cv_summary_plots
 from callbacks.leakage import LeakageGuard
 from callbacks.loggers import AgentRun, build_logger, detach_agent_run, finish_logger, is_wandb
 from callbacks.results_table import append_result, format_results_table, read_results, results_row
+from datamodules.corpora import natural_key
 from datamodules.datamodule import EmotionDataModule
 from datamodules.feature_cache import Extractor, FeatureCache
 from datamodules.features import FeatureDataModule, file_digest
-from datamodules.corpora import natural_key
 from datamodules.preprocess import atomic_write_text
+from lightning_modules.audio_module import AudioModule
+from lightning_modules.base import EmotionModule
 from lightning_modules.config_errors import (
     check_accelerator,
     check_fold,
@@ -55,10 +58,8 @@ from lightning_modules.cv_summary import (
     summarize_folds,
     summarize_seeds,
 )
-from lightning_modules.audio_module import AudioModule
-from lightning_modules.base import EmotionModule
-from lightning_modules.visual_module import VisualModule
 from lightning_modules.resume import LAST_CHECKPOINT, FoldPlan, KeepEarlyStop, clear_fold, plan_fold, removed_if_failed
+from lightning_modules.visual_module import VisualModule
 
 STAGES = ("audio", "visual", "fusion")  # stage=all
 BASELINE = "baseline"  # the classical floor (lightning_modules/baseline.py), run only when named
@@ -99,9 +100,7 @@ def upstream_checkpoints(cfg: DictConfig, fold: int, overrides: list[str] | None
     missing = [stage for stage, path in paths.items() if not path.exists()]
     if missing:
         kept = other_overrides(overrides or [])
-        commands = "\n".join(
-            f"  python train.py {' '.join([f'stage={s}', f'fold={fold}', *kept])}" for s in missing
-        )
+        commands = "\n".join(f"  python train.py {' '.join([f'stage={s}', f'fold={fold}', *kept])}" for s in missing)
         raise MissingCheckpointError(
             f"stage=fusion fold={fold} needs the {' and '.join(missing)} extractor checkpoint(s) "
             f"{', '.join(str(paths[s]) for s in missing)}; run first:\n{commands}"
@@ -267,9 +266,13 @@ def stage_data(
     checkpoints = {"audio": (AudioModule, audio_ckpt), "visual": (VisualModule, visual_ckpt)}
     return FeatureDataModule(
         datamodule,
-        {name: partial(frozen_extractor, module_class, path, precision) for name, (module_class, path) in checkpoints.items()},
+        {
+            name: partial(frozen_extractor, module_class, path, precision)
+            for name, (module_class, path) in checkpoints.items()
+        },
         {name: {"checkpoint": file_digest(path), "precision": precision} for name, (_, path) in checkpoints.items()},
-        fold_dir(cfg, stage, fold) / "features", batch_size=batch_size,
+        fold_dir(cfg, stage, fold) / "features",
+        batch_size=batch_size,
     )
 
 
@@ -292,7 +295,9 @@ def upstream_change(data: L.LightningDataModule, out: Path) -> str | None:
     retrained since), or None."""
     has_results = (out / "metrics.json").exists() or (out / LAST_CHECKPOINT).exists()
     if isinstance(data, FeatureDataModule) and has_results and not data.cache_is_current:
-        return f"its audio or visual extractor changed since ({data.cache_root.name}/ holds other checkpoints' features)"
+        return (
+            f"its audio or visual extractor changed since ({data.cache_root.name}/ holds other checkpoints' features)"
+        )
     return None
 
 
@@ -324,8 +329,15 @@ def train_stage(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataM
 
 
 def fit_and_test(
-    cfg: DictConfig, stage: str, fold: int, datamodule: EmotionDataModule, data: L.LightningDataModule,
-    provenance: dict, resume_from: Path | None, *, test_only: bool,
+    cfg: DictConfig,
+    stage: str,
+    fold: int,
+    datamodule: EmotionDataModule,
+    data: L.LightningDataModule,
+    provenance: dict,
+    resume_from: Path | None,
+    *,
+    test_only: bool,
 ) -> dict:
     """Fit ``data`` (the corpus ``datamodule`` itself, or the fusion stage's features of it) from
     ``resume_from`` when given, not at all with ``test_only``; then validate and test the checkpoint chosen
@@ -339,11 +351,20 @@ def fit_and_test(
         read_frozen_features(cfg, module, datamodule)
     subjects = subjects_of_fold(datamodule)
     logger = build_logger(cfg, stage=stage, fold=fold, out_dir=out, resume=resume_from is not None)
-    context = {"dirpath": str(out / "checkpoints"), "out_dir": str(out), "stage": stage, "fold": fold,
-               "test_subjects": subjects["test"]}
+    context = {
+        "dirpath": str(out / "checkpoints"),
+        "out_dir": str(out),
+        "stage": stage,
+        "fold": fold,
+        "test_subjects": subjects["test"],
+    }
     seeded_state = TrainFromSeededState()
-    callbacks = [*build_callbacks(cfg.callbacks, context, has_logger=logger is not False), seeded_state,
-                 KeepEarlyStop(), LeakageGuard(datamodule)]
+    callbacks = [
+        *build_callbacks(cfg.callbacks, context, has_logger=logger is not False),
+        seeded_state,
+        KeepEarlyStop(),
+        LeakageGuard(datamodule),
+    ]
     trainer: L.Trainer = instantiate(
         cfg.trainer, **stage_cfg.get("trainer", {}), callbacks=callbacks, logger=logger, default_root_dir=str(out)
     )
@@ -365,7 +386,10 @@ def fit_and_test(
     finally:
         finish_logger(logger, failed)
     val, test = split_metrics(module.last_eval["val"]), split_metrics(module.last_eval["test"])
-    metrics = {**fold_metrics(provenance, subjects, OmegaConf.to_container(cfg.objective), val, test), "best_checkpoint": best}
+    metrics = {
+        **fold_metrics(provenance, subjects, OmegaConf.to_container(cfg.objective), val, test),
+        "best_checkpoint": best,
+    }
     if trainer.is_global_zero:
         atomic_write_text(json.dumps(metrics, indent=2), out / "metrics.json")
     return metrics

@@ -13,6 +13,7 @@ log it. Test metrics are reported beside it and never optimised.
 
 A row holds ``fold``, the subjects and clip counts of its split and the metrics of SUMMARY_METRICS.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,12 @@ def check_objective(objective: Mapping) -> tuple[str, str]:
     """(summary metric name, mode) of ``objective`` = {metric: "val/<logged name>", mode: max|min}; its
     ``tie_break`` (the checkpoint's second criterion), when set, is held to the same rules."""
     if objective.get("tie_break") is not None:
-        check_selection_metric(str(objective["tie_break"]), str(objective.get("tie_break_mode", "min")),
-                               "objective.tie_break", "objective.tie_break_mode")
+        check_selection_metric(
+            str(objective["tie_break"]),
+            str(objective.get("tie_break_mode", "min")),
+            "objective.tie_break",
+            "objective.tie_break_mode",
+        )
     return check_selection_metric(str(objective["metric"]), str(objective["mode"]))
 
 
@@ -74,7 +79,9 @@ def split_metrics(result: Mapping) -> dict:
     }
 
 
-def fold_metrics(provenance: Mapping, subjects: Mapping[str, list[str]], objective: Mapping, val: dict, test: dict) -> dict:
+def fold_metrics(
+    provenance: Mapping, subjects: Mapping[str, list[str]], objective: Mapping, val: dict, test: dict
+) -> dict:
     """metrics.json of one (stage, fold) from its fold.json record (``provenance``), the subjects of its
     validation and test clips, the objective and its val and test blocks (``split_metrics``)."""
     summary_name, _ = check_objective(objective)
@@ -119,8 +126,12 @@ def summarize_folds(per_fold: Sequence[Mapping], objective: Mapping) -> dict:
     summary: dict = {}
     for split in SPLITS:
         rows = [
-            {"fold": m["fold"], "subjects": m[f"{split}_subjects"], "n_clips": m[split]["n_clips"],
-             **metric_row(m[split])}
+            {
+                "fold": m["fold"],
+                "subjects": m[f"{split}_subjects"],
+                "n_clips": m[split]["n_clips"],
+                **metric_row(m[split]),
+            }
             for m in per_fold
         ]
         mean, std = _mean_std(rows, metric_keys)
@@ -135,11 +146,16 @@ def summarize_folds(per_fold: Sequence[Mapping], objective: Mapping) -> dict:
     summary["test"]["pooled"] = pooled
     first = per_fold[0]
     return {
-        "corpus": first["corpus"], "cv": first["cv"], "stage": first["stage"], "seed": first.get("seed"),
+        "corpus": first["corpus"],
+        "cv": first["cv"],
+        "stage": first["stage"],
+        "seed": first.get("seed"),
         "class_names": first["class_names"],
         "objective": {
-            "metric": str(objective["metric"]), "mode": mode,
-            "mean": summary["val"]["mean"][summary_name], "std": summary["val"]["std"][summary_name],
+            "metric": str(objective["metric"]),
+            "mode": mode,
+            "mean": summary["val"]["mean"][summary_name],
+            "std": summary["val"]["std"][summary_name],
         },
         **summary,
     }
@@ -150,8 +166,11 @@ def summarize_seeds(per_seed: Sequence[Mapping]) -> dict:
     every metric the spread over seeds (std of the fold means) beside the mean spread over folds."""
     metric_keys = list(SUMMARY_METRICS.values())
     result: dict = {
-        "corpus": per_seed[0]["corpus"], "cv": per_seed[0]["cv"], "stage": per_seed[0]["stage"],
-        "class_names": per_seed[0]["class_names"], "seeds": [s["seed"] for s in per_seed],
+        "corpus": per_seed[0]["corpus"],
+        "cv": per_seed[0]["cv"],
+        "stage": per_seed[0]["stage"],
+        "class_names": per_seed[0]["class_names"],
+        "seeds": [s["seed"] for s in per_seed],
     }
     for split in SPLITS:
         seed_means = [s[split]["mean"] for s in per_seed]
@@ -159,13 +178,17 @@ def summarize_seeds(per_seed: Sequence[Mapping]) -> dict:
         std_over_folds = {k: sum(s[split]["std"][k] for s in per_seed) / len(per_seed) for k in metric_keys}
         result[split] = {
             "per_seed": [{"seed": s["seed"], **s[split]["mean"]} for s in per_seed],
-            "mean": mean, "std_over_seeds": std_over_seeds, "std_over_folds": std_over_folds,
+            "mean": mean,
+            "std_over_seeds": std_over_seeds,
+            "std_over_folds": std_over_folds,
         }
     objective_means = [s["objective"]["mean"] for s in per_seed]
     obj_mean, obj_std = _mean_std([{"v": v} for v in objective_means], ["v"])
     result["objective"] = {
-        "metric": per_seed[0]["objective"]["metric"], "mode": per_seed[0]["objective"]["mode"],
-        "mean": obj_mean["v"], "std_over_seeds": obj_std["v"],
+        "metric": per_seed[0]["objective"]["metric"],
+        "mode": per_seed[0]["objective"]["mode"],
+        "mean": obj_mean["v"],
+        "std_over_seeds": obj_std["v"],
     }
     return result
 
@@ -175,8 +198,10 @@ def format_summary_table(summary: Mapping) -> str:
     that selected each fold's checkpoint, then the test metrics."""
     objective = summary["objective"]
     objective_key, _ = check_objective(objective)
-    header = (f"{'fold':>6} {'test subjects':<20} {'clips':>5} {objective['metric']:>14} {'seg acc':>8} "
-              f"{'video acc':>9} {'video UAR':>9}")
+    header = (
+        f"{'fold':>6} {'test subjects':<20} {'clips':>5} {objective['metric']:>14} {'seg acc':>8} "
+        f"{'video acc':>9} {'video UAR':>9}"
+    )
     seed = f" / seed {summary['seed']}" if summary.get("seed") is not None else ""
     lines = [f"{summary['corpus']} / {summary['cv']} / {summary['stage']}{seed}", header, "-" * len(header)]
     for val_row, row in zip(summary["val"]["folds"], summary["test"]["folds"]):
@@ -186,8 +211,10 @@ def format_summary_table(summary: Mapping) -> str:
             f"{row['video_uar']:>9.3f}"
         )
     lines.append("-" * len(header))
-    for label, stats, val_stats in (("mean", summary["test"]["mean"], summary["val"]["mean"]),
-                                    ("± std", summary["test"]["std"], summary["val"]["std"])):
+    for label, stats, val_stats in (
+        ("mean", summary["test"]["mean"], summary["val"]["mean"]),
+        ("± std", summary["test"]["std"], summary["val"]["std"]),
+    ):
         lines.append(
             f"{label:>6} {'over folds':<20} {'':>5} {val_stats[objective_key]:>14.3f} "
             f"{stats['segment_accuracy']:>8.3f} {stats['video_accuracy']:>9.3f} {stats['video_uar']:>9.3f}"
@@ -213,5 +240,7 @@ def format_seeds_table(seeds_summary: Mapping) -> str:
     lines.append("-" * len(header))
     test, val = seeds_summary["test"], seeds_summary["val"]
     for label, part in (("mean", "mean"), ("±seeds", "std_over_seeds"), ("±folds", "std_over_folds")):
-        lines.append(f"{label:>8} {val[part][objective_key]:>18.3f} " + " ".join(f"{test[part][k]:>22.3f}" for k in keys))
+        lines.append(
+            f"{label:>8} {val[part][objective_key]:>18.3f} " + " ".join(f"{test[part][k]:>22.3f}" for k in keys)
+        )
     return "\n".join(lines)

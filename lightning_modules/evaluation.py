@@ -1,4 +1,5 @@
 """Segment and video-level evaluation (§3.4 majority voting), and the cross-rank gather behind it."""
+
 from __future__ import annotations
 
 from collections import defaultdict

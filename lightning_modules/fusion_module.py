@@ -1,4 +1,5 @@
 """Fusion network, §3.4: precomputed audio and visual segment features -> attention DNN (Eq. 5-7)."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence

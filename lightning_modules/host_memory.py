@@ -1,4 +1,5 @@
 """Freed CPU memory kept for the next allocation instead of handed back to the kernel."""
+
 from __future__ import annotations
 
 import ctypes
@@ -6,8 +7,10 @@ import os
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 TRIM_THRESHOLD_BYTES = 2**31 - 1  # free memory at the heap's top beyond this still goes back
-ON_GLIBC = ("CS_GNU_LIBC_VERSION" in os.confstr_names  # absent off Linux and under musl
-            and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"))
+ON_GLIBC = (
+    "CS_GNU_LIBC_VERSION" in os.confstr_names  # absent off Linux and under musl
+    and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+)
 
 
 def keep_freed_memory() -> bool:

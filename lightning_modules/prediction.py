@@ -7,6 +7,7 @@ pipeline's steps (datamodules/recordings.py), its segments go through each chose
 batches, the folds' segment probabilities are averaged, and the file's label is evaluation's majority vote
 (§3.4). Outputs: ``predictions.csv``, ``predictions.json`` and a timeline figure per file (``<name>.png``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -45,8 +46,8 @@ from lightning_modules.cross_validation import (
     AUTOCAST_DTYPES,
     MismatchedCheckpointError,
     MissingCheckpointError,
-    task_overrides,
     check_upstream_provenance,
+    task_overrides,
     upstream_checkpoints,
 )
 from lightning_modules.evaluation import majority_vote
@@ -143,7 +144,8 @@ def load_network(checkpoint: Path, stage: str, device: torch.device) -> EmotionM
     if getattr(network, "input_norm", "none") == "speaker":
         warnings.warn(
             f"{checkpoint}: a speaker-normalised audio model (data.audio_norm=speaker); each recording's own "
-            "statistics stand in for its speaker's", stacklevel=2,
+            "statistics stand in for its speaker's",
+            stacklevel=2,
         )
     return network
 
@@ -234,8 +236,10 @@ def source_outputs(
     and on the visual features ``[B, 2]`` (Eq. 6, ``FusionModule.modality_weights``)."""
     if source != "fusion":
         return networks[SOURCES[source][0]](batch), None
-    features = {"audio_feat": networks["audio"].extract_features(batch),
-                "visual_feat": networks["visual"].extract_features(batch)}
+    features = {
+        "audio_feat": networks["audio"].extract_features(batch),
+        "visual_feat": networks["visual"].extract_features(batch),
+    }
     logits, extra = networks["fusion"].segment_outputs(features)
     return logits, networks["fusion"].modality_weights(extra["attention"])
 
@@ -272,7 +276,11 @@ def _attention_entry(weights: torch.Tensor) -> dict[str, float] | None:
 
 
 def file_entry(
-    recording: Recording, name: str, sources: list[str], probs: torch.Tensor, attention: torch.Tensor,
+    recording: Recording,
+    name: str,
+    sources: list[str],
+    probs: torch.Tensor,
+    attention: torch.Tensor,
     class_names: list[str],
 ) -> dict:
     """A file's predictions as written to predictions.json: the voted label (majority vote of the segments,
@@ -285,8 +293,11 @@ def file_entry(
     face_rate = recording.face_detection_rate
     segments = [
         {
-            "start_s": _rounded(start), "end_s": _rounded(end), "label": class_names[int(row.argmax())],
-            "probabilities": dict(zip(class_names, map(_rounded, row))), "source": source,
+            "start_s": _rounded(start),
+            "end_s": _rounded(end),
+            "label": class_names[int(row.argmax())],
+            "probabilities": dict(zip(class_names, map(_rounded, row))),
+            "source": source,
             "attention": _attention_entry(weights),
         }
         for (start, end), row, source, weights in zip(recording.segment_times.tolist(), probs, sources, attention)
@@ -312,8 +323,10 @@ def file_entry(
 def summary_line(entry: dict) -> str:
     """One line per file on the terminal: its label, confidence and votes, and the networks behind them."""
     sources = ", ".join(f"{source} {count}" for source, count in entry["sources"].items())
-    return (f"{entry['name']}: {entry['label']} (confidence {entry['confidence']:.2f}, "
-            f"{entry['votes']}/{entry['n_segments']} segments; {sources})")
+    return (
+        f"{entry['name']}: {entry['label']} (confidence {entry['confidence']:.2f}, "
+        f"{entry['votes']}/{entry['n_segments']} segments; {sources})"
+    )
 
 
 def face_crops(recording: Recording, count: int) -> list[tuple[float, np.ndarray]]:
@@ -332,21 +345,38 @@ def csv_rows(entries: list[dict], class_names: list[str]) -> list[dict]:
     for entry in entries:
         span = entry["speech_span_s"] or [None, None]
         attention = entry["attention"] or {}
-        rows.append({
-            "level": "file", "file": entry["file"], "start_s": 0.0, "end_s": entry["duration_s"],
-            "label": entry["label"], **{f"p_{c}": entry["probabilities"][c] for c in class_names},
-            "source": "+".join(entry["sources"]), "attn_audio": attention.get("audio"),
-            "attn_visual": attention.get("visual"), "n_segments": entry["n_segments"], "speech_start_s": span[0],
-            "speech_end_s": span[1], "face_detection_rate": entry["face_detection_rate"],
-        })
+        rows.append(
+            {
+                "level": "file",
+                "file": entry["file"],
+                "start_s": 0.0,
+                "end_s": entry["duration_s"],
+                "label": entry["label"],
+                **{f"p_{c}": entry["probabilities"][c] for c in class_names},
+                "source": "+".join(entry["sources"]),
+                "attn_audio": attention.get("audio"),
+                "attn_visual": attention.get("visual"),
+                "n_segments": entry["n_segments"],
+                "speech_start_s": span[0],
+                "speech_end_s": span[1],
+                "face_detection_rate": entry["face_detection_rate"],
+            }
+        )
         for segment in entry["segments"]:
             attention = segment["attention"] or {}
-            rows.append({
-                "level": "segment", "file": entry["file"], "start_s": segment["start_s"], "end_s": segment["end_s"],
-                "label": segment["label"], **{f"p_{c}": segment["probabilities"][c] for c in class_names},
-                "source": segment["source"], "attn_audio": attention.get("audio"),
-                "attn_visual": attention.get("visual"),
-            })
+            rows.append(
+                {
+                    "level": "segment",
+                    "file": entry["file"],
+                    "start_s": segment["start_s"],
+                    "end_s": segment["end_s"],
+                    "label": segment["label"],
+                    **{f"p_{c}": segment["probabilities"][c] for c in class_names},
+                    "source": segment["source"],
+                    "attn_audio": attention.get("audio"),
+                    "attn_visual": attention.get("visual"),
+                }
+            )
     return rows
 
 
@@ -354,13 +384,31 @@ def write_predictions(out: Path, run: TrainedRun, entries: list[dict], failed: l
     """predictions.json (the run, stage, folds, classes, every file with its segments, the files that
     failed) and predictions.csv (``csv_rows``) in ``out``."""
     report = {
-        "run": str(run.folder), "stage": run.stage, "folds": run.folds, "class_names": run.class_names,
-        "device": str(run.device), "files": entries, "failed": failed,
+        "run": str(run.folder),
+        "stage": run.stage,
+        "folds": run.folds,
+        "class_names": run.class_names,
+        "device": str(run.device),
+        "files": entries,
+        "failed": failed,
     }
     atomic_write_text(json.dumps(report, indent=2), out / "predictions.json")
     rows = csv_rows(entries, run.class_names)
-    columns = ["level", "file", "start_s", "end_s", "label", *(f"p_{c}" for c in run.class_names), "source",
-               "attn_audio", "attn_visual", "n_segments", "speech_start_s", "speech_end_s", "face_detection_rate"]
+    columns = [
+        "level",
+        "file",
+        "start_s",
+        "end_s",
+        "label",
+        *(f"p_{c}" for c in run.class_names),
+        "source",
+        "attn_audio",
+        "attn_visual",
+        "n_segments",
+        "speech_start_s",
+        "speech_end_s",
+        "face_detection_rate",
+    ]
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -400,8 +448,10 @@ def predict_files(run: TrainedRun, files: list[Path], problems: list[Problem], o
     inputs = STAGE_INPUTS[run.stage]
     detector = face_detector(run.preprocess, str(run.device)) if inputs.faces else None
     names = dict(zip(files, display_names(files)))
-    print(f"predict: {len(files)} file(s) with the {run.stage} model of {run.folder} (folds "
-          f"{', '.join(map(str, run.folds))}) on {run.device}; outputs in {out}")
+    print(
+        f"predict: {len(files)} file(s) with the {run.stage} model of {run.folder} (folds "
+        f"{', '.join(map(str, run.folds))}) on {run.device}; outputs in {out}"
+    )
     entries = []
     failed = [ClipFailure("input", BadInputError(path, reason)).describe(path) for path, reason in problems]
     for failure in failed:
@@ -432,6 +482,9 @@ def predict_file(run: TrainedRun, recording: Recording, name: str, out: Path, cf
     entry = file_entry(recording, name, sources, probs, attention, run.class_names)
     with step("timeline"):
         crops = face_crops(recording, cfg.face_crops)
-        save_figure(timeline_figure(entry, recording.waveform, recording.sample_rate, crops), out / entry["timeline"],
-                    dpi=cfg.dpi)
+        save_figure(
+            timeline_figure(entry, recording.waveform, recording.sample_rate, crops),
+            out / entry["timeline"],
+            dpi=cfg.dpi,
+        )
     return entry

@@ -13,6 +13,7 @@ Each (stage, fold) run keeps ``checkpoints/last.ckpt`` (every epoch, written ato
 Keys that only choose which runs a command makes (``SELECTION_KEYS``) are left out of the comparison:
 ``fold=all`` skips the folds that ``fold=2`` finished.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,7 +82,8 @@ def config_differences(saved: Mapping, current: Mapping) -> list[str]:
     old, new = flatten(saved), flatten(current)
     missing = object()
     return sorted(
-        key for key in old.keys() | new.keys()
+        key
+        for key in old.keys() | new.keys()
         if key.split(".")[0] not in SELECTION_KEYS and old.get(key, missing) != new.get(key, missing)
     )
 
@@ -132,7 +134,6 @@ def clear_fold(out: Path) -> None:
     (out / "metrics.json").unlink(missing_ok=True)
     (out / WANDB_ID_FILE).unlink(missing_ok=True)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
-
 
 
 @contextmanager

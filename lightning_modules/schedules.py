@@ -8,6 +8,7 @@ of optimiser steps). ``scheduler: null`` keeps the learning rate constant. For e
     scheduler: {_target_: lightning_modules.schedules.cosine, _partial_: true}
     scheduler: {_target_: lightning_modules.schedules.plateau, _partial_: true, patience: 3}
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,7 +32,9 @@ def one_cycle(optimizer: torch.optim.Optimizer, trainer: L.Trainer, pct_start: f
     cosine decay."""
     return {
         "scheduler": OneCycleLR(
-            optimizer, max_lr=optimizer.defaults["lr"], total_steps=int(trainer.estimated_stepping_batches),
+            optimizer,
+            max_lr=optimizer.defaults["lr"],
+            total_steps=int(trainer.estimated_stepping_batches),
             pct_start=pct_start,
         ),
         "interval": "step",
@@ -39,7 +42,10 @@ def one_cycle(optimizer: torch.optim.Optimizer, trainer: L.Trainer, pct_start: f
 
 
 def plateau(
-    optimizer: torch.optim.Optimizer, trainer: L.Trainer, patience: int = 5, factor: float = 0.1,
+    optimizer: torch.optim.Optimizer,
+    trainer: L.Trainer,
+    patience: int = 5,
+    factor: float = 0.1,
     monitor: str = "val/loss",
 ) -> dict[str, Any]:
     """The learning rate times ``factor`` when ``monitor`` (a validation loss: lower is better) has not improved

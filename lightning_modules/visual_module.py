@@ -1,4 +1,5 @@
 """Visual network, §3.3: 20 face crops per segment -> VGG19 fc7 per frame -> LSTM (4096-D) -> segment emotion."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -101,5 +102,9 @@ class VisualModule(EmotionModule):
         the content of the frozen weights (so a retrained or other backbone never reads stale features)."""
         cnn = self.encoder.cnn
         frozen = cnn.features if cnn.frozen_layer == "pool5" else cnn
-        return {"layer": cnn.frozen_layer, "input_mean": self.input_mean, "input_std": self.input_std,
-                "weights": tensor_digest(frozen.state_dict().values())}
+        return {
+            "layer": cnn.frozen_layer,
+            "input_mean": self.input_mean,
+            "input_std": self.input_std,
+            "weights": tensor_digest(frozen.state_dict().values()),
+        }

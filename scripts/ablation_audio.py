@@ -14,6 +14,7 @@ other (one training at a time on a shared CPU machine). The CSV reports, per row
 folds), and the wall time per fold (from the fold folder's fold.json to its metrics.json: training,
 validation and test; the first fold of a row also includes preparing the cache if it did not exist).
 """
+
 from __future__ import annotations
 
 import csv
@@ -102,8 +103,16 @@ ROWS: dict[str, list[str]] = {
 
 def command(row: str) -> list[str]:
     return [
-        sys.executable, "train.py", "experiment=ravdess_audio", "stage=audio", "fold=all", f"tag=ablation_{row}",
-        f"seed={SEED}", "logger=csv", "callbacks.progress_bar=null", *ROWS[row],
+        sys.executable,
+        "train.py",
+        "experiment=ravdess_audio",
+        "stage=audio",
+        "fold=all",
+        f"tag=ablation_{row}",
+        f"seed={SEED}",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        *ROWS[row],
     ]
 
 

@@ -8,6 +8,7 @@ CSV/JSON timed): the clip alone, and ``--copies`` copies of it one after the oth
 baseline) against with the next file prepared while the current one is inferred (``prefetch=1``, the
 default). On the CPU, and on the GPU when torch sees one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,13 +61,20 @@ def main() -> None:
             one, one_s = media_per_second(run, [clip], 1, Path(scratch) / "one")
             serial, serial_s = media_per_second(run, copies, 0, Path(scratch) / "serial")
             overlapped, overlapped_s = media_per_second(run, copies, 1, Path(scratch) / "overlapped")
-            print(f"\n{CLIP} (4.0 s, 640x480) with the {run.stage} model of {args.run} (folds "
-                  f"{', '.join(map(str, run.folds))}) on {device}; load average {os.getloadavg()[0]:.1f} "
-                  f"on {os.cpu_count()} cores")
-            rows = [("1 file", one, f"{one_s:.1f} s"),
-                    (f"{args.copies} files, one after the other", serial, f"{serial_s:.1f} s, baseline"),
-                    (f"{args.copies} files, next one prepared ahead", overlapped,
-                     f"{overlapped_s:.1f} s, {serial_s / overlapped_s:.2f}x")]
+            print(
+                f"\n{CLIP} (4.0 s, 640x480) with the {run.stage} model of {args.run} (folds "
+                f"{', '.join(map(str, run.folds))}) on {device}; load average {os.getloadavg()[0]:.1f} "
+                f"on {os.cpu_count()} cores"
+            )
+            rows = [
+                ("1 file", one, f"{one_s:.1f} s"),
+                (f"{args.copies} files, one after the other", serial, f"{serial_s:.1f} s, baseline"),
+                (
+                    f"{args.copies} files, next one prepared ahead",
+                    overlapped,
+                    f"{overlapped_s:.1f} s, {serial_s / overlapped_s:.2f}x",
+                ),
+            ]
             for label, speed, detail in rows:
                 print(f"  {label:<38}: {speed:5.2f} s of media per s ({detail})")
 

@@ -16,6 +16,7 @@ Prints, with wall and CPU seconds (this process's only, not its workers') and th
   box on the next frame: the most a setting that skips frames can agree with it), and both clip-level face
   detection rates, on the real clip and on the demo videos.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,9 +111,11 @@ def compare_workers(title: str, clips: list[Clip], cfg: dict, media: str) -> Non
     print(f"{title}: {len(clips)} clips, {media_s:.0f} s of {media}, {rows[0][2].report['segments']} segments")
     one_thread_s, one_worker_s = rows[0][1].wall_s, rows[1][1].wall_s
     for label, timing, _ in rows:
-        print(f"  {label:<26}: {len(clips) / timing.wall_s:7.2f} clips/s, {media_s / timing.wall_s:7.2f} s of {media} "
-              f"per s ({one_thread_s / timing.wall_s:.2f}x one thread, {one_worker_s / timing.wall_s:.2f}x one worker); "
-              f"wall {timing.wall_s:.1f} s, CPU here {timing.cpu_s:.1f} s, load {timing.load:.2f}")
+        print(
+            f"  {label:<26}: {len(clips) / timing.wall_s:7.2f} clips/s, {media_s / timing.wall_s:7.2f} s of {media} "
+            f"per s ({one_thread_s / timing.wall_s:.2f}x one thread, {one_worker_s / timing.wall_s:.2f}x one worker); "
+            f"wall {timing.wall_s:.1f} s, CPU here {timing.cpu_s:.1f} s, load {timing.load:.2f}"
+        )
 
 
 @dataclass
@@ -159,33 +162,42 @@ def print_quality(title: str, clips: list[Clip], cfg: dict) -> None:
     agrees = np.concatenate([r.agrees for r in results])
     steady = np.concatenate([r.steady for r in results])
     rates = np.array([[r.rate, r.reference_rate] for r in results])
-    print(f"  {title}, {len(agrees)} frames of {len(clips)} clip(s):\n"
-          f"    IoU >= 0.9 with the reference's box on {np.mean(iou >= 0.9):.1%} of the {len(iou)} frames where it "
-          f"has one (median {np.median(iou):.3f}); the reference's box on the next frame: {np.mean(steady):.1%}\n"
-          f"    agreeing on {np.mean(agrees):.1%} of all frames (IoU >= 0.9, or no face in either); "
-          f"{sum(r.extra for r in results)} frames followed where the reference finds no face\n"
-          f"    face detection rate {rates[:, 0].mean():.3f} (reference {rates[:, 1].mean():.3f}; largest difference "
-          f"of a clip {np.abs(rates[:, 0] - rates[:, 1]).max():.3f})")
+    print(
+        f"  {title}, {len(agrees)} frames of {len(clips)} clip(s):\n"
+        f"    IoU >= 0.9 with the reference's box on {np.mean(iou >= 0.9):.1%} of the {len(iou)} frames where it "
+        f"has one (median {np.median(iou):.3f}); the reference's box on the next frame: {np.mean(steady):.1%}\n"
+        f"    agreeing on {np.mean(agrees):.1%} of all frames (IoU >= 0.9, or no face in either); "
+        f"{sum(r.extra for r in results)} frames followed where the reference finds no face\n"
+        f"    face detection rate {rates[:, 0].mean():.3f} (reference {rates[:, 1].mean():.3f}; largest difference "
+        f"of a clip {np.abs(rates[:, 0] - rates[:, 1]).max():.3f})"
+    )
 
 
 def compare_faces(av_path: Path, copies: int, videos: list[Clip], video_cfg: dict) -> None:
     """The real clip's speed (``copies`` of it, one worker per core) and quality, keyframes against the reference."""
     clips = [Clip(f"av{i}", av_path, "actor_01", "disgust") for i in range(copies)]
     workers = available_cores()
-    rows = [(label, *timed_prepare(clips, cfg, workers)) for label, cfg in (
-        ("reference: every frame, full resolution", with_faces(PAPER, REFERENCE_FACES)),
-        ("keyframes: every 10th, <= 320 px, segments' frames", with_faces(PAPER, KEYFRAME_FACES)),
-    )]
+    rows = [
+        (label, *timed_prepare(clips, cfg, workers))
+        for label, cfg in (
+            ("reference: every frame, full resolution", with_faces(PAPER, REFERENCE_FACES)),
+            ("keyframes: every 10th, <= 320 px, segments' frames", with_faces(PAPER, KEYFRAME_FACES)),
+        )
+    ]
     duration = sum(m["duration_s"] for m in rows[0][2].metas.values())
-    print(f"Real audio-visual clip {av_path.name}, {copies} copies ({duration:.1f} s of 640x480 video, 227-px faces), "
-          f"{workers} workers")
+    print(
+        f"Real audio-visual clip {av_path.name}, {copies} copies ({duration:.1f} s of 640x480 video, 227-px faces), "
+        f"{workers} workers"
+    )
     base_s = rows[0][1].wall_s
     for label, timing, prepared in rows:
         meta = prepared.metas["av0"]
-        print(f"  {label:<48}: {duration / timing.wall_s:6.2f} s of video per s ({base_s / timing.wall_s:.2f}x); "
-              f"wall {timing.wall_s:.1f} s, CPU here {timing.cpu_s:.1f} s, load {timing.load:.2f}; {meta['decoded_frames']} "
-              f"frames decoded, {meta['face_searched_frames']} searched, face rate "
-              f"{prepared.report['face_detection_rate']:.3f}")
+        print(
+            f"  {label:<48}: {duration / timing.wall_s:6.2f} s of video per s ({base_s / timing.wall_s:.2f}x); "
+            f"wall {timing.wall_s:.1f} s, CPU here {timing.cpu_s:.1f} s, load {timing.load:.2f}; {meta['decoded_frames']} "
+            f"frames decoded, {meta['face_searched_frames']} searched, face rate "
+            f"{prepared.report['face_detection_rate']:.3f}"
+        )
     print("Faces of the keyframe option against the reference (MTCNN on every frame at full resolution):")
     print_quality("real clip", clips[:1], with_faces(PAPER, KEYFRAME_FACES))
     print_quality("demo videos", videos, with_faces(video_cfg, KEYFRAME_FACES))

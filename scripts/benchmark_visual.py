@@ -14,6 +14,7 @@ network does not depend on its values. Each phase is timed in wall seconds and i
 as every epoch of a fit but its first runs: the first also allocates Adam's state (2 GB at this size), which
 a fit does once; the first epochs' ratio is printed beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,17 @@ from datamodules.feature_cache import FeatureCache  # noqa: E402
 from lightning_modules.host_memory import keep_freed_memory  # noqa: E402
 from lightning_modules.visual_module import VisualModule  # noqa: E402
 
-PAPER_BACKBONE = {"_target_": "lightning_modules.components.vgg.VGGFeatureExtractor", "variant": "vgg19",
-                  "batch_norm": False, "weights": "none", "width": 1.0, "fc_dim": 4096, "dropout": 0.5,
-                  "freeze": "features", "pool": "7x7"}
+PAPER_BACKBONE = {
+    "_target_": "lightning_modules.components.vgg.VGGFeatureExtractor",
+    "variant": "vgg19",
+    "batch_norm": False,
+    "weights": "none",
+    "width": 1.0,
+    "fc_dim": 4096,
+    "dropout": 0.5,
+    "freeze": "features",
+    "pool": "7x7",
+}
 
 
 def overlapping_segments(segments: int, shift: int, frames: int = 20) -> torch.Tensor:
@@ -63,7 +72,9 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def train_epochs(module: VisualModule, batches: list[dict[str, torch.Tensor]], bf16: bool, epochs: int = 2) -> list[Timer]:
+def train_epochs(
+    module: VisualModule, batches: list[dict[str, torch.Tensor]], bf16: bool, epochs: int = 2
+) -> list[Timer]:
     """``epochs`` training epochs (forward, backward, optimiser step per batch) over ``batches`` with one
     optimiser, as a fit runs them, each timed; ``bf16``: forward under bfloat16 autocast (bf16-mixed)."""
     optimizer = module.configure_optimizers()  # training's own: Adam, fused
@@ -87,8 +98,12 @@ def main() -> None:
     parser.add_argument("--shift", type=int, default=9, help="frames between segment starts (300 ms at 30 fps)")
     parser.add_argument("--size", type=int, default=227, help="face crop side (the paper's 227)")
     parser.add_argument("--batch", type=int, default=8, help="segments per batch (model=paper's visual batch_size)")
-    parser.add_argument("--frames-per-chunk", type=int, default=None,
-                        help="face crops per VGG19 call on the crops' path (default: VisualModule's)")
+    parser.add_argument(
+        "--frames-per-chunk",
+        type=int,
+        default=None,
+        help="face crops per VGG19 call on the crops' path (default: VisualModule's)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true", help="the convolutions in channels-last layout")
@@ -96,19 +111,22 @@ def main() -> None:
     keep_freed_memory()  # as train.py
     torch.manual_seed(0)
     chunking = {} if args.frames_per_chunk is None else {"frames_per_chunk": args.frames_per_chunk}
-    module = VisualModule(backbone=PAPER_BACKBONE, lstm_hidden=4096, num_classes=6, channels_last=args.channels_last,
-                          **chunking).to(args.device)
+    module = VisualModule(
+        backbone=PAPER_BACKBONE, lstm_hidden=4096, num_classes=6, channels_last=args.channels_last, **chunking
+    ).to(args.device)
     bf16 = args.precision == "bf16-mixed"
     index = overlapping_segments(args.segments, args.shift).to(args.device)
     crops = torch.randint(0, 256, (int(index.max()) + 1, 3, args.size, args.size), dtype=torch.uint8)
     crops = crops.to(args.device)
     labels = torch.arange(args.segments, device=args.device) % 6
     rows = [slice(first, first + args.batch) for first in range(0, args.segments, args.batch)]
-    print(f"paper-size visual stage: VGG19 (convolutions frozen), {args.size} px, LSTM 4096; {args.segments} segments "
-          f"of 20 frames every {args.shift} frames = {index.numel()} crop slots, {len(crops)} distinct crops; "
-          f"{module.encoder.frames_per_chunk} crops per VGG19 call; {args.device} "
-          f"({torch.cuda.get_device_name() if module.device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"precision {args.precision}{', channels-last' if args.channels_last else ''}")
+    print(
+        f"paper-size visual stage: VGG19 (convolutions frozen), {args.size} px, LSTM 4096; {args.segments} segments "
+        f"of 20 frames every {args.shift} frames = {index.numel()} crop slots, {len(crops)} distinct crops; "
+        f"{module.encoder.frames_per_chunk} crops per VGG19 call; {args.device} "
+        f"({torch.cuda.get_device_name() if module.device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+        f"precision {args.precision}{', channels-last' if args.channels_last else ''}"
+    )
 
     first, images = train_epochs(module, [{"faces": crops[index[part]], "label": labels[part]} for part in rows], bf16)
     print(f"epoch reading the crops:   {images} (first epoch: {first})")
@@ -119,16 +137,20 @@ def main() -> None:
         with Timer() as fill:  # in float32, as training fills it (lightning_modules/cross_validation.py)
             cache.fill([("clip", {"faces": crops})], module.frozen_extractor(), total=1)
         frozen = cache.load()["clip"].to(args.device)
-    print(f"filling the cache (once):  {fill} ({len(crops) / fill.wall:.2f} images/s wall, "
-          f"{len(crops) / fill.cpu:.2f} per CPU second through VGG19's convolutions; {frozen.shape[1]} fp16 values a crop)")
+    print(
+        f"filling the cache (once):  {fill} ({len(crops) / fill.wall:.2f} images/s wall, "
+        f"{len(crops) / fill.cpu:.2f} per CPU second through VGG19's convolutions; {frozen.shape[1]} fp16 values a crop)"
+    )
 
     first_cached, cached = train_epochs(
         module, [{"frame_features": frozen[index[part]], "label": labels[part]} for part in rows], bf16
     )
     print(f"epoch reading the cache:   {cached} (first epoch: {first_cached})")
-    print(f"per epoch with the cache: {images.wall / cached.wall:.1f}x faster in wall time, "
-          f"{images.cpu / cached.cpu:.1f}x less CPU time (first epochs: {first.wall / first_cached.wall:.1f}x, "
-          f"{first.cpu / first_cached.cpu:.1f}x); the fill costs {fill.cpu / cached.cpu:.1f} cached epochs of CPU")
+    print(
+        f"per epoch with the cache: {images.wall / cached.wall:.1f}x faster in wall time, "
+        f"{images.cpu / cached.cpu:.1f}x less CPU time (first epochs: {first.wall / first_cached.wall:.1f}x, "
+        f"{first.cpu / first_cached.cpu:.1f}x); the fill costs {fill.cpu / cached.cpu:.1f} cached epochs of CPU"
+    )
 
 
 if __name__ == "__main__":

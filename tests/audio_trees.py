@@ -1,5 +1,6 @@
 """Look-alike audio corpora made of real, short wav files: the demo generator's synthetic voices (pitch,
 contour, loudness and breathiness differ by emotion and speaker), laid out as RAVDESS or EmoDB."""
+
 from __future__ import annotations
 
 import wave
@@ -39,9 +40,13 @@ def make_ravdess_speech(root: Path, actors: range, emotions: tuple[str, ...], ta
     """``Actor_NN/03-01-EE-II-SS-RR-NN.wav`` audio-only speech files, ``takes`` (<= 8) per actor and emotion."""
     variants = [(i, s, r) for i in (1, 2) for s in (1, 2) for r in (1, 2)][:takes]
     return [
-        write_wav(root / f"Actor_{actor:02d}" / f"03-01-{RAVDESS_CODES[emotion]}-{i:02d}-{s:02d}-{r:02d}-{actor:02d}.wav",
-                  voice(emotion, actor, take))
-        for actor in actors for emotion in emotions for take, (i, s, r) in enumerate(variants)
+        write_wav(
+            root / f"Actor_{actor:02d}" / f"03-01-{RAVDESS_CODES[emotion]}-{i:02d}-{s:02d}-{r:02d}-{actor:02d}.wav",
+            voice(emotion, actor, take),
+        )
+        for actor in actors
+        for emotion in emotions
+        for take, (i, s, r) in enumerate(variants)
     ]
 
 
@@ -49,5 +54,7 @@ def make_emodb(root: Path, speakers: tuple[str, ...], emotions: tuple[str, ...],
     """``wav/<speaker><text><letter>a.wav`` files, ``takes`` (<= 10) sentences per speaker and emotion."""
     return [
         write_wav(root / "wav" / f"{speaker}{text}{EMODB_LETTERS[emotion]}a.wav", voice(emotion, int(speaker), take))
-        for speaker in speakers for emotion in emotions for take, text in enumerate(EMODB_TEXTS[:takes])
+        for speaker in speakers
+        for emotion in emotions
+        for take, text in enumerate(EMODB_TEXTS[:takes])
     ]

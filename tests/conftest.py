@@ -99,6 +99,7 @@ def tiny_demo(tmp_path_factory) -> list[str]:
 def generated_ravdess(tmp_path_factory) -> Path:
     """A RAVDESS-layout tree of generated audio-only speech: 4 actors x 6 paper emotions x 4 takes (wav)."""
     from audio_trees import make_ravdess_speech
+
     from datamodules.clips import PAPER_EMOTIONS
 
     root = tmp_path_factory.mktemp("generated_ravdess")
@@ -112,5 +113,7 @@ def generated_emodb(tmp_path_factory) -> Path:
     from audio_trees import make_emodb
 
     root = tmp_path_factory.mktemp("generated_emodb")
-    make_emodb(root, speakers=("03", "08", "09"), emotions=("anger", "disgust", "fear", "happiness", "sadness"), takes=3)
+    make_emodb(
+        root, speakers=("03", "08", "09"), emotions=("anger", "disgust", "fear", "happiness", "sadness"), takes=3
+    )
     return root

@@ -1,5 +1,6 @@
 """Look-alike CK+ trees of real, small grey png files, in the distribution's layout and in CK+48's: each class
 draws a bright bar at its own place on a subject's own noisy face, so that classes are learnable across subjects."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """scripts/ablation_audio.py: the rows' commands and the CSV collected from their summary.json files."""
+
 import csv
 import importlib.util
 import json
@@ -27,8 +28,11 @@ def _summary(objective: float, test_accuracies: list[float]) -> dict:
         "seed": 42,
         "objective": {"metric": "val/video_uar", "mode": "max", "mean": objective, "std": 0.01},
         "val": {"folds": folds, "mean": {"video_accuracy": objective, "video_uar": objective}, "std": {}},
-        "test": {"folds": folds, "mean": {"video_accuracy": mean, "video_uar": mean, "segment_accuracy": 0.5},
-                 "std": {"video_accuracy": 0.05, "video_uar": 0.04}},
+        "test": {
+            "folds": folds,
+            "mean": {"video_accuracy": mean, "video_uar": mean, "segment_accuracy": 0.5},
+            "std": {"video_accuracy": 0.05, "video_uar": 0.04},
+        },
     }
 
 

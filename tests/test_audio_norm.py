@@ -1,13 +1,14 @@
 """data.audio_norm: per-utterance and per-speaker statistics carried by the segments, the AudioModule
 standardising by them, and the recipe experiment (TDNN, speaker normalisation) through the real configs."""
+
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_train
 from hydra.utils import instantiate
 
-from conftest import compose_train
 from datamodules.mfcc import audio_statistics
 from lightning_modules import AudioModule
 from lightning_modules.cross_validation import run
@@ -29,11 +30,17 @@ def test_audio_statistics_are_the_mean_and_std_of_each_channel_and_row_over_all_
 @pytest.fixture(scope="module")
 def ravdess_overrides(generated_ravdess, tmp_path_factory) -> list[str]:
     base = tmp_path_factory.mktemp("audio_norm")
-    return ["experiment=ravdess_audio", f"data.root={generated_ravdess}", f"paths.cache_dir={base / 'cache'}",
-            f"paths.output_dir={base / 'outputs'}", "logger=none", "data.num_workers=0",
-            "callbacks.progress_bar=null",
-            # the generated utterances last 1.4-1.7 s: the paper's 64-frame windows, not the recipe's 1.93 s
-            "data.preprocess.mfcc.window=64"]
+    return [
+        "experiment=ravdess_audio",
+        f"data.root={generated_ravdess}",
+        f"paths.cache_dir={base / 'cache'}",
+        f"paths.output_dir={base / 'outputs'}",
+        "logger=none",
+        "data.num_workers=0",
+        "callbacks.progress_bar=null",
+        # the generated utterances last 1.4-1.7 s: the paper's 64-frame windows, not the recipe's 1.93 s
+        "data.preprocess.mfcc.window=64",
+    ]
 
 
 @pytest.mark.parametrize("norm", ["speaker", "utterance"])
@@ -99,8 +106,17 @@ def test_the_recipe_experiment_composes_a_speaker_normalised_tdnn(ravdess_overri
 
 @pytest.mark.slow
 def test_the_recipe_trains_a_fold_and_saves_a_speaker_normalised_tdnn(ravdess_overrides):
-    cfg = compose_train([*ravdess_overrides, "stage=audio", "fold=0", "cv.folds.k=2", "model.audio.trainer.max_epochs=1",
-                         "model.audio.module.backbone.channels=16", "model.audio.module.backbone.fc_dim=16"])
+    cfg = compose_train(
+        [
+            *ravdess_overrides,
+            "stage=audio",
+            "fold=0",
+            "cv.folds.k=2",
+            "model.audio.trainer.max_epochs=1",
+            "model.audio.module.backbone.channels=16",
+            "model.audio.module.backbone.fc_dim=16",
+        ]
+    )
     (fold,) = run(cfg)["audio"]["test"]["folds"]
     assert fold["n_clips"] > 0
     fold_dir = Path(cfg.paths.run_dir) / "audio" / "fold_0"
@@ -111,10 +127,14 @@ def test_the_recipe_trains_a_fold_and_saves_a_speaker_normalised_tdnn(ravdess_ov
 
 def test_mixup_of_a_speaker_normalised_module_mixes_the_statistics_with_the_images():
     torch.manual_seed(0)
-    module = AudioModule(backbone={**TDNN, "rows": 8, "channels": 8, "fc_dim": 8}, input_norm="speaker",
-                         mixup_alpha=0.4, num_classes=2)
+    module = AudioModule(
+        backbone={**TDNN, "rows": 8, "channels": 8, "fc_dim": 8}, input_norm="speaker", mixup_alpha=0.4, num_classes=2
+    )
     assert module.input_keys == ("audio", "audio_stats")
-    batch = {"audio": torch.randint(0, 256, (4, 3, 8, 12), dtype=torch.uint8),
-             "audio_stats": torch.rand(4, 2, 3, 8) + 0.1, "label": torch.tensor([0, 1, 0, 1])}
+    batch = {
+        "audio": torch.randint(0, 256, (4, 3, 8, 12), dtype=torch.uint8),
+        "audio_stats": torch.rand(4, 2, 3, 8) + 0.1,
+        "label": torch.tensor([0, 1, 0, 1]),
+    }
     assert torch.isfinite(module.training_step(batch, 0))
     assert AudioModule(backbone={**TDNN, "rows": 8}).input_keys == ("audio",)

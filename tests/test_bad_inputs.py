@@ -1,6 +1,7 @@
 """Fault isolation in preprocessing: a corpus of broken clips beside good ones, prepared by the real
 ``prepare.py``, twice. Every bad input is real media (or a real non-media file) written at test time with
 FFmpeg through PyAV."""
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
 from audio_trees import SAMPLE_RATE, voice, write_wav
 from conftest import REPO, without_read_override
+from test_preprocess import audio_cfg
+
 from datamodules.clips import Clip
 from datamodules.decode import decode_clip
 from datamodules.demo_corpus import VIDEO_CODEC, generate_clip, make_subject
 from datamodules.preprocess import TooManyFailuresError, prepare_corpus
-from test_preprocess import audio_cfg
 
 VIDEO_SIZE = (128, 96)  # small frames in which MTCNN still finds the demo's drawn faces
 FPS = 25
@@ -77,8 +78,15 @@ def demo_clip(path: Path, subject: int, emotion: str) -> Path:
     """A demo-corpus clip (drawn face, synthetic voice) at ``VIDEO_SIZE``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     generate_clip(
-        path, make_subject(subject, seed=0), emotion, 1,
-        seconds=(1.9, 2.2), size=VIDEO_SIZE, fps=FPS, sample_rate=SAMPLE_RATE, seed=0,
+        path,
+        make_subject(subject, seed=0),
+        emotion,
+        1,
+        seconds=(1.9, 2.2),
+        size=VIDEO_SIZE,
+        fps=FPS,
+        sample_rate=SAMPLE_RATE,
+        seed=0,
     )
     return path
 
@@ -113,14 +121,18 @@ AUDIO_DROPPED = {
     "03-01-05-02-02-01-01": ("vad", re.escape("silent: every sample is zero")),
     "03-01-05-02-02-02-01": ("vad", re.escape(NO_SPEECH)),
     "03-01-04-02-01-01-01": (
-        "decode", re.escape("not a media file: no flac header; it begins with text 'Actor 1, take 3: see the'")
+        "decode",
+        re.escape("not a media file: no flac header; it begins with text 'Actor 1, take 3: see the'"),
     ),
     "03-01-04-02-01-02-01": ("decode", re.escape("empty file (0 bytes)")),
     "03-01-04-02-02-01-01": ("decode", r"corrupt or truncated stream \(.*\)"),
     "03-01-04-02-02-02-01": ("decode", re.escape("permission denied: the file is not readable by this user")),
 }
 AUDIO_PREPARED = [
-    "03-01-05-01-01-01-01", "03-01-04-01-01-01-01", "03-01-03-01-01-01-02", "03-01-06-01-01-01-02",
+    "03-01-05-01-01-01-01",
+    "03-01-04-01-01-01-01",
+    "03-01-03-01-01-01-02",
+    "03-01-06-01-01-01-02",
     "03-01-07-01-01-01-02",  # stereo 44.1 kHz flac
     "03-01-08-01-01-01-02",  # 8 kHz wav
     "03-01-03-01-02-01-02",  # stereo 22.05 kHz wav
@@ -201,6 +213,7 @@ def make_video_corpus(base: Path) -> Path:
 
 # --- running prepare.py ----------------------------------------------------------------------------
 
+
 def run_prepare(overrides: list[str]) -> subprocess.CompletedProcess:
     """``python prepare.py <overrides>`` in a subprocess that file permissions bind (see conftest)."""
     command = without_read_override([sys.executable, "prepare.py", *overrides])
@@ -220,7 +233,10 @@ def prepared_twice(base: Path, make_corpus: Callable[[Path], Path], overrides: l
     """Build a corpus, run prepare.py on it twice; the reports, terminal output and cache of both runs."""
     root = make_corpus(base)
     arguments = [
-        f"data.root={root}", f"paths.cache_dir={base / 'cache'}", f"paths.output_dir={base / 'outputs'}", *overrides
+        f"data.root={root}",
+        f"paths.cache_dir={base / 'cache'}",
+        f"paths.output_dir={base / 'outputs'}",
+        *overrides,
     ]
     first = run_prepare(arguments)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -230,8 +246,14 @@ def prepared_twice(base: Path, make_corpus: Callable[[Path], Path], overrides: l
     second = run_prepare(arguments)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     return {
-        "root": root, "folder": folder, "first": first, "report": report, "state": state,
-        "second": second, "again": json.loads(report_path.read_text()), "state_again": cache_state(folder),
+        "root": root,
+        "folder": folder,
+        "first": first,
+        "report": report,
+        "state": state,
+        "second": second,
+        "again": json.loads(report_path.read_text()),
+        "state_again": cache_state(folder),
     }
 
 
@@ -243,8 +265,11 @@ def audio_runs(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def video_runs(tmp_path_factory) -> dict:
     overrides = [
-        "data=rml", "+data.indexer.extensions=[.mp4]", "data.preprocess.faces.size=32",
-        "data.preprocess.faces.detect_max_side=160", "vad_plots=0",
+        "data=rml",
+        "+data.indexer.extensions=[.mp4]",
+        "data.preprocess.faces.size=32",
+        "data.preprocess.faces.detect_max_side=160",
+        "vad_plots=0",
     ]
     return prepared_twice(tmp_path_factory.mktemp("bad_video"), make_video_corpus, overrides)
 
@@ -260,9 +285,9 @@ def assert_dropped_and_prepared(runs: dict, dropped: dict[str, tuple[str, str]],
         assert failure["error"] in ("BadInputError", "NoFaceError")
         assert f"dropped {clip_id}: {step}: {failure['error']}: {failure['reason']} ({failure['path']})" in output
     assert report["clips_prepared"] == len(prepared)
-    assert sorted(runs["state"]) == sorted([f"{clip_id}.pt" for clip_id in prepared] + [
-        f"{clip_id}.dropped.json" for clip_id in dropped
-    ])
+    assert sorted(runs["state"]) == sorted(
+        [f"{clip_id}.pt" for clip_id in prepared] + [f"{clip_id}.dropped.json" for clip_id in dropped]
+    )
 
 
 def assert_nothing_redone(runs: dict) -> None:
@@ -279,17 +304,21 @@ def test_audio_corpus_runs_through_its_bad_clips(audio_runs):
 
 def test_audio_report_accounts_for_every_file_under_the_root(audio_runs):
     report, root = audio_runs["report"], audio_runs["root"]
-    assert report["files"] == {
-        "found": 26, "prepared": 10, "dropped": 8, "excluded": 2, "skipped": 4, "other_files": 2
-    }
+    assert report["files"] == {"found": 26, "prepared": 10, "dropped": 8, "excluded": 2, "skipped": 4, "other_files": 2}
     assert dict(map(tuple, report["excluded"])) == {
         str(root / "Actor_01" / "03-01-01-01-01-01-01.wav"): "class neutral not in classes",
         str(root / "Actor_01" / "03-02-03-01-01-01-01.wav"): "song channel, not speech (vocal_channel)",
     }
     skipped = dict(map(tuple, report["skipped"]))
-    assert sorted(skipped) == sorted(str(root / name) for name in (
-        "Actor_01/03-01-05-01-01-01.wav", "Actor_01/take 3 (copy).wav", "Actor_03/03-01-04-01-01-01-03.wav", "Actor_05"
-    ))
+    assert sorted(skipped) == sorted(
+        str(root / name)
+        for name in (
+            "Actor_01/03-01-05-01-01-01.wav",
+            "Actor_01/take 3 (copy).wav",
+            "Actor_03/03-01-04-01-01-01-03.wav",
+            "Actor_05",
+        )
+    )
     assert skipped[str(root / "Actor_05")] == "folder not readable (Permission denied): the files in it are not indexed"
     assert "is not MM-VV-EE-II-SS-RR-AA" in skipped[str(root / "Actor_01" / "take 3 (copy).wav")]
     assert skipped[str(root / "Actor_03" / "03-01-04-01-01-01-03.wav")].startswith("broken symbolic link")
@@ -317,7 +346,12 @@ def test_video_corpus_runs_through_its_bad_clips(video_runs):
     assert_dropped_and_prepared(video_runs, VIDEO_DROPPED, VIDEO_PREPARED)
     assert video_runs["report"]["clips_per_subject"] == {"s01": 2, "s02": 2}  # s02_su01 has a variable frame rate
     assert video_runs["report"]["files"] == {
-        "found": 7, "prepared": 4, "dropped": 3, "excluded": 0, "skipped": 0, "other_files": 0
+        "found": 7,
+        "prepared": 4,
+        "dropped": 3,
+        "excluded": 0,
+        "skipped": 0,
+        "other_files": 0,
     }
 
 
@@ -340,7 +374,8 @@ def test_a_run_where_most_clips_fail_stops_with_the_commonest_reasons(tmp_path):
     assert "  1 x decode: BadInputError: empty file" in message
     report = json.loads(next((tmp_path / "cache").glob("ravdess/*/report.json")).read_text())
     assert report["dropped_by_reason"] == {
-        "decode: BadInputError: not a media file: no flac header": 2, "decode: BadInputError: empty file": 1
+        "decode: BadInputError: not a media file: no flac header": 2,
+        "decode: BadInputError: empty file": 1,
     }
 
 
@@ -368,6 +403,13 @@ def test_a_systematic_error_stops_the_run_early_and_is_tried_again_next_time(tmp
         prepare_corpus(clips, cfg, tmp_path / "cache", corpus="ravdess", workers=1, progress=False)
     (folder,) = (tmp_path / "cache" / "ravdess").iterdir()
     report = json.loads((folder / "report.json").read_text())
-    assert report["files"] == {"found": 3, "prepared": 0, "dropped": 2, "excluded": 0, "skipped": 0,
-                               "other_files": 0, "not_reached": 1}
+    assert report["files"] == {
+        "found": 3,
+        "prepared": 0,
+        "dropped": 2,
+        "excluded": 0,
+        "skipped": 0,
+        "other_files": 0,
+        "not_reached": 1,
+    }
     assert sorted(path.name for path in folder.iterdir()) == ["preprocess.json", "report.json"]

@@ -1,5 +1,6 @@
 """stage=baseline: utterance features (MFCC statistics, openSMILE), their per-clip cache, C chosen on
 validation clips, and whole runs on a generated RAVDESS-layout corpus (LOSO and hold-out)."""
+
 import json
 from functools import partial
 from pathlib import Path
@@ -7,9 +8,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hydra.utils import instantiate
-
 from audio_trees import SAMPLE_RATE, voice, write_wav
+from hydra.utils import instantiate
+from test_train import compose_train
+
 from datamodules.clips import Clip
 from datamodules.decode import decode_clip
 from datamodules.mfcc import mfcc_frames
@@ -17,10 +19,18 @@ from datamodules.utterance_features import MfccStats, OpenSmileFunctionals, cach
 from datamodules.vad import trim_to_speech
 from lightning_modules.baseline import choose_C, evaluate_clips, svm_pipeline
 from lightning_modules.cross_validation import run
-from test_train import compose_train
 
-VAD = {"enabled": True, "window_ms": 30, "hop_ms": 10, "band": [100.0, 4000.0], "ratio_threshold": 0.6,
-       "min_rel_energy_db": -30.0, "median_windows": 11, "pre_s": 0.25, "post_s": 0.25}
+VAD = {
+    "enabled": True,
+    "window_ms": 30,
+    "hop_ms": 10,
+    "band": [100.0, 4000.0],
+    "ratio_threshold": 0.6,
+    "min_rel_energy_db": -30.0,
+    "median_windows": 11,
+    "pre_s": 0.25,
+    "post_s": 0.25,
+}
 
 
 def corpus_with_vad(vad: dict) -> SimpleNamespace:
@@ -60,7 +70,9 @@ def test_a_clip_vector_describes_the_vad_span_only(tmp_path):
     extractor = MfccStats()
     speech, span, found = trim_to_speech(audio, SAMPLE_RATE, VAD)
     assert found and span[0] > 0.5 and len(speech) < len(audio) - SAMPLE_RATE
-    np.testing.assert_allclose(extractor.clip_vector(clip, corpus_with_vad(VAD)), extractor(speech), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        extractor.clip_vector(clip, corpus_with_vad(VAD)), extractor(speech), rtol=1e-5, atol=1e-5
+    )
     whole = extractor.clip_vector(clip, corpus_with_vad({**VAD, "enabled": False}))
     np.testing.assert_allclose(whole, extractor(audio), rtol=1e-5, atol=1e-5)
     assert not np.allclose(whole, extractor(speech), atol=1e-2)
@@ -97,34 +109,53 @@ def test_C_is_the_grid_value_with_the_best_validation_score(metric, mode):
     labels = np.repeat(np.arange(3), 20)
     features = centres[labels] + rng.normal(scale=1.5, size=(60, 5))
     train, val = (features[::2], labels[::2]), (features[1::2], labels[1::2])
-    calibration = instantiate({"_target_": "sklearn.calibration.CalibratedClassifierCV", "_partial_": True,
-                               "method": "sigmoid", "ensemble": False, "cv": 3})
+    calibration = instantiate(
+        {
+            "_target_": "sklearn.calibration.CalibratedClassifierCV",
+            "_partial_": True,
+            "method": "sigmoid",
+            "ensemble": False,
+            "cv": 3,
+        }
+    )
     svm = instantiate({"_target_": "sklearn.svm.SVC", "kernel": "rbf"})
     grid = [1e-3, 0.1, 10.0]
-    model, C, search = choose_C(lambda c: svm_pipeline(svm, calibration, c), grid, train, val,
-                                {"metric": metric, "mode": mode}, num_classes=3)
+    model, C, search = choose_C(
+        lambda c: svm_pipeline(svm, calibration, c), grid, train, val, {"metric": metric, "mode": mode}, num_classes=3
+    )
     scores = [row[metric] for row in search]
     assert [row["C"] for row in search] == grid
     assert C == grid[scores.index(max(scores) if mode == "max" else min(scores))]
     result = evaluate_clips(model, *val, num_classes=3)
-    assert result["n_segments"] == result["n_clips"] == 30 and result["segment"]["accuracy"] == result["video"]["accuracy"]
+    assert (
+        result["n_segments"] == result["n_clips"] == 30 and result["segment"]["accuracy"] == result["video"]["accuracy"]
+    )
 
 
 def test_stage_names_baseline_among_the_choices():
-    with pytest.raises(ValueError, match="stage=svm: no such stage; choose one of audio, visual, fusion, all, baseline"):
+    with pytest.raises(
+        ValueError, match="stage=svm: no such stage; choose one of audio, visual, fusion, all, baseline"
+    ):
         run(compose_train(["stage=svm"]))
 
 
 @pytest.fixture(scope="module")
 def ravdess_baseline(generated_ravdess, tmp_path_factory) -> list[str]:
     base = tmp_path_factory.mktemp("baseline")
-    return ["data=ravdess", f"data.root={generated_ravdess}", f"paths.cache_dir={base / 'cache'}",
-            f"paths.output_dir={base / 'outputs'}", "logger=none", "stage=baseline"]
+    return [
+        "data=ravdess",
+        f"data.root={generated_ravdess}",
+        f"paths.cache_dir={base / 'cache'}",
+        f"paths.output_dir={base / 'outputs'}",
+        "logger=none",
+        "stage=baseline",
+    ]
 
 
 def test_C_is_never_chosen_without_validation_clips(ravdess_baseline):
-    cfg = compose_train([*ravdess_baseline, "cv=holdout", "cv.test_subjects=[actor_01]", "cv.folds.val_fraction=0",
-                         "fold=0"])
+    cfg = compose_train(
+        [*ravdess_baseline, "cv=holdout", "cv.test_subjects=[actor_01]", "cv.folds.val_fraction=0", "fold=0"]
+    )
     with pytest.raises(ValueError, match="no validation clips to choose C on"):
         run(cfg)
 

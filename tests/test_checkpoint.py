@@ -1,4 +1,5 @@
 """The best checkpoint: ties on a saturated validation objective go to the lower validation loss."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -44,12 +45,25 @@ class ScriptedValidation(L.LightningModule):
 
 def fit(tmp_path, tie_break: str | None, epochs: int = len(SCRIPTED), ckpt_path=None):
     data = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
-    best = BestCheckpoint(dirpath=tmp_path, filename="best", monitor="val/video_uar", mode="max", save_top_k=1,
-                          enable_version_counter=False, tie_break=tie_break)
+    best = BestCheckpoint(
+        dirpath=tmp_path,
+        filename="best",
+        monitor="val/video_uar",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+        tie_break=tie_break,
+    )
     last = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="last", enable_version_counter=False)
     module = ScriptedValidation()
-    trainer = L.Trainer(max_epochs=epochs, callbacks=[best, last], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        callbacks=[best, last],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, train_dataloaders=data, val_dataloaders=data, ckpt_path=ckpt_path)
     return best, module
 
@@ -97,11 +111,24 @@ def test_with_ema_the_test_after_fit_sees_the_average_that_was_validated_and_che
     from callbacks.ema import EMAWeights
 
     data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=2)
-    best = BestCheckpoint(dirpath=tmp_path, filename="best", monitor="val/video_uar", mode="max", save_top_k=1,
-                          enable_version_counter=False, tie_break="val/loss")
+    best = BestCheckpoint(
+        dirpath=tmp_path,
+        filename="best",
+        monitor="val/video_uar",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+        tie_break="val/loss",
+    )
     module = RecordsTestedWeights()
-    trainer = L.Trainer(max_epochs=4, callbacks=[best, EMAWeights(decay=0.9)], logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=4,
+        callbacks=[best, EMAWeights(decay=0.9)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, train_dataloaders=data, val_dataloaders=data)
     trainer.test(module, dataloaders=data, ckpt_path=best.best_model_path)
     saved = torch.load(best.best_model_path, weights_only=False)

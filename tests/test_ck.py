@@ -1,5 +1,6 @@
 """CK+: the indexer on generated trees of the distribution's layout and of CK+48's, image sequences prepared
 into face segments (rule 3 for a sequence shorter than a segment), the HOG + LBP baseline, and the real CK+48."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -8,24 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import compose_train
+from face_trees import face_image, make_ck48, make_ck_distribution, write_frame
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import compose_train
 from datamodules.clips import CorpusLayoutError
 from datamodules.corpora import ck
 from datamodules.decode import BadInputError, decode_frames
 from datamodules.face_features import HogLbp
 from datamodules.preprocess import check_failure_settings, frame_segments, load_clip
-from face_trees import face_image, make_ck48, make_ck_distribution, write_frame
 from lightning_modules.config_errors import ConfigError
 from lightning_modules.cross_validation import run
 
 DISTRIBUTION = {
     (5, 1): ("disgust", 12),
-    (5, 2): (None, 4),          # unlabelled: left out
+    (5, 2): (None, 4),  # unlabelled: left out
     (10, 1): ("happiness", 40),
-    (10, 3): ("contempt", 6),   # not a paper class
+    (10, 3): ("contempt", 6),  # not a paper class
     (11, 2): ("surprise", 8),
 }
 
@@ -38,12 +39,15 @@ def test_distribution_layout_gives_one_clip_per_labelled_sequence(tmp_path):
     make_ck_distribution(tmp_path, DISTRIBUTION)
     result = ck.index(tmp_path)
     assert [(c.clip_id, c.subject, c.label) for c in result.clips] == [
-        ("S005_001", "S005", "disgust"), ("S010_001", "S010", "happiness"), ("S011_002", "S011", "surprise")
+        ("S005_001", "S005", "disgust"),
+        ("S010_001", "S010", "happiness"),
+        ("S011_002", "S011", "surprise"),
     ]
     frames = result.clips[1].extra["frames"]
     assert len(frames) == 40 and list(frames) == sorted(frames) and result.clips[1].path == frames[-1]
     assert sorted(rule for _, rule in result.excluded) == [
-        "class contempt not in classes", "unlabelled sequence (no S###_###_*_emotion.txt)"
+        "class contempt not in classes",
+        "unlabelled sequence (no S###_###_*_emotion.txt)",
     ]
     assert result.files_found == files_under(tmp_path) and result.skipped == []
     assert result.other_files == 8  # the labels and FACS files of four labelled sequences
@@ -99,15 +103,24 @@ def test_image_sequences_decode_grey_to_three_channels_and_name_a_broken_frame(t
 
 
 def ck_overrides(root: Path, base: Path) -> list[str]:
-    return ["experiment=ck_visual", f"data.root={root}", f"paths.cache_dir={base / 'cache'}",
-            f"paths.output_dir={base / 'outputs'}", "logger=none", "data.preprocess_workers=1",
-            "callbacks.progress_bar=null"]
+    return [
+        "experiment=ck_visual",
+        f"data.root={root}",
+        f"paths.cache_dir={base / 'cache'}",
+        f"paths.output_dir={base / 'outputs'}",
+        "logger=none",
+        "data.preprocess_workers=1",
+        "callbacks.progress_bar=null",
+    ]
 
 
 def test_sequences_become_face_segments_without_audio(tmp_path):
     make_ck_distribution(tmp_path / "ck", {(5, 1): ("disgust", 3), (10, 1): ("happiness", 40)}, size=32)
-    by_time = ["data.preprocess.sequence_segments=time", "data.preprocess.faces.frames_per_segment=20",
-               "data.indexer.last_frames=null"]
+    by_time = [
+        "data.preprocess.sequence_segments=time",
+        "data.preprocess.faces.frames_per_segment=20",
+        "data.indexer.last_frames=null",
+    ]
     cfg = compose_train([*ck_overrides(tmp_path / "ck", tmp_path), *by_time])
     datamodule = instantiate(cfg.data)
     report = datamodule.prepare_data().report
@@ -164,14 +177,20 @@ def test_stages_that_need_audio_are_refused_on_ck(tmp_path):
 
 def test_the_ck_visual_recipe_trains_a_face_cnn_on_subject_folds(tmp_path):
     make_ck48(tmp_path / "ck", range(1, 10), ("anger", "disgust", "happiness", "surprise"))
-    overrides = [*ck_overrides(tmp_path / "ck", tmp_path), "stage=visual", "fold=0", "cv.folds.k=3",
-                 "model.visual.trainer.max_epochs=2"]
+    overrides = [
+        *ck_overrides(tmp_path / "ck", tmp_path),
+        "stage=visual",
+        "fold=0",
+        "cv.folds.k=3",
+        "model.visual.trainer.max_epochs=2",
+    ]
     cfg = compose_train(overrides)
     assert cfg.model.visual.module.backbone._target_.endswith("FaceCNN") and cfg.model.visual.module.temporal == "mean"
     summary = run(cfg)["visual"]
     assert len(summary["test"]["folds"]) == 1 and 0.0 <= summary["test"]["mean"]["video_accuracy"] <= 1.0
-    checkpoint = torch.load(next((tmp_path / "outputs").rglob("visual/fold_0/checkpoints/best.ckpt")),
-                            weights_only=False)
+    checkpoint = torch.load(
+        next((tmp_path / "outputs").rglob("visual/fold_0/checkpoints/best.ckpt")), weights_only=False
+    )
     assert checkpoint["hyper_parameters"]["backbone"]["_target_"].endswith("FaceCNN")
     assert not any("lstm" in key for key in checkpoint["state_dict"])
 
@@ -200,7 +219,12 @@ def test_real_ck48_gives_260_sequences_of_90_subjects_in_10_subject_folds(ck48_r
     result = ck.index(ck48_root)
     assert len(result.clips) == 260 and result.files_found == 780 and not result.skipped
     assert Counter(clip.label for clip in result.clips) == {
-        "anger": 35, "disgust": 55, "fear": 18, "happiness": 60, "sadness": 17, "surprise": 75
+        "anger": 35,
+        "disgust": 55,
+        "fear": 18,
+        "happiness": 60,
+        "sadness": 17,
+        "surprise": 75,
     }
     cfg = compose_train(ck_overrides(ck48_root, tmp_path))
     folds = instantiate(cfg.cv.folds)(result.clips)

@@ -1,5 +1,6 @@
 """Corpus indexers on look-alike trees of empty files (RML, eNTERFACE'05, RAVDESS), of generated wav files
 (EmoDB), and on real RAVDESS."""
+
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from audio_trees import SAMPLE_RATE, write_wav
+
 from datamodules.clips import PAPER_EMOTIONS, CorpusLayoutError
 from datamodules.corpora import emodb, enterface, get_indexer, ravdess, rml
 from datamodules.decode import decode_clip
@@ -38,12 +39,16 @@ def assert_well_formed(result) -> None:
 
 # --- RML -------------------------------------------------------------------------------------------
 
+
 def make_rml_720(root: Path) -> None:
     """8 speakers x 6 emotions x 15: s1-s5 flat under rml-1, s6-s8 under rml-2 with language folders."""
     for speaker in range(1, 6):
         touch(root, *(f"rml-1/s{speaker}/{code}{k}.avi" for code in RML_CODES for k in range(1, 16)))
-    languages = {6: {"English": range(1, 9), "Mandarin": range(1, 8)}, 7: {"Urdu": range(1, 16)},
-                 8: {"Italian": range(1, 9), "Persian": range(1, 8)}}
+    languages = {
+        6: {"English": range(1, 9), "Mandarin": range(1, 8)},
+        7: {"Urdu": range(1, 16)},
+        8: {"Italian": range(1, 9), "Persian": range(1, 8)},
+    }
     for speaker, folders in languages.items():
         for language, takes in folders.items():
             touch(root, *(f"rml-2/s{speaker}/{language}/{code}{k}.avi" for code in RML_CODES for k in takes))
@@ -184,7 +189,13 @@ def test_enterface_irregular_tree_indexes_every_clip_by_file_name(tmp_path, capl
     assert_well_formed(result)
     by_id = {clip.clip_id: clip for clip in result.clips}
     assert sorted({clip.subject for clip in result.clips}) == [
-        "subject_01", "subject_02", "subject_03", "subject_04", "subject_05", "subject_07", "subject_08"
+        "subject_01",
+        "subject_02",
+        "subject_03",
+        "subject_04",
+        "subject_05",
+        "subject_07",
+        "subject_08",
     ]
     assert by_id["subject_03_an_1"].label == "anger"
     assert by_id["subject_07_ha_3"].extra == {"sentence": 3, "emotion_code": "ha"}
@@ -215,6 +226,7 @@ def test_enterface_unparseable_names_raise_or_skip(tmp_path):
 
 
 # --- RAVDESS ---------------------------------------------------------------------------------------
+
 
 def ravdess_names(modality: str, channel: str, actor: int, emotions=range(1, 9)) -> list[str]:
     """Every RAVDESS file name of one actor, modality and channel (neutral has no strong intensity)."""
@@ -247,7 +259,8 @@ def test_ravdess_shared_speech_gives_960_clips(ravdess_speech_root):
     assert set(per_subject_label.values()) == {8}
     assert Counter(clip.label for clip in result.clips) == {label: 160 for label in PAPER_EMOTIONS}
     assert Counter(rule for _, rule in result.excluded) == {
-        "class neutral not in classes": 80, "class calm not in classes": 160
+        "class neutral not in classes": 80,
+        "class calm not in classes": 160,
     }
     assert result.files_found == 1200 and result.other_files == 0
     with_neutral = ravdess.index(ravdess_speech_root, modality="audio", classes=("neutral", *PAPER_EMOTIONS))
@@ -272,7 +285,9 @@ def test_ravdess_modality_channel_and_classes_select_files(tmp_path):
     audio = ravdess.index(tmp_path, modality="audio")
     assert len(audio.clips) == 96 and {clip.path.suffix for clip in audio.clips} == {".wav"}
     assert Counter(rule for _, rule in audio.excluded) == {
-        "not audio (modality)": 2 * (60 + 60 + 44), "class calm not in classes": 16, "class neutral not in classes": 8
+        "not audio (modality)": 2 * (60 + 60 + 44),
+        "class calm not in classes": 16,
+        "class neutral not in classes": 8,
     }
     assert audio.files_found == 2 * 224
     song = ravdess.index(tmp_path, vocal_channel="song", classes=("neutral", "calm", "happiness"))
@@ -280,8 +295,12 @@ def test_ravdess_modality_channel_and_classes_select_files(tmp_path):
     clip = ravdess.index(tmp_path, classes=("anger",)).clips[0]
     assert clip.clip_id == "01-01-05-01-01-01-01" and clip.subject == "actor_01"
     assert clip.extra == {
-        "modality": "audio_video", "vocal_channel": "speech", "emotion_code": "05", "intensity": "normal",
-        "statement": "Kids are talking by the door", "repetition": 1,
+        "modality": "audio_video",
+        "vocal_channel": "speech",
+        "emotion_code": "05",
+        "intensity": "normal",
+        "statement": "Kids are talking by the door",
+        "repetition": 1,
     }
 
 
@@ -311,6 +330,7 @@ def test_ravdess_options_are_checked(tmp_path):
 
 # --- EmoDB -----------------------------------------------------------------------------------------
 
+
 def make_emodb_with_every_class(root: Path) -> None:
     """Real 0.2 s wav files: speakers 03 and 16, every emotion letter, two sentences, plus non-audio files."""
     tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(3200) / SAMPLE_RATE)
@@ -327,10 +347,15 @@ def test_emodb_generated_tree_maps_letters_to_class_names(tmp_path):
     result = emodb.index(tmp_path)
     assert_well_formed(result)
     assert Counter(clip.label for clip in result.clips) == {
-        "anger": 4, "disgust": 4, "fear": 4, "happiness": 5, "sadness": 4
+        "anger": 4,
+        "disgust": 4,
+        "fear": 4,
+        "happiness": 5,
+        "sadness": 4,
     }
     assert Counter(rule for _, rule in result.excluded) == {
-        "class boredom not in classes": 4, "class neutral not in classes": 4
+        "class boredom not in classes": 4,
+        "class neutral not in classes": 4,
     }
     assert result.other_files == 3 and result.files_found == 2 * 7 * 2 + 1 + 3
     clip = {clip.clip_id: clip for clip in result.clips}["16b10Ta"]
@@ -354,6 +379,11 @@ def test_emodb_malformed_names_raise_or_are_skipped(tmp_path):
     assert str(tmp_path / "wav" / "03a1Wa.wav") in message
     result = emodb.index(tmp_path)
     assert len(result.clips) == 2 * 5 * 2
-    assert sorted(Path(path).name for path, _ in result.skipped) == ["03a01W.wav", "03a01Xa.wav", "03a1Wa.wav", "05a01Wa.wav"]
+    assert sorted(Path(path).name for path, _ in result.skipped) == [
+        "03a01W.wav",
+        "03a01Xa.wav",
+        "03a1Wa.wav",
+        "05a01Wa.wav",
+    ]
     with pytest.raises(ValueError, match="surprise"):
         emodb.index(tmp_path, classes=("anger", "surprise"))

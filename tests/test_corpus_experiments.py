@@ -1,9 +1,10 @@
 """``python train.py data=<corpus>`` runs the corpus's own experiment (configs/corpus_experiments.yaml)."""
+
 from __future__ import annotations
 
+from conftest import REPO, compose_train
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose_train
 from lightning_modules.corpus_experiments import CORPUS_EXPERIMENTS, corpus_experiment, with_corpus_experiment
 
 CONFIGS = REPO / "configs"
@@ -12,14 +13,24 @@ CONFIGS = REPO / "configs"
 def test_a_corpus_alone_gets_its_experiment_among_the_overrides(capsys):
     args = ["-m", "data=ravdess", "stage=audio", "--cfg", "job"]
     assert with_corpus_experiment(args, CONFIGS) == [
-        "-m", "data=ravdess", "experiment=ravdess_audio", "stage=audio", "--cfg", "job"
+        "-m",
+        "data=ravdess",
+        "experiment=ravdess_audio",
+        "stage=audio",
+        "--cfg",
+        "job",
     ]
     assert "data=ravdess: experiment=ravdess_audio, the corpus's recipe" in capsys.readouterr().out
 
 
 def test_an_experiment_a_sweep_over_corpora_or_no_corpus_are_left_as_given():
-    for args in (["data=ravdess", "experiment=paper_ravdess_kfold"], ["+experiment=demo", "data=ck"],
-                 ["-m", "data=ravdess,emodb"], ["stage=audio"], ["data=demo_like_corpus_not_listed"]):
+    for args in (
+        ["data=ravdess", "experiment=paper_ravdess_kfold"],
+        ["+experiment=demo", "data=ck"],
+        ["-m", "data=ravdess,emodb"],
+        ["stage=audio"],
+        ["data=demo_like_corpus_not_listed"],
+    ):
         assert corpus_experiment(args, CONFIGS) is None
         assert with_corpus_experiment(args, CONFIGS) == args
 

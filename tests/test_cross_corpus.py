@@ -1,17 +1,18 @@
 """cv=cross_corpus: train and validate on one generated corpus (RAVDESS layout), test on another (EmoDB
 layout); classes matched by name; the baseline and the audio stage through the real configs."""
+
 import json
 from pathlib import Path
 
 import pytest
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from test_train import TINY_MODELS, compose_train
 
 from datamodules.corpora import emodb, ravdess
 from datamodules.features import FeatureDataModule
 from datamodules.splits import holdout_folds, with_test_corpus
 from lightning_modules.cross_validation import run
-from test_train import TINY_MODELS, compose_train
 
 EMODB_SPEAKERS = ["speaker_03", "speaker_08", "speaker_09"]
 
@@ -19,9 +20,18 @@ EMODB_SPEAKERS = ["speaker_03", "speaker_08", "speaker_09"]
 @pytest.fixture(scope="module")
 def ravdess_to_emodb(generated_ravdess, generated_emodb, tmp_path_factory) -> list[str]:
     base = tmp_path_factory.mktemp("cross_corpus")
-    return ["data=ravdess", f"data.root={generated_ravdess}", "cv=cross_corpus", "+test_data=emodb",
-            f"test_data.root={generated_emodb}", f"paths.cache_dir={base / 'cache'}",
-            f"paths.output_dir={base / 'outputs'}", "logger=none", "data.num_workers=0", "test_data.num_workers=0"]
+    return [
+        "data=ravdess",
+        f"data.root={generated_ravdess}",
+        "cv=cross_corpus",
+        "+test_data=emodb",
+        f"test_data.root={generated_emodb}",
+        f"paths.cache_dir={base / 'cache'}",
+        f"paths.output_dir={base / 'outputs'}",
+        "logger=none",
+        "data.num_workers=0",
+        "test_data.num_workers=0",
+    ]
 
 
 def test_one_fold_trains_on_one_corpus_and_tests_on_every_clip_of_the_other(ravdess_to_emodb, generated_emodb):
@@ -43,16 +53,31 @@ def test_one_fold_trains_on_one_corpus_and_tests_on_every_clip_of_the_other(ravd
 
 
 def test_classes_missing_on_either_side_are_dropped_and_named(generated_ravdess, generated_emodb):
-    cfg = compose_train(["data=emodb", f"data.root={generated_emodb}", "data.classes=[boredom,anger,sadness,fear]",
-                         "cv=cross_corpus", "+test_data=ravdess", f"test_data.root={generated_ravdess}"])
+    cfg = compose_train(
+        [
+            "data=emodb",
+            f"data.root={generated_emodb}",
+            "data.classes=[boredom,anger,sadness,fear]",
+            "cv=cross_corpus",
+            "+test_data=ravdess",
+            f"test_data.root={generated_ravdess}",
+        ]
+    )
     with pytest.warns(UserWarning) as warned:
         datamodule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
     message = str(warned[0].message)
     assert "['anger', 'sadness', 'fear'] kept" in message and "from emodb: ['boredom']" in message
     assert "from ravdess: ['disgust', 'happiness', 'surprise']" in message
     assert {clip.label for clip in datamodule.test_corpus.index().clips} == {"anger", "sadness", "fear"}
-    same_root = compose_train(["data=emodb", f"data.root={generated_emodb}", "cv=cross_corpus", "+test_data=emodb",
-                               f"test_data.root={generated_emodb}"])
+    same_root = compose_train(
+        [
+            "data=emodb",
+            f"data.root={generated_emodb}",
+            "cv=cross_corpus",
+            "+test_data=emodb",
+            f"test_data.root={generated_emodb}",
+        ]
+    )
     with pytest.raises(InstantiationException, match="has the training corpus's root"):
         instantiate(same_root.data, cv=instantiate(same_root.cv.folds))
 
@@ -77,8 +102,17 @@ def test_baseline_from_ravdess_to_emodb(ravdess_to_emodb):
 
 @pytest.mark.slow
 def test_audio_stage_from_ravdess_to_emodb(ravdess_to_emodb):
-    cfg = compose_train([*ravdess_to_emodb, *TINY_MODELS, "stage=audio", "fold=0", "callbacks.progress_bar=null",
-                         "model.audio.trainer.max_epochs=1", "+trainer.limit_train_batches=2"])
+    cfg = compose_train(
+        [
+            *ravdess_to_emodb,
+            *TINY_MODELS,
+            "stage=audio",
+            "fold=0",
+            "callbacks.progress_bar=null",
+            "model.audio.trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2",
+        ]
+    )
     (fold,) = run(cfg)["audio"]["test"]["folds"]
     assert fold["subjects"] == EMODB_SPEAKERS and fold["n_clips"] == 45
     metrics = json.loads((Path(cfg.paths.run_dir) / "audio" / "fold_0" / "metrics.json").read_text())

@@ -5,6 +5,7 @@ tests it with Lightning's subprocess launcher (train.py re-run as rank 1). The t
 over the ranks by DistributedSampler, padded with a duplicate (23 segments on 2 ranks), gathered and
 deduplicated before the video-level vote: the confusion matrices and accuracies must be identical.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,13 @@ def train_py(args: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_two_process_test_of_a_checkpoint_equals_the_one_process_test(tiny_demo, tmp_path):
-    common = [*tiny_demo, f"paths.output_dir={tmp_path}", "stage=audio", f"fold={FOLD}",
-              "model.audio.module.backbone.fc_dim=32"]
+    common = [
+        *tiny_demo,
+        f"paths.output_dir={tmp_path}",
+        "stage=audio",
+        f"fold={FOLD}",
+        "model.audio.module.backbone.fc_dim=32",
+    ]
     train_py([*common, "model.audio.trainer.max_epochs=6", "model.audio.module.lr=0.003"])
     fold_dir = tmp_path / "demo" / "loso" / "audio" / f"fold_{FOLD}"
     single = json.loads((fold_dir / "metrics.json").read_text())
@@ -44,8 +50,17 @@ def test_two_process_test_of_a_checkpoint_equals_the_one_process_test(tiny_demo,
     checkpoint_bytes = (fold_dir / "checkpoints" / "best.ckpt").read_bytes()
     assert single["test"]["n_segments"] % 2 == 1, "the 2-rank split must need DistributedSampler padding"
 
-    result = train_py([*common, "test_only=true", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                       "trainer.precision=32-true", "trainer.sync_batchnorm=false"])
+    result = train_py(
+        [
+            *common,
+            "test_only=true",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+            "trainer.sync_batchnorm=false",
+        ]
+    )
     log = result.stdout + result.stderr
     assert "Starting with 2 processes" in log and "distributed_backend=gloo" in log
     double = json.loads((fold_dir / "metrics.json").read_text())

@@ -1,4 +1,5 @@
 """Decoding, VAD (Eq. 1) and MFCC images (Eq. 2-4) on real recordings."""
+
 import subprocess
 import sys
 import wave
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torchaudio
-
 from audio_trees import write_wav
 from conftest import REPO, without_read_override
+
 from datamodules.decode import BadInputError, decode_clip
 from datamodules.mfcc import frame_count, mfcc_frames, mfcc_images, num_segments, segment_mfcc
 from datamodules.vad import (

@@ -1,4 +1,5 @@
 """The demo corpus generator: real mp4 files that decode, deterministic, emotions that sound different."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
 from conftest import compose_train
+
 from datamodules.clips import PAPER_EMOTIONS
 from datamodules.corpora import demo
 from datamodules.demo_corpus import (
@@ -178,8 +179,24 @@ def test_bad_parameters_are_refused(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    main(["--out", str(tmp_path), "--subjects", "2", "--clips-per-emotion", "1", "--seconds", "1.9", "1.9",
-          "--size", "96", "64", "--fps", "10"])
+    main(
+        [
+            "--out",
+            str(tmp_path),
+            "--subjects",
+            "2",
+            "--clips-per-emotion",
+            "1",
+            "--seconds",
+            "1.9",
+            "1.9",
+            "--size",
+            "96",
+            "64",
+            "--fps",
+            "10",
+        ]
+    )
     assert "12 clips under" in capsys.readouterr().out
     clips = demo.index(tmp_path).clips
     assert len(clips) == 12 and {clip.subject for clip in clips} == {"s01", "s02"}
@@ -193,6 +210,11 @@ def test_preprocessing_defaults_keep_every_demo_clip(tiny_demo):
 
     report = instantiate(compose_train(tiny_demo).data).prepare_data().report
     assert report["files"] == {
-        "found": 3 * 6 + 1, "prepared": 3 * 6, "dropped": 0, "excluded": 0, "skipped": 0, "other_files": 1  # + manifest
+        "found": 3 * 6 + 1,
+        "prepared": 3 * 6,
+        "dropped": 0,
+        "excluded": 0,
+        "skipped": 0,
+        "other_files": 1,  # + manifest
     }
     assert report["dropped"] == {} and report["vad_not_found"] == []

@@ -5,14 +5,15 @@ rerun skips: building MTCNN, loading the extractor checkpoints. None of it may m
 training draws from (initialisation, shuffling, dropout), or the first run of an experiment scores
 differently from every rerun.
 """
+
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODELS, compose_train, small_demo_overrides
 from hydra.utils import instantiate
 
-from conftest import TINY_MODELS, compose_train, small_demo_overrides
 from lightning_modules.cross_validation import run
 
 
@@ -50,8 +51,13 @@ def assert_same_weights(a: dict, b: dict) -> None:
 @pytest.mark.slow
 def test_cold_and_warm_caches_give_identical_metrics(cold_corpus):
     fold = 2
-    common = [*cold_corpus, f"fold={fold}", "model.audio.trainer.max_epochs=2",
-              "model.visual.trainer.max_epochs=1", "model.fusion.trainer.max_epochs=3"]
+    common = [
+        *cold_corpus,
+        f"fold={fold}",
+        "model.audio.trainer.max_epochs=2",
+        "model.visual.trainer.max_epochs=1",
+        "model.fusion.trainer.max_epochs=3",
+    ]
     cache = Path(compose_train(cold_corpus).paths.cache_dir)
     assert not list(cache.glob("demo/*/*.pt")), "the first run must find the preprocessing cache empty"
 

@@ -1,4 +1,5 @@
 """Majority voting, metrics and the cross-rank gather (lightning_modules/evaluation.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -47,9 +48,7 @@ def test_majority_vote_tie_ignores_classes_outside_the_tie():
 
 def test_majority_vote_single_segment_clips_and_unsorted_clip_indices():
     clip_index = torch.tensor([9, 2, 9, 4, 2, 9])
-    probs = torch.tensor(
-        [[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.7, 0.3], [0.6, 0.4]]
-    )
+    probs = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.7, 0.3], [0.6, 0.4]])
     clip_ids, preds = majority_vote(clip_index, probs)
     assert clip_ids.tolist() == [2, 4, 9]
     assert preds.tolist() == [0, 1, 1]
@@ -153,9 +152,7 @@ def test_evaluate_reports_segment_and_video_metrics():
     segment_id = torch.arange(6)
     clip_index = torch.tensor([0, 0, 0, 1, 1, 2])
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
-    probs = torch.tensor(
-        [[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7], [0.6, 0.4], [0.7, 0.3]]
-    )
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.3, 0.7], [0.6, 0.4], [0.7, 0.3]])
     result = evaluate(segment_id, clip_index, probs, labels, num_classes=2)
     assert result["n_segments"] == 6 and result["n_clips"] == 3
     assert result["segment"]["accuracy"] == pytest.approx(3 / 6)

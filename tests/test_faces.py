@@ -1,5 +1,6 @@
 """Face alignment rules (paper §3.3), the detection rate and the rules on clips with too few faces, and MTCNN face
 tracks on the real RAVDESS clip."""
+
 import pickle
 from pathlib import Path
 
@@ -14,19 +15,19 @@ from datamodules.faces import (
     EVERY_FRAME,
     FaceDetector,
     Keyframes,
-    box_iou,
-    track_faces,
     NoFaceError,
+    box_iou,
     build_face_track,
     center_boxes,
     crop_faces,
-    largest_confident_box,
     few_faces_reason,
+    largest_confident_box,
     nearest_detected,
     segment_frame_indices,
+    track_faces,
 )
-from datamodules.preprocess import face_counts
 from datamodules.mfcc import mfcc_images
+from datamodules.preprocess import face_counts
 from datamodules.vad import detect_speech_span
 
 CROP = 112
@@ -179,12 +180,18 @@ def test_channels_last_detector_finds_the_boxes_of_the_stock_mtcnn(detector):
 
     subject = make_subject(1, seed=0)
     background = background_image(subject, (320, 240), np.random.default_rng(0))
-    frames = np.stack([draw_face(background, subject, face, 0.5, (150 + 4 * i, 118)) for i, face in enumerate(FACES.values())])
+    frames = np.stack(
+        [draw_face(background, subject, face, 0.5, (150 + 4 * i, 118)) for i, face in enumerate(FACES.values())]
+    )
     ours = detector.detect(frames)
     assert next(detector.mtcnn.onet.parameters()).is_contiguous(memory_format=torch.channels_last)
     stock = MTCNN(keep_all=True, post_process=False, min_face_size=detector.min_face_size)
-    expected = np.stack([largest_confident_box(found, probs, detector.min_confidence)
-                         for found, probs in zip(*stock.detect(torch.as_tensor(frames)))])
+    expected = np.stack(
+        [
+            largest_confident_box(found, probs, detector.min_confidence)
+            for found, probs in zip(*stock.detect(torch.as_tensor(frames)))
+        ]
+    )
     assert np.sum(~np.isnan(expected[:, 0])) >= 5
     np.testing.assert_allclose(ours, expected, atol=1e-3)
 
@@ -230,8 +237,9 @@ def test_fill_segment_takes_faces_from_the_segment_only_and_drops_a_segment_with
     segments = np.array([[0.0, 0.655], [0.7, 1.355], [1.0, 1.655]])  # frames 0-19, 21-40, 30-49
     nearest = build_face_track(frames, np.arange(60) / 30.0, segments, BrightCentreDetector(), size=16)
     assert nearest.segments.tolist() == [0, 1, 2] and nearest.segments_without_face == 1
-    by_segment = build_face_track(frames, np.arange(60) / 30.0, segments, BrightCentreDetector(), size=16,
-                                  fill="segment")
+    by_segment = build_face_track(
+        frames, np.arange(60) / 30.0, segments, BrightCentreDetector(), size=16, fill="segment"
+    )
     assert by_segment.segments.tolist() == [0, 2] and by_segment.face_index.shape == (2, 20)
     sources = by_segment.source_frames[by_segment.face_index[1].numpy()]
     assert set(sources.tolist()) == set(range(45, 50))  # segment 2's own faces, frames 45-49
@@ -240,10 +248,17 @@ def test_fill_segment_takes_faces_from_the_segment_only_and_drops_a_segment_with
 
 
 def test_the_report_counts_frames_decoded_filled_and_clips_with_too_few_faces():
-    meta = {"decoded_frames": 40, "face_detected_frames": 24, "face_filled_frames": 16, "face_fallback_frames": 0,
-            "segments_without_face": 0}
-    metas = {"a": {**meta, "clip_id": "a", "few_faces": None},
-             "b": {**meta, "clip_id": "b", "face_detected_frames": 10, "few_faces": "face found in 10 of 40 frames"}}
+    meta = {
+        "decoded_frames": 40,
+        "face_detected_frames": 24,
+        "face_filled_frames": 16,
+        "face_fallback_frames": 0,
+        "segments_without_face": 0,
+    }
+    metas = {
+        "a": {**meta, "clip_id": "a", "few_faces": None},
+        "b": {**meta, "clip_id": "b", "face_detected_frames": 10, "few_faces": "face found in 10 of 40 frames"},
+    }
     clips = [Clip(clip_id, Path(clip_id), "s1", "anger") for clip_id in metas]
     dropped = {"c": {"error": "FewFacesError"}, "d": {"error": "BadInputError"}}
     counts = face_counts(clips, metas, dropped)
@@ -326,8 +341,9 @@ def test_every_frame_is_the_reference_and_keyframes_report_what_was_searched():
     reference = track_faces(frames, BrightSquareDetector(), EVERY_FRAME)
     assert reference.searched.all()
     segments = np.array([[0.0, 0.655]])
-    track = build_face_track(frames, np.arange(30) / 30.0, segments, BrightSquareDetector(), size=16,
-                             keyframes=Keyframes(every=10))
+    track = build_face_track(
+        frames, np.arange(30) / 30.0, segments, BrightSquareDetector(), size=16, keyframes=Keyframes(every=10)
+    )
     assert track.decoded_frames == 30 and track.detected_frames == 30 and track.searched_frames == 4
     with pytest.raises(ValueError, match="keyframe_every"):
         Keyframes(every=0)

@@ -1,5 +1,6 @@
 """The frozen-feature cache: hit, miss, invalidation when the weights change, atomic shards; the visual stage
 training from the frozen VGG part's cached output instead of the face crops."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +8,21 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_MODELS, compose_train
+
 from datamodules import feature_cache
 from datamodules.feature_cache import FeatureCache
 from lightning_modules.cross_validation import run
 from lightning_modules.visual_module import VisualModule
 
-TINY_VGG = {"_target_": "lightning_modules.components.vgg.VGGFeatureExtractor", "variant": "vgg11", "batch_norm": True,
-            "weights": "none", "width": 0.125, "fc_dim": 16}
+TINY_VGG = {
+    "_target_": "lightning_modules.components.vgg.VGGFeatureExtractor",
+    "variant": "vgg11",
+    "batch_norm": True,
+    "weights": "none",
+    "width": 0.125,
+    "fc_dim": 16,
+}
 
 
 def clips(n: int = 5, rows: int = 3) -> list[tuple[str, dict[str, torch.Tensor]]]:
@@ -117,9 +124,17 @@ def test_the_key_follows_the_frozen_weights_and_nothing_else_is_cached():
 
 @pytest.mark.slow
 def test_the_visual_stage_trains_from_the_cache(tiny_demo, tmp_path):
-    overrides = [*tiny_demo, *TINY_MODELS, f"paths.output_dir={tmp_path}", "fold=0", "stage=visual", "logger=none",
-                 "model.visual.module.backbone.freeze=features", "model.visual.module.face_augment=null",
-                 "model.visual.trainer.max_epochs=1"]  # augmented crops are not cached
+    overrides = [
+        *tiny_demo,
+        *TINY_MODELS,
+        f"paths.output_dir={tmp_path}",
+        "fold=0",
+        "stage=visual",
+        "logger=none",
+        "model.visual.module.backbone.freeze=features",
+        "model.visual.module.face_augment=null",
+        "model.visual.trainer.max_epochs=1",
+    ]  # augmented crops are not cached
     cfg = compose_train(overrides)
     summary = run(cfg)["visual"]
     assert summary["test"]["folds"][0]["n_clips"] == 6

@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 def page_faults_after_settling(mode: str) -> tuple[str, int]:
     """(whether the setting took, page faults of the last 5 of 8 successive 256 MB tensors), in a fresh
     interpreter (the setting is process-wide)."""
-    out = subprocess.run([sys.executable, "-c", REUSE, mode], capture_output=True, text=True, check=True,
-                         cwd=REPO).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", REUSE, mode], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
     kept, faults = out.split()
     return kept, int(faults)
 

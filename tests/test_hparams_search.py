@@ -1,5 +1,6 @@
 """Optuna searches (configs/hparams_search/*.yaml): cross-validated trials scored on validation subjects
 only, one SQLite study per stage that a rerun resumes."""
+
 from __future__ import annotations
 
 import json
@@ -10,15 +11,15 @@ import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
+from test_sweeps import TINY_AUDIO, clean_environ, run_checked
 
 from callbacks.results_table import read_results
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from lightning_modules.cross_validation import STAGES
-from test_sweeps import TINY_AUDIO, clean_environ, run_checked
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCHES = sorted((REPO / "configs" / "hparams_search").glob("*.yaml"))
@@ -68,8 +69,17 @@ def test_search_is_a_stored_cross_validation_over_its_stage_config_keys(path, me
 def test_a_search_scores_trials_on_validation_folds_and_resumes_its_study(tiny_demo, tmp_path):
     # One epoch leaves video UAR at chance (1/6) on validation and test alike; segment accuracy tells
     # them apart, so the study is scored on it to show which of the two a trial's value is.
-    argv = [sys.executable, "train.py", "-m", "hparams_search=audio_optuna", "objective.metric=val/seg_acc",
-            *tiny_demo, f"paths.output_dir={tmp_path}", "logger=csv", *(f"{k}={v}" for k, v in TINY_AUDIO.items())]
+    argv = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hparams_search=audio_optuna",
+        "objective.metric=val/seg_acc",
+        *tiny_demo,
+        f"paths.output_dir={tmp_path}",
+        "logger=csv",
+        *(f"{k}={v}" for k, v in TINY_AUDIO.items()),
+    ]
     storage = f"sqlite:///{tmp_path}/demo/loso/optuna.db"
     results = tmp_path / "demo" / "loso" / "results.csv"
     run_checked([*argv, "hydra.sweeper.n_trials=2"], clean_environ())

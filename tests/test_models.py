@@ -1,4 +1,5 @@
 """Model components and the three LightningModules, on CPU with random init and small sizes."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -57,8 +58,9 @@ def test_attention_context_vector_is_trained():
 
 def test_fusion_head_two_tokens_are_the_modalities():
     torch.manual_seed(0)
-    head = AttentionFusionHead(audio_dim=6, visual_dim=6, num_tokens=2, attention_dim=4, hidden_dims=[5],
-                               dropout=0.0, num_classes=NUM_CLASSES)
+    head = AttentionFusionHead(
+        audio_dim=6, visual_dim=6, num_tokens=2, attention_dim=4, hidden_dims=[5], dropout=0.0, num_classes=NUM_CLASSES
+    )
     audio, visual = torch.randn(3, 6), torch.randn(3, 6)
     logits, weights = head(audio, visual)
     assert logits.shape == (3, NUM_CLASSES) and weights.shape == (3, 2)
@@ -69,13 +71,15 @@ def test_fusion_head_two_tokens_are_the_modalities():
 
 
 def test_fusion_head_finer_tokens_and_single_token():
-    head = AttentionFusionHead(audio_dim=6, visual_dim=2, num_tokens=4, attention_dim=4, hidden_dims=[],
-                               num_classes=NUM_CLASSES)
+    head = AttentionFusionHead(
+        audio_dim=6, visual_dim=2, num_tokens=4, attention_dim=4, hidden_dims=[], num_classes=NUM_CLASSES
+    )
     logits, weights = head(torch.randn(2, 6), torch.randn(2, 2))
     assert logits.shape == (2, NUM_CLASSES) and weights.shape == (2, 4)
     assert head.token_audio_fraction().tolist() == [1.0, 1.0, 1.0, 0.0]
-    concat = AttentionFusionHead(audio_dim=3, visual_dim=5, num_tokens=1, attention_dim=2, hidden_dims=[],
-                                 num_classes=NUM_CLASSES)
+    concat = AttentionFusionHead(
+        audio_dim=3, visual_dim=5, num_tokens=1, attention_dim=2, hidden_dims=[], num_classes=NUM_CLASSES
+    )
     audio, visual = torch.randn(2, 3), torch.randn(2, 5)
     attended, weights = concat.attend(audio, visual)
     assert torch.equal(weights, torch.ones(2, 1)) and torch.equal(attended, torch.cat([audio, visual], 1))
@@ -258,8 +262,9 @@ def _segment_rows(n_clips: int = 4, segments_per_clip: int = 3, with_features: b
                 row["visual_feat"] = torch.randn(8, generator=generator)
             else:
                 row["audio"] = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=generator)
-                row["faces"] = torch.randint(0, 256, (20, 3, FACE_SIZE, FACE_SIZE), dtype=torch.uint8,
-                                             generator=generator)
+                row["faces"] = torch.randint(
+                    0, 256, (20, 3, FACE_SIZE, FACE_SIZE), dtype=torch.uint8, generator=generator
+                )
             rows.append(row)
     return rows
 
@@ -269,8 +274,14 @@ def _loader(rows: list[dict], batch_size: int = 4) -> DataLoader:
 
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
-                "enable_model_summary": False, "default_root_dir": tmp_path}
+    defaults = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+    }
     return L.Trainer(**{**defaults, **kwargs})
 
 
@@ -283,8 +294,7 @@ def _visual_module(**kwargs) -> VisualModule:
 
 
 def _fusion_module(**kwargs) -> FusionModule:
-    return FusionModule(audio_dim=8, visual_dim=8, attention_dim=4, hidden_dims=[8], num_classes=NUM_CLASSES,
-                        **kwargs)
+    return FusionModule(audio_dim=8, visual_dim=8, attention_dim=4, hidden_dims=[8], num_classes=NUM_CLASSES, **kwargs)
 
 
 VAL_METRICS = {"val/loss", "val/seg_acc", "val/video_acc", "val/video_uar", "val/video_f1"}
@@ -362,19 +372,21 @@ def test_audio_module_checkpoint_round_trip(tmp_path):
         assert torch.equal(module(batch), restored(batch))
 
 
-@pytest.mark.parametrize(("experiment", "stage", "optimizer", "schedule"), [
-    ("ravdess_audio", "audio", "torch.optim.AdamW", "one_cycle"),  # a TDNN
-    ("ck_visual", "visual", "torch.optim.AdamW", "one_cycle"),  # a face CNN
-    ("demo", "fusion", "torch.optim.Adam", "cosine"),
-])
+@pytest.mark.parametrize(
+    ("experiment", "stage", "optimizer", "schedule"),
+    [
+        ("ravdess_audio", "audio", "torch.optim.AdamW", "one_cycle"),  # a TDNN
+        ("ck_visual", "visual", "torch.optim.AdamW", "one_cycle"),  # a face CNN
+        ("demo", "fusion", "torch.optim.Adam", "cosine"),
+    ],
+)
 def test_a_module_built_from_its_experiment_config_loads_from_its_checkpoint(
     tmp_path, experiment, stage, optimizer, schedule
 ):
     # the backbone, optimiser and schedule configs are the module's hparams: plain containers, loadable with
     # weights_only, from which the restored module builds the same network, optimiser and schedule
-    from hydra.utils import instantiate
-
     from conftest import compose_train
+    from hydra.utils import instantiate
 
     cfg = compose_train([f"experiment={experiment}"])
     torch.manual_seed(0)
@@ -402,8 +414,11 @@ def test_backbone_weights_are_not_reloaded_from_their_source(vgg19_state_dict_fi
 
 @pytest.mark.parametrize("name", ["torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"])
 def test_optimizers_only_see_trainable_parameters(name):
-    module = AudioModule(backbone={**TINY_VGG_CONFIG, "freeze": "features"}, num_classes=NUM_CLASSES,
-                         optimizer={"_target_": name, "_partial_": True})
+    module = AudioModule(
+        backbone={**TINY_VGG_CONFIG, "freeze": "features"},
+        num_classes=NUM_CLASSES,
+        optimizer={"_target_": name, "_partial_": True},
+    )
     optimizer = module.configure_optimizers()
     optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert optimised == {id(p) for p in module.parameters() if p.requires_grad}
@@ -444,8 +459,10 @@ class _SaveLastEvalPerRank(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {name: value.item() for name, value in trainer.callback_metrics.items()}
-        torch.save({"last_eval": pl_module.last_eval["val"], "metrics": metrics},
-                   f"{self.dirpath}/rank{trainer.global_rank}.pt")
+        torch.save(
+            {"last_eval": pl_module.last_eval["val"], "metrics": metrics},
+            f"{self.dirpath}/rank{trainer.global_rank}.pt",
+        )
 
 
 @pytest.mark.slow
@@ -471,16 +488,18 @@ def test_modules_instantiate_from_hydra_configs_with_plain_hparams():
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    config = OmegaConf.create({
-        "_target_": "lightning_modules.audio_module.AudioModule",
-        "_recursive_": False,  # as configs/model/paper.yaml: the module builds its parts from their configs
-        "backbone": {**TINY_VGG_CONFIG, "freeze": "features"},
-        "num_classes": NUM_CLASSES,
-        "class_names": ["a", "b", "c"],
-        "input_mean": [0.5, 0.5, 0.5],
-        "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "betas": [0.8, 0.9]},
-        "scheduler": COSINE,
-    })
+    config = OmegaConf.create(
+        {
+            "_target_": "lightning_modules.audio_module.AudioModule",
+            "_recursive_": False,  # as configs/model/paper.yaml: the module builds its parts from their configs
+            "backbone": {**TINY_VGG_CONFIG, "freeze": "features"},
+            "num_classes": NUM_CLASSES,
+            "class_names": ["a", "b", "c"],
+            "input_mean": [0.5, 0.5, 0.5],
+            "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "betas": [0.8, 0.9]},
+            "scheduler": COSINE,
+        }
+    )
     module = instantiate(config)
     assert isinstance(module, AudioModule) and module.backbone.freeze == "features"
     assert type(module.hparams["backbone"]) is dict and type(module.hparams["input_mean"]) is list
@@ -488,8 +507,15 @@ def test_modules_instantiate_from_hydra_configs_with_plain_hparams():
     assert type(module.hparams["optimizer"]) is dict and type(module.hparams["optimizer"]["betas"]) is list
     assert type(module.hparams["scheduler"]) is dict
     assert module.optimizer_factory.keywords["betas"] == [0.8, 0.9]
-    fusion = instantiate({"_target_": "lightning_modules.fusion_module.FusionModule", "audio_dim": 8,
-                          "visual_dim": 8, "hidden_dims": OmegaConf.create([4, 4]), "num_classes": 2})
+    fusion = instantiate(
+        {
+            "_target_": "lightning_modules.fusion_module.FusionModule",
+            "audio_dim": 8,
+            "visual_dim": 8,
+            "hidden_dims": OmegaConf.create([4, 4]),
+            "num_classes": 2,
+        }
+    )
     assert type(fusion.hparams["hidden_dims"]) is list
 
 
@@ -556,8 +582,10 @@ def test_per_frame_face_augment_draws_each_distinct_frame_and_keeps_runs():
 def test_checkpoints_that_name_the_frame_cnn_vgg_still_load():
     torch.manual_seed(0)
     encoder = FaceSequenceEncoder(VGGFeatureExtractor(**TINY_VGG), lstm_hidden=16)
-    old = {key.replace("cnn.", "vgg.", 1) if key.startswith("cnn.") else key: value
-           for key, value in encoder.state_dict().items()}
+    old = {
+        key.replace("cnn.", "vgg.", 1) if key.startswith("cnn.") else key: value
+        for key, value in encoder.state_dict().items()
+    }
     assert any(key.startswith("vgg.") for key in old)
     fresh = FaceSequenceEncoder(VGGFeatureExtractor(**TINY_VGG), lstm_hidden=16)
     fresh.load_state_dict(old)
@@ -595,8 +623,12 @@ def test_streaming_lstm_equals_torch_lstm_with_gradients(batch_first, layers, gi
 def test_streaming_lstm_layer_gradients_by_finite_differences():
     torch.manual_seed(0)
     lstm = nn.LSTM(4, 3).double()
-    inputs = (torch.randn(2, 5, 4, dtype=torch.double), *lstm.parameters(),
-              torch.randn(2, 3, dtype=torch.double), torch.randn(2, 3, dtype=torch.double))
+    inputs = (
+        torch.randn(2, 5, 4, dtype=torch.double),
+        *lstm.parameters(),
+        torch.randn(2, 3, dtype=torch.double),
+        torch.randn(2, 3, dtype=torch.double),
+    )
     inputs = tuple(part.detach().requires_grad_() for part in inputs)
     assert torch.autograd.gradcheck(_LSTMLayer.apply, inputs)
 

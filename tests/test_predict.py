@@ -1,5 +1,6 @@
 """predict.py with a small trained run: outputs on real recordings, the fold ensemble, the fallbacks of a
 fusion run, a broken file among good ones, and mistakes told in one line."""
+
 from __future__ import annotations
 
 import csv
@@ -13,9 +14,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import REPO, TINY_MODELS, compose_train
 from PIL import Image
 
-from conftest import REPO, TINY_MODELS, compose_train
 from lightning_modules.config_errors import ConfigError, one_line_errors
 from lightning_modules.cross_validation import run
 from lightning_modules.prediction import predict
@@ -34,8 +35,17 @@ def trained_run(tiny_demo, tmp_path_factory) -> Path:
     """A run of the small demo corpus: audio, visual and fusion on folds 0 and 1, two training batches each."""
     out = tmp_path_factory.mktemp("predict_run")
     one_epoch = [f"model.{stage}.trainer.max_epochs=1" for stage in ("audio", "visual", "fusion")]
-    common = [*tiny_demo, *TINY_MODELS, *one_epoch, f"paths.output_dir={out}", "logger=none", "stage=all",
-              "+trainer.limit_train_batches=2", "callbacks.confusion_matrix=null", "callbacks.fold_accuracy=null"]
+    common = [
+        *tiny_demo,
+        *TINY_MODELS,
+        *one_epoch,
+        f"paths.output_dir={out}",
+        "logger=none",
+        "stage=all",
+        "+trainer.limit_train_batches=2",
+        "callbacks.confusion_matrix=null",
+        "callbacks.fold_accuracy=null",
+    ]
     for fold in (0, 1):
         run(compose_train([*common, f"fold={fold}"]))
     return out / "demo" / "loso"
@@ -80,8 +90,9 @@ def check_outputs(out: Path, report: dict) -> None:
 def predict_py(args: list[str]) -> subprocess.CompletedProcess:
     """``python predict.py <args>`` from the repository root."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}
-    return subprocess.run([sys.executable, "predict.py", *args], cwd=REPO, env=environ, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "predict.py", *args], cwd=REPO, env=environ, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -174,7 +185,7 @@ def test_stage_and_fold_mismatches_name_what_the_run_holds(trained_run, tmp_path
     (audio_only_run / "audio").symlink_to(trained_run / "audio", target_is_directory=True)
     cases = {
         (audio_only_run, "stage=fusion"): f"stage=fusion: run={audio_only_run} has no fusion model; the run holds "
-                                          "audio (folds 0, 1); try: python predict.py",
+        "audio (folds 0, 1); try: python predict.py",
         (trained_run, "fold=3"): f"fold=3: the fusion model of run={trained_run} has folds 0, 1, or fold=all",
         (tmp_path / "nothing", "fold=all"): f"run={tmp_path / 'nothing'}: no such folder",
         (tmp_path, "fold=all"): f"run={tmp_path} holds no trained model",

@@ -1,4 +1,5 @@
 """The per-clip pipeline, the content-keyed cache and the report, on real recordings."""
+
 import copy
 import pickle
 import shutil
@@ -21,8 +22,8 @@ from datamodules.preprocess import (
     chunks,
     computing_with,
     load_clip,
-    prepare_corpus,
     pool_start_method,
+    prepare_corpus,
     thread_settings,
     threads_per_worker,
     worker_pool,
@@ -136,9 +137,18 @@ def test_audio_visual_clip_gives_aligned_face_segments(tmp_path, ravdess_av_clip
 def test_prepare_cli_on_ravdess_speech(tmp_path, ravdess_speech_root):
     """The issue's command: all 960 six-class clips of actors 1-20, with the printed report."""
     result = subprocess.run(
-        [sys.executable, "prepare.py", "data=ravdess", f"data.root={ravdess_speech_root}",
-         f"paths.cache_dir={tmp_path}", f"paths.output_dir={tmp_path / 'outputs'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "prepare.py",
+            "data=ravdess",
+            f"data.root={ravdess_speech_root}",
+            f"paths.cache_dir={tmp_path}",
+            f"paths.output_dir={tmp_path / 'outputs'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "clips: 960 prepared of 960 indexed" in result.stdout
@@ -158,8 +168,17 @@ def test_workers_compute_with_their_share_of_the_cores():
         with worker_pool(2, cfg) as pool:
             reports = [pool.submit(thread_settings).result() for _ in range(4)]
         share = threads_per_worker(2, cfg["video"])
-        assert all(report == {"torch": share, "decoder": share, "OMP_NUM_THREADS": str(share),
-                              "MKL_NUM_THREADS": str(share), "OPENBLAS_NUM_THREADS": str(share)} for report in reports)
+        assert all(
+            report
+            == {
+                "torch": share,
+                "decoder": share,
+                "OMP_NUM_THREADS": str(share),
+                "MKL_NUM_THREADS": str(share),
+                "OPENBLAS_NUM_THREADS": str(share),
+            }
+            for report in reports
+        )
 
 
 @pytest.fixture
@@ -175,11 +194,19 @@ def test_audio_prepared_in_this_process_computes_with_one_thread_then_gives_the_
     torch.set_num_threads(2)
     before = thread_settings()
     clips = speech_clips(generated_ravdess, n=2)
-    results = _results_in_this_process(clips, audio_cfg(), {c.clip_id: tmp_path / f"{c.clip_id}.pt" for c in clips}, False)
+    results = _results_in_this_process(
+        clips, audio_cfg(), {c.clip_id: tmp_path / f"{c.clip_id}.pt" for c in clips}, False
+    )
     assert next(results).clip_id == clips[0].clip_id
     during = thread_settings()
     results.close()
-    assert during == {"torch": 1, "decoder": 1, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    assert during == {
+        "torch": 1,
+        "decoder": 1,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
     assert thread_settings() == before and torch.get_num_threads() == 2
     with computing_with(None):
         assert thread_settings() == before

@@ -1,4 +1,5 @@
 """Provenance: fold.json per (stage, fold), fusion refusing mismatched extractors, caches keyed by content."""
+
 import json
 import os
 from pathlib import Path
@@ -13,10 +14,18 @@ from lightning_modules.cross_validation import MismatchedCheckpointError, run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.audio.module.backbone.fc_dim=32", "model.visual.module.backbone.fc_dim=32",
-    "model.visual.module.lstm_hidden=32", "model.fusion.module.attention_dim=16", "model.fusion.module.hidden_dims=[32]",
-    "+trainer.limit_train_batches=2", "trainer.max_epochs=1", "model.audio.trainer.max_epochs=1",
-    "model.visual.trainer.max_epochs=1", "model.fusion.trainer.max_epochs=1", "logger=none", "fold=0",
+    "model.audio.module.backbone.fc_dim=32",
+    "model.visual.module.backbone.fc_dim=32",
+    "model.visual.module.lstm_hidden=32",
+    "model.fusion.module.attention_dim=16",
+    "model.fusion.module.hidden_dims=[32]",
+    "+trainer.limit_train_batches=2",
+    "trainer.max_epochs=1",
+    "model.audio.trainer.max_epochs=1",
+    "model.visual.trainer.max_epochs=1",
+    "model.fusion.trainer.max_epochs=1",
+    "logger=none",
+    "fold=0",
 ]
 
 
@@ -66,8 +75,16 @@ def test_fusion_features_are_keyed_by_checkpoint_content(extractors):
 @pytest.mark.slow
 def test_fusion_refuses_extractors_of_another_fold_split(extractors):
     loso_dir = compose_train([*extractors, "stage=fusion"]).paths.run_dir
-    cfg = compose_train([*extractors, "stage=fusion", "cv=kfold", "cv.folds.k=3", "cv.folds.group_by=subject",
-                         f"paths.upstream_dir={loso_dir}"])
+    cfg = compose_train(
+        [
+            *extractors,
+            "stage=fusion",
+            "cv=kfold",
+            "cv.folds.k=3",
+            "cv.folds.group_by=subject",
+            f"paths.upstream_dir={loso_dir}",
+        ]
+    )
     with pytest.raises(MismatchedCheckpointError) as err:
         run(cfg)
     own = instantiate(cfg.data, cv=instantiate(cfg.cv.folds)).folds[0].content_hash

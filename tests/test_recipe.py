@@ -1,5 +1,6 @@
 """The recipes' switches: SpecAugment, mixup, modality dropout, face augmentation, the globally pooled VGG head,
 the one-cycle schedule, the statistics-pooling TDNN."""
+
 import lightning as L
 import pytest
 import torch
@@ -58,7 +59,9 @@ def test_modality_dropout_zeroes_one_modality_of_a_dropped_segment_in_training_o
     kept_audio, kept_visual = dropout(audio, visual)
     audio_gone, visual_gone = (kept_audio == 0).all(dim=1), (kept_visual == 0).all(dim=1)
     assert not (audio_gone & visual_gone).any()  # never both
-    assert ((kept_audio == audio).all(dim=1) | audio_gone).all() and ((kept_visual == visual).all(dim=1) | visual_gone).all()
+    assert ((kept_audio == audio).all(dim=1) | audio_gone).all() and (
+        (kept_visual == visual).all(dim=1) | visual_gone
+    ).all()
     assert abs(float((audio_gone | visual_gone).float().mean()) - 0.5) < 0.03
     assert abs(float(audio_gone.float().mean()) - float(visual_gone.float().mean())) < 0.03
     dropout.eval()
@@ -70,8 +73,10 @@ def test_modality_dropout_zeroes_one_modality_of_a_dropped_segment_in_training_o
 
 def test_fusion_module_applies_modality_dropout_to_its_inputs():
     module = _fusion_module(modality_dropout=1.0)
-    batch = {"audio_feat": torch.rand(64, module.hparams.audio_dim) + 0.1,
-             "visual_feat": torch.rand(64, module.hparams.visual_dim) + 0.1}
+    batch = {
+        "audio_feat": torch.rand(64, module.hparams.audio_dim) + 0.1,
+        "visual_feat": torch.rand(64, module.hparams.visual_dim) + 0.1,
+    }
     module.train()
     first, _ = module.segment_outputs(batch)
     module.eval()
@@ -88,7 +93,7 @@ def _face_sequences(batch: int = 6, frames: int = 5) -> torch.Tensor:
     torch.manual_seed(0)
     faces = (torch.rand(batch, frames, 3, 32, 32) * 80).to(torch.uint8)
     for t in range(frames):
-        faces[:, t, :, 8:16, 4 + t:10 + t] = 220
+        faces[:, t, :, 8:16, 4 + t : 10 + t] = 220
     return faces
 
 
@@ -142,8 +147,9 @@ def test_face_augment_flip_mirrors_exactly_and_colour_jitter_keeps_the_geometry(
     ratio = lit / (faces.float() / 255).clamp_min(1e-6)
     per_clip = ratio[faces > 0].view(-1)
     assert lit.dtype == torch.float32 and float(per_clip.std()) > 0.05  # clips get different factors
-    assert torch.allclose(ratio[0][faces[0] > 0], ratio[0][faces[0] > 0][0].expand(int((faces[0] > 0).sum())),
-                          atol=1e-4)  # one factor within a clip
+    assert torch.allclose(
+        ratio[0][faces[0] > 0], ratio[0][faces[0] > 0][0].expand(int((faces[0] > 0).sum())), atol=1e-4
+    )  # one factor within a clip
     with pytest.raises(ValueError, match="crop_scale"):
         FaceAugment(crop_scale=0.0)
 
@@ -221,14 +227,26 @@ def test_audio_module_trains_a_tdnn_backbone_and_restores_it_from_the_checkpoint
     module = AudioModule(backbone=tdnn, num_classes=3)
     assert isinstance(module.backbone, StatsPoolTDNN) and module.backbone.out_dim == 8
     rows = [
-        {"audio": torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8), "label": torch.tensor(k // 2 % 3),
-         "clip_index": torch.tensor(k // 2), "segment_id": torch.tensor(k)}
+        {
+            "audio": torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8),
+            "label": torch.tensor(k // 2 % 3),
+            "clip_index": torch.tensor(k // 2),
+            "segment_id": torch.tensor(k),
+        }
         for k in range(8)
     ]
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
     checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/video_uar", mode="max")
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[checkpoint], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[checkpoint],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, DataLoader(rows, batch_size=4), DataLoader(rows, batch_size=8))
     assert any(not torch.equal(p, before[name]) for name, p in module.named_parameters())
     restored = AudioModule.load_from_checkpoint(checkpoint.best_model_path).eval()

@@ -1,5 +1,6 @@
 """Rerunning a command resumes it: a run killed with SIGKILL in the middle of a fold ends with the numbers of
 an uninterrupted run, finished folds are not trained again, and the resumed fold keeps its W&B run."""
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, TINY_MODELS, compose_train
 
 from callbacks.loggers import WANDB_ID_FILE
 from callbacks.wandb_offline import find_offline_runs, read_offline_run
-from conftest import REPO, TINY_MODELS, compose_train
 from lightning_modules.cross_validation import run
 
 EPOCHS = 6
 KILL_AFTER_EPOCHS = 2  # of fold 1: the kill lands while it trains its third epoch or later
 # every kind of state a resumed fold needs: Adam moments, a cosine schedule, SpecAugment and dropout draws
 TRAIN = [
-    *TINY_MODELS, "stage=audio", "fold=all", f"model.audio.trainer.max_epochs={EPOCHS}", "model.audio.module.lr=0.003",
+    *TINY_MODELS,
+    "stage=audio",
+    "fold=all",
+    f"model.audio.trainer.max_epochs={EPOCHS}",
+    "model.audio.module.lr=0.003",
     "model.audio.module.scheduler={_target_:lightning_modules.schedules.cosine,_partial_:true}",
     "model.audio.module.spec_augment={freq_masks:1,freq_width:8,time_masks:1,time_width:10}",
 ]
@@ -34,8 +39,13 @@ def train_py(args: list[str]) -> subprocess.Popen:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "AVER_AGENT_"))}
     environ["WANDB_MODE"] = "offline"
     return subprocess.Popen(
-        [sys.executable, "train.py", *args], cwd=REPO, env=environ, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -80,8 +90,10 @@ def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tiny_demo, 
     assert (stages / "fold_0" / "metrics.json").exists() and not (stages / "fold_1" / "metrics.json").exists()
     killed_at = epochs_done(stages / "fold_1" / "checkpoints" / "last.ckpt")
     assert KILL_AFTER_EPOCHS <= killed_at < EPOCHS, "the kill must land in the middle of fold 1's training"
-    finished = {name: (stages / "fold_0" / name).stat().st_mtime_ns
-                for name in ("metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt")}
+    finished = {
+        name: (stages / "fold_0" / name).stat().st_mtime_ns
+        for name in ("metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt")
+    }
 
     output = finish(train_py(command))
     assert "demo/loso/audio/fold_0: finished (metrics.json, same config): skipped" in output
@@ -104,13 +116,24 @@ def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(tiny_demo, 
 
 @pytest.mark.slow
 def test_each_seed_resumes_and_the_summaries_are_rebuilt_from_metrics_json(tiny_demo, tmp_path, capsys):
-    common = [*tiny_demo, *TINY_MODELS, f"paths.output_dir={tmp_path}", "stage=audio", "fold=all", "seeds=[0,1]",
-              "model.audio.trainer.max_epochs=2", "logger=none"]
+    common = [
+        *tiny_demo,
+        *TINY_MODELS,
+        f"paths.output_dir={tmp_path}",
+        "stage=audio",
+        "fold=all",
+        "seeds=[0,1]",
+        "model.audio.trainer.max_epochs=2",
+        "logger=none",
+    ]
     run_dir = tmp_path / "demo" / "loso"
 
     def best_checkpoint_times() -> list[int]:
-        return [(run_dir / f"seed_{s}" / "audio" / f"fold_{k}" / "checkpoints" / "best.ckpt").stat().st_mtime_ns
-                for s in (0, 1) for k in range(3)]
+        return [
+            (run_dir / f"seed_{s}" / "audio" / f"fold_{k}" / "checkpoints" / "best.ckpt").stat().st_mtime_ns
+            for s in (0, 1)
+            for k in range(3)
+        ]
 
     first = run(compose_train(common))["audio"]
     trained = best_checkpoint_times()
@@ -128,8 +151,10 @@ def test_each_seed_resumes_and_the_summaries_are_rebuilt_from_metrics_json(tiny_
     assert best_checkpoint_times() == trained
 
     run(compose_train([*common, "seeds=[1]", "fold=0", "model.audio.module.lr=0.002"]))
-    assert ("demo/loso/seed_1/audio/fold_0: trained again: its config.yaml differs in model.audio.module.lr "
-            "(resume=false always trains afresh)") in capsys.readouterr().out
+    assert (
+        "demo/loso/seed_1/audio/fold_0: trained again: its config.yaml differs in model.audio.module.lr "
+        "(resume=false always trains afresh)"
+    ) in capsys.readouterr().out
     run(compose_train([*common, "seeds=[1]", "fold=0", "model.audio.module.lr=0.002", "resume=false"]))
     assert "fold_0:" not in capsys.readouterr().out  # trained afresh without a word
 
@@ -143,13 +168,20 @@ def cache_entries(cache: Path) -> dict[str, Path]:
 @pytest.mark.slow
 def test_a_killed_prepare_reruns_only_the_missing_clips(tmp_path):
     from audio_trees import make_ravdess_speech
-    from datamodules.clips import PAPER_EMOTIONS
     from test_launcher import prepare_command, processed_now
+
+    from datamodules.clips import PAPER_EMOTIONS
 
     root = tmp_path / "corpus"
     make_ravdess_speech(root, actors=range(1, 4), emotions=PAPER_EMOTIONS, takes=4)  # 72 clips
-    killed = subprocess.Popen(prepare_command(root, tmp_path / "killed", 1), cwd=REPO, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    killed = subprocess.Popen(
+        prepare_command(root, tmp_path / "killed", 1),
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not (tmp_path / "killed" / "ravdess").is_dir() or len(list((tmp_path / "killed").glob("ravdess/*/*.pt"))) < 5:
         assert killed.poll() is None, f"prepare.py ended before it was killed:\n{killed.communicate()[0]}"
@@ -170,4 +202,6 @@ def test_a_killed_prepare_reruns_only_the_missing_clips(tmp_path):
     assert sorted(resumed) == sorted(fresh) and len(fresh) == 72  # no temporary, lock or partial file left
     for name, path in fresh.items():
         ours, theirs = torch.load(resumed[name]), torch.load(path)
-        assert ours["meta"] == theirs["meta"] and all(torch.equal(ours[k], theirs[k]) for k in ours if k != "meta"), name
+        assert ours["meta"] == theirs["meta"] and all(torch.equal(ours[k], theirs[k]) for k in ours if k != "meta"), (
+            name
+        )

@@ -1,4 +1,5 @@
 """Tests that fail when the science breaks: learning, leakage between folds, optimisation switches."""
+
 from __future__ import annotations
 
 import math
@@ -11,11 +12,11 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO, compose_train, small_demo_overrides
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from conftest import REPO, compose_train, small_demo_overrides
 from callbacks.leakage import LeakageGuard, assert_loaders_match_fold, served_clip_ids
 from datamodules.clips import PAPER_EMOTIONS, Clip
 from datamodules.datamodule import EmotionDataModule, SegmentDataset
@@ -41,7 +42,9 @@ def synthetic_clips(subjects: int = 4, per_label: int = 2) -> list[Clip]:
     """``subjects`` x 6 emotions x ``per_label`` clips, ids like ``s01_anger_1``."""
     return [
         Clip(f"s{s:02d}_{label}_{k}", Path(f"s{s:02d}_{label}_{k}.mp4"), f"s{s:02d}", label)
-        for s in range(1, subjects + 1) for label in PAPER_EMOTIONS for k in range(per_label)
+        for s in range(1, subjects + 1)
+        for label in PAPER_EMOTIONS
+        for k in range(per_label)
     ]
 
 
@@ -58,7 +61,11 @@ def test_folds_record_whether_they_are_subject_grouped():
 
 def test_loader_guard_accepts_every_fold_served_as_split():
     clips = synthetic_clips()
-    folds = [*loso_folds(clips), *kfold_folds(clips, k=3, group_by="clip"), *kfold_folds(clips, k=2, group_by="subject")]
+    folds = [
+        *loso_folds(clips),
+        *kfold_folds(clips, k=3, group_by="clip"),
+        *kfold_folds(clips, k=2, group_by="subject"),
+    ]
     for fold in folds:
         assert_loaders_match_fold(fold_parts(fold), fold, clips)
 
@@ -81,7 +88,9 @@ def test_loader_guard_checks_test_subjects_only_in_subject_grouped_folds():
     with pytest.raises(AssertionError, match=r"val loader serves clips of test subject\(s\) \['s01'\]"):
         assert_loaders_match_fold({"val": fold.val + [late_clip.clip_id]}, fold, [*clips, late_clip])
     by_clip = kfold_folds(clips, k=3, group_by="clip")[0]
-    shared_subjects = {clip.subject for clip in clips if clip.clip_id in set(by_clip.train)} & set(by_clip.test_subjects)
+    shared_subjects = {clip.subject for clip in clips if clip.clip_id in set(by_clip.train)} & set(
+        by_clip.test_subjects
+    )
     assert shared_subjects  # grouped by clip, test subjects also train: allowed
     assert_loaders_match_fold({"train": by_clip.train}, by_clip, clips)
 
@@ -89,7 +98,9 @@ def test_loader_guard_checks_test_subjects_only_in_subject_grouped_folds():
 def test_loader_guard_names_clips_outside_the_val_and_test_parts():
     clips = synthetic_clips()
     fold = loso_folds(clips)[1]
-    with pytest.raises(AssertionError, match=r"val loader serves 1 clip\(s\) not in the fold's val part: \['s04_anger_0'\]"):
+    with pytest.raises(
+        AssertionError, match=r"val loader serves 1 clip\(s\) not in the fold's val part: \['s04_anger_0'\]"
+    ):
         assert_loaders_match_fold({"val": fold.val + ["s04_anger_0"]}, fold, clips)
     all_ids = [clip.clip_id for clip in clips]
     with pytest.raises(AssertionError, match=r"test loader serves 36 clip\(s\) not in the fold's test part"):
@@ -104,7 +115,8 @@ def test_served_clip_ids_of_segment_and_feature_datasets():
     assert served_clip_ids(segments, clips) == {clips[3].clip_id, clips[7].clip_id}
     features = {"clip_index": torch.arange(len(clips)).repeat_interleave(2)}  # two segments per clip
     assert served_clip_ids(FeatureDataset(features, rows=torch.tensor([0, 1, 5])), clips) == {
-        clips[0].clip_id, clips[2].clip_id
+        clips[0].clip_id,
+        clips[2].clip_id,
     }
     every_clip = FeatureDataset(features, rows=torch.arange(2 * len(clips)))  # fusion serving every clip
     fold = loso_folds(clips)[0]
@@ -114,8 +126,14 @@ def test_served_clip_ids_of_segment_and_feature_datasets():
         served_clip_ids([1, 2], clips)
 
 
-LEAKAGE_RUN = ["stage=audio", "fold=0", "logger=none", "+trainer.fast_dev_run=true", "resume=false",
-               "model.audio.module.backbone.fc_dim=32"]
+LEAKAGE_RUN = [
+    "stage=audio",
+    "fold=0",
+    "logger=none",
+    "+trainer.fast_dev_run=true",
+    "resume=false",
+    "model.audio.module.backbone.fc_dim=32",
+]
 
 
 @pytest.mark.slow
@@ -126,7 +144,9 @@ def test_training_run_passes_the_guard_and_fails_when_train_serves_the_test_clip
     fold = datamodule.current_fold
     leaky = DataLoader(datamodule.dataset(fold.train + fold.test), batch_size=datamodule.batch_size, shuffle=True)
     monkeypatch.setattr(datamodule, "train_dataloader", lambda: leaky)
-    with pytest.raises(AssertionError, match=r"fold 0 \(loso-s01\) data loaders leak: .*train loader serves 6 test clip"):
+    with pytest.raises(
+        AssertionError, match=r"fold 0 \(loso-s01\) data loaders leak: .*train loader serves 6 test clip"
+    ):
         train_stage(cfg, "audio", 0, datamodule)
 
 
@@ -154,8 +174,14 @@ def test_fusion_loaders_serving_every_clip_fail_the_guard(tiny_demo, tmp_path, m
 # Anger, fear and sadness differ in the demo voice's pitch, contour and loudness by more than subjects
 # and clips vary (datamodules/demo_corpus.py): a model that learns anything separates them.
 SEPARABLE_CLASSES = "[anger,fear,sadness]"
-LEARNING_RUN = ["stage=audio", "fold=0", "logger=none", "seed=0", "model.audio.trainer.max_epochs=15",
-                "callbacks.early_stopping=null"]
+LEARNING_RUN = [
+    "stage=audio",
+    "fold=0",
+    "logger=none",
+    "seed=0",
+    "model.audio.trainer.max_epochs=15",
+    "callbacks.early_stopping=null",
+]
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +189,12 @@ def separable_demo(tmp_path_factory) -> list[str]:
     """4 subjects x 3 separable emotions x 6 clips of the demo, audio only, prepared once."""
     overrides = [
         *small_demo_overrides(tmp_path_factory.mktemp("separable_demo")),
-        "++data.generator.subjects=4", "++data.generator.clips_per_emotion=6",
-        "++data.generator.size=[96,72]", "++data.generator.fps=10",
-        "data.preprocess.video=false", f"data.classes={SEPARABLE_CLASSES}",
+        "++data.generator.subjects=4",
+        "++data.generator.clips_per_emotion=6",
+        "++data.generator.size=[96,72]",
+        "++data.generator.fps=10",
+        "data.preprocess.video=false",
+        f"data.classes={SEPARABLE_CLASSES}",
     ]
     instantiate(compose_train(overrides).data).prepare_data()
     return overrides
@@ -186,8 +215,7 @@ def test_audio_trained_on_shuffled_labels_stays_near_chance(separable_demo):
     cfg = compose_train([*separable_demo, *LEARNING_RUN, "tag=shuffled_labels"])  # not the learning run's folder
     datamodule = demo_datamodule(cfg)
     datamodule.setup()
-    training = [i for i, clip in enumerate(datamodule.clips)
-                if clip.subject not in datamodule.folds[0].test_subjects]
+    training = [i for i, clip in enumerate(datamodule.clips) if clip.subject not in datamodule.folds[0].test_subjects]
     labels = [datamodule.clips[i].label for i in training]
     random.Random(0).shuffle(labels)
     assert sum(datamodule.clips[i].label != label for i, label in zip(training, labels)) > len(training) / 2
@@ -222,13 +250,22 @@ def feature_loader(size: int = 6) -> DataLoader:
 
 def fusion_module(**training) -> FusionModule:
     torch.manual_seed(0)
-    return FusionModule(audio_dim=8, visual_dim=8, attention_dim=4, hidden_dims=[8], dropout=0.0,
-                        num_classes=NUM_CLASSES, **training)
+    return FusionModule(
+        audio_dim=8, visual_dim=8, attention_dim=4, hidden_dims=[8], dropout=0.0, num_classes=NUM_CLASSES, **training
+    )
 
 
 def cpu_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path, **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
 
 
 class LearningRateHistory(L.Callback):
@@ -289,8 +326,10 @@ EXPERIMENT_OPTIMISATION = {
     ("ck_visual", "visual"): (torch.optim.AdamW, 3e-3, 0.05, torch.optim.lr_scheduler.OneCycleLR),
     ("ravdess_audio", "audio"): (torch.optim.AdamW, 1e-3, 0.05, torch.optim.lr_scheduler.OneCycleLR),
     ("emodb_audio", "audio"): (torch.optim.AdamW, 1e-3, 0.05, torch.optim.lr_scheduler.OneCycleLR),
-    **{("demo", stage): (torch.optim.Adam, 1e-3, 0.0, torch.optim.lr_scheduler.CosineAnnealingLR)
-       for stage in ("audio", "visual", "fusion")},
+    **{
+        ("demo", stage): (torch.optim.Adam, 1e-3, 0.0, torch.optim.lr_scheduler.CosineAnnealingLR)
+        for stage in ("audio", "visual", "fusion")
+    },
 }
 EXPERIMENTS = sorted(path.stem for path in (REPO / "configs" / "experiment").glob("*.yaml"))
 
@@ -341,8 +380,11 @@ def test_plateau_scheduler_cuts_the_lr_after_patience_epochs_without_improvement
     # SGD at lr 1e-6 moves val/loss far less than the scheduler's 1e-4 relative threshold: it never improves
     lr, patience = 1e-6, 2
     history = LearningRateHistory()
-    module = fusion_module(optimizer=optimizer_config(torch.optim.SGD, momentum=0.9), lr=lr,
-                           scheduler=schedule_config("plateau", patience=patience))
+    module = fusion_module(
+        optimizer=optimizer_config(torch.optim.SGD, momentum=0.9),
+        lr=lr,
+        scheduler=schedule_config("plateau", patience=patience),
+    )
     cpu_trainer(tmp_path, max_epochs=patience + 3, callbacks=[history]).fit(module, feature_loader(), feature_loader())
     # the first epoch sets the best; epochs 2..patience+2 do not improve; the lr drops after the last of them
     assert history.rates == pytest.approx([lr] * (patience + 2) + [lr * 0.1])
@@ -353,7 +395,9 @@ def test_cosine_scheduler_follows_the_cosine_over_max_epochs(tmp_path):
     history = LearningRateHistory()
     module = fusion_module(lr=lr, scheduler=schedule_config("cosine"))
     cpu_trainer(tmp_path, max_epochs=epochs, callbacks=[history]).fit(module, feature_loader(), feature_loader())
-    assert history.rates == pytest.approx([lr * (1 + math.cos(math.pi * epoch / epochs)) / 2 for epoch in range(epochs)])
+    assert history.rates == pytest.approx(
+        [lr * (1 + math.cos(math.pi * epoch / epochs)) / 2 for epoch in range(epochs)]
+    )
 
 
 def stage_batch(stage: str, cfg: DictConfig) -> dict[str, torch.Tensor]:
@@ -362,7 +406,9 @@ def stage_batch(stage: str, cfg: DictConfig) -> dict[str, torch.Tensor]:
     size = cfg.data.preprocess.faces.size
     inputs = {
         "audio": lambda: {"audio": torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=generator)},
-        "visual": lambda: {"faces": torch.randint(0, 256, (4, 20, 3, size, size), dtype=torch.uint8, generator=generator)},
+        "visual": lambda: {
+            "faces": torch.randint(0, 256, (4, 20, 3, size, size), dtype=torch.uint8, generator=generator)
+        },
         "fusion": lambda: {
             "audio_feat": torch.randn(4, cfg.model.fusion.module.audio_dim, generator=generator),
             "visual_feat": torch.randn(4, cfg.model.fusion.module.visual_dim, generator=generator),
@@ -374,9 +420,13 @@ def stage_batch(stage: str, cfg: DictConfig) -> dict[str, torch.Tensor]:
 @pytest.mark.filterwarnings(NO_TRAINER_TO_LOG_TO)
 @pytest.mark.parametrize("stage", ["audio", "visual", "fusion"])
 def test_configured_optimisation_reaches_each_stage_module(stage):
-    switches = {"optimizer._target_": "torch.optim.AdamW", "lr": 0.002, "optimizer.weight_decay": 0.03,
-                "scheduler": "{_target_:lightning_modules.schedules.plateau,_partial_:true,patience:3}",
-                "label_smoothing": 0.1}
+    switches = {
+        "optimizer._target_": "torch.optim.AdamW",
+        "lr": 0.002,
+        "optimizer.weight_decay": 0.03,
+        "scheduler": "{_target_:lightning_modules.schedules.plateau,_partial_:true,patience:3}",
+        "label_smoothing": 0.1,
+    }
     cfg = compose_train([f"++model.{stage}.module.{key}={value}" for key, value in switches.items()])
     classes = list(cfg.data.classes)
     module = instantiate(cfg.model[stage].module, _convert_="all", num_classes=len(classes), class_names=classes)

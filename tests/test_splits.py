@@ -1,4 +1,5 @@
 """LOSO, k-fold and hold-out invariants on indexer tables; the leakage check on hand-made leaky folds."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -133,7 +134,9 @@ def test_kfold_is_deterministic_by_seed(uneven_clips):
         assert first == again
         assert first != other
     # by clip the seed reshuffles the test folds; by subject it breaks ties and picks validation subjects
-    assert [fold.test for fold in kfold_folds(uneven_clips, seed=3)] != [fold.test for fold in kfold_folds(uneven_clips, seed=4)]
+    assert [fold.test for fold in kfold_folds(uneven_clips, seed=3)] != [
+        fold.test for fold in kfold_folds(uneven_clips, seed=4)
+    ]
 
 
 def test_kfold_rejects_bad_arguments(uneven_clips):
@@ -186,7 +189,9 @@ def test_leakage_check_fires_on_hand_made_leaky_folds():
     clean = Fold(0, "clean", train=["b1"], val=["c1"], test=["a1", "a2"], test_subjects=["s01"])
     assert_no_leakage(clean, clips, by_subject=True)
     shared_clip = Fold(1, "shared-clip", train=["a1", "b1"], val=["c1"], test=["a1"])
-    with pytest.raises(AssertionError, match=r"fold 1 \(shared-clip\) leaks: 1 clip\(s\) in both train and test: \['a1'\]"):
+    with pytest.raises(
+        AssertionError, match=r"fold 1 \(shared-clip\) leaks: 1 clip\(s\) in both train and test: \['a1'\]"
+    ):
         assert_no_leakage(shared_clip, clips, by_subject=False)
     subject_leak = Fold(2, "subject-leak", train=["a2", "b1"], val=["c1"], test=["a1"])
     assert_no_leakage(subject_leak, clips, by_subject=False)

@@ -1,4 +1,5 @@
 """W&B sweep specs (configs/sweeps/*.yaml) and the two ways of sweeping: a W&B agent and Hydra multirun."""
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,28 @@ from lightning_modules.cross_validation import STAGES, run
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 COMMAND = ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
-SPEC_KEYS = {"program", "method", "metric", "parameters", "command", "name", "description", "early_terminate",
-             "run_cap"}
-DISTRIBUTIONS = {"uniform", "log_uniform_values", "q_uniform", "q_log_uniform_values", "int_uniform", "normal",
-                 "log_normal", "categorical", "constant"}
+SPEC_KEYS = {
+    "program",
+    "method",
+    "metric",
+    "parameters",
+    "command",
+    "name",
+    "description",
+    "early_terminate",
+    "run_cap",
+}
+DISTRIBUTIONS = {
+    "uniform",
+    "log_uniform_values",
+    "q_uniform",
+    "q_log_uniform_values",
+    "int_uniform",
+    "normal",
+    "log_normal",
+    "categorical",
+    "constant",
+}
 TINY_AUDIO = {"model.audio.module.backbone.fc_dim": 32, "model.audio.trainer.max_epochs": 1}
 
 
@@ -112,8 +131,12 @@ def test_sweep_spec_is_a_cross_validated_wandb_sweep_over_real_config_keys(path)
 
 
 def test_an_agent_run_of_one_fold_is_refused(monkeypatch):
-    for name, value in {"WANDB_SWEEP_ID": "swp1", "WANDB_RUN_ID": "r1", "AVER_AGENT_WANDB_SWEEP_ID": "",
-                        "AVER_AGENT_WANDB_RUN_ID": ""}.items():
+    for name, value in {
+        "WANDB_SWEEP_ID": "swp1",
+        "WANDB_RUN_ID": "r1",
+        "AVER_AGENT_WANDB_SWEEP_ID": "",
+        "AVER_AGENT_WANDB_RUN_ID": "",
+    }.items():
         monkeypatch.setenv(name, value)  # monkeypatch restores (or removes) each of them afterwards
     with pytest.raises(ValueError, match=r"under wandb agent .* fold=all .*\(got fold=0"):
         run(compose_train(["fold=0"]))
@@ -152,9 +175,18 @@ def test_an_agent_run_is_a_cross_validation_whose_summary_run_is_the_agents_run(
 
 @pytest.mark.slow
 def test_hydra_multirun_jobs_get_their_own_folders_and_one_results_table(tiny_demo, tmp_path):
-    argv = [sys.executable, "train.py", "-m", *tiny_demo, f"paths.output_dir={tmp_path}", "logger=csv",
-            "stage=audio", "fold=all", *(f"{k}={v}" for k, v in TINY_AUDIO.items()),
-            "model.audio.module.lr=0.003,0.0003"]
+    argv = [
+        sys.executable,
+        "train.py",
+        "-m",
+        *tiny_demo,
+        f"paths.output_dir={tmp_path}",
+        "logger=csv",
+        "stage=audio",
+        "fold=all",
+        *(f"{k}={v}" for k, v in TINY_AUDIO.items()),
+        "model.audio.module.lr=0.003,0.0003",
+    ]
     result = run_checked(argv, clean_environ())
     rows = read_results(tmp_path / "demo" / "loso" / "results.csv")
     assert len(rows) == 2 and len({row["tag"] for row in rows}) == 2

@@ -1,4 +1,5 @@
 """Experiment tracking through train.py: offline W&B runs read back from their files, CSV and no logger."""
+
 from __future__ import annotations
 
 import json
@@ -57,10 +58,17 @@ def the_run(folder: Path):
 def audio_cv(tiny_demo, tmp_path_factory) -> Path:
     """stage=audio fold=all on the tiny corpus (3 LOSO folds) with the default logger (W&B, offline)."""
     out = tmp_path_factory.mktemp("tracking")
-    train_py([
-        *tiny_demo, f"paths.output_dir={out}", "stage=audio", "fold=all", "model.audio.module.backbone.fc_dim=32",
-        f"model.audio.trainer.max_epochs={EPOCHS}", "model.audio.module.lr=0.003",
-    ])
+    train_py(
+        [
+            *tiny_demo,
+            f"paths.output_dir={out}",
+            "stage=audio",
+            "fold=all",
+            "model.audio.module.backbone.fc_dim=32",
+            f"model.audio.trainer.max_epochs={EPOCHS}",
+            "model.audio.module.lr=0.003",
+        ]
+    )
     return out / "demo" / "loso" / "audio"
 
 
@@ -109,8 +117,12 @@ def test_fold_all_adds_a_cv_summary_run_with_mean_std_bars_and_pooled_confusion(
     assert (run.job_type, run.group, run.name) == ("cv-summary", "demo-loso-demo", "audio-cv-summary")
     assert len({run.run_id, *(r.run_id for r in fold_runs)}) == 4
     test, val = summary["test"], summary["val"]
-    assert summary["objective"] == {"metric": "val/video_uar", "mode": "max", "mean": val["mean"]["video_uar"],
-                                    "std": val["std"]["video_uar"]}
+    assert summary["objective"] == {
+        "metric": "val/video_uar",
+        "mode": "max",
+        "mean": val["mean"]["video_uar"],
+        "std": val["std"]["video_uar"],
+    }
     assert run.summary[cv_objective_key("val/video_uar")] == pytest.approx(val["mean"]["video_uar"])
     assert run.summary["cv/objective"] == pytest.approx(val["mean"]["video_uar"])
     for name in ("video_accuracy", "segment_accuracy", "video_uar"):
@@ -132,7 +144,14 @@ def test_fold_all_adds_a_cv_summary_run_with_mean_std_bars_and_pooled_confusion(
         pooled = matrix_from_chart_table(columns, cells, summary["class_names"])
         assert pooled == test["pooled"][level]["confusion_matrix"]
         assert sum(map(sum, pooled)) == sum(
-            sum(map(sum, json.loads((audio_cv / f"fold_{k}" / "metrics.json").read_text())["test"][level]["confusion_matrix"]))
+            sum(
+                map(
+                    sum,
+                    json.loads((audio_cv / f"fold_{k}" / "metrics.json").read_text())["test"][level][
+                        "confusion_matrix"
+                    ],
+                )
+            )
             for k in range(3)
         )
         assert (audio_cv / f"pooled_{level}_confusion.png").read_bytes()[:8] == PNG_MAGIC
@@ -151,8 +170,13 @@ def compose_train(overrides: list[str]):
 
 
 def fold_context(tmp_path: Path) -> dict:
-    return {"dirpath": str(tmp_path / "checkpoints"), "out_dir": str(tmp_path), "stage": "audio", "fold": 1,
-            "test_subjects": ["s02"]}
+    return {
+        "dirpath": str(tmp_path / "checkpoints"),
+        "out_dir": str(tmp_path),
+        "stage": "audio",
+        "fold": 1,
+        "test_subjects": ["s02"],
+    }
 
 
 def test_wandb_is_the_default_logger_offline_and_logs_checkpoints_only_online(tmp_path, monkeypatch):
@@ -182,8 +206,11 @@ def test_csv_and_none_loggers_and_the_callbacks_they_get(tmp_path):
     assert isinstance(checkpoint, BestCheckpoint) and checkpoint.tie_break == "val/loss"
     stopping = next(c for c in callbacks if isinstance(c, EarlyStopping))
     assert (stopping.monitor, stopping.mode) == (checkpoint.monitor, checkpoint.mode) == ("val/video_uar", "max")
-    selected = build_callbacks(compose_train(["objective.metric=val/loss", "objective.mode=min"]).callbacks,
-                               fold_context(tmp_path), has_logger=True)
+    selected = build_callbacks(
+        compose_train(["objective.metric=val/loss", "objective.mode=min"]).callbacks,
+        fold_context(tmp_path),
+        has_logger=True,
+    )
     monitoring = [c for c in selected if isinstance(c, (ModelCheckpoint, EarlyStopping)) and c.monitor is not None]
     assert {(c.monitor, c.mode) for c in monitoring} == {("val/loss", "min")}
     last = [c for c in selected if isinstance(c, ModelCheckpoint) and c.monitor is None]  # the one to resume from

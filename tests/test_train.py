@@ -1,10 +1,11 @@
 """The three stages through the real configs on a small generated corpus, and the CV bookkeeping."""
+
 import json
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY_MODELS, compose_train
+
 from lightning_modules.cross_validation import MissingCheckpointError, run
 from lightning_modules.cv_summary import summarize_folds, summarize_seeds
 
@@ -19,9 +20,13 @@ def test_fast_dev_run_of_each_extractor(tiny_demo):
         assert metrics["test_subjects"] == ["s02"] and metrics["val_subjects"] == ["s03"]
         assert metrics["class_names"] == list(cfg.data.classes)
         assert len(metrics["test"]["video"]["confusion_matrix"]) == 6
-        assert metrics["objective"] == {"metric": "val/video_uar", "mode": "max", "tie_break": "val/loss",
-                                        "tie_break_mode": "min",
-                                        "value": metrics["val"]["video"]["uar"]}
+        assert metrics["objective"] == {
+            "metric": "val/video_uar",
+            "mode": "max",
+            "tie_break": "val/loss",
+            "tie_break_mode": "min",
+            "value": metrics["val"]["video"]["uar"],
+        }
 
 
 def test_fusion_refuses_to_start_without_upstream_checkpoints(tiny_demo, tmp_path):
@@ -36,8 +41,14 @@ def test_fusion_refuses_to_start_without_upstream_checkpoints(tiny_demo, tmp_pat
 
 @pytest.mark.slow
 def test_fusion_trains_on_the_frozen_extractors_features(tiny_demo, tmp_path):
-    common = [*tiny_demo, *TINY_MODELS, f"paths.output_dir={tmp_path}", "fold=0",
-              "+trainer.limit_train_batches=2", "trainer.max_epochs=1"]
+    common = [
+        *tiny_demo,
+        *TINY_MODELS,
+        f"paths.output_dir={tmp_path}",
+        "fold=0",
+        "+trainer.limit_train_batches=2",
+        "trainer.max_epochs=1",
+    ]
     run(compose_train([*common, "stage=audio", "model.audio.trainer.max_epochs=1"]))
     run(compose_train([*common, "stage=visual", "model.visual.trainer.max_epochs=1"]))
     cfg = compose_train([*common, "stage=fusion", "model.fusion.trainer.max_epochs=1"])
@@ -56,17 +67,30 @@ def test_cv_summary_arithmetic():
         n = sum(map(sum, video_cm))
         acc = sum(video_cm[i][i] for i in range(2)) / n
         return {
-            "n_clips": n, "n_segments": 2 * n,
-            "segment": {"accuracy": seg_acc, "uar": seg_acc, "macro_f1": seg_acc, "loss": 1.0,
-                        "confusion_matrix": [[1, 0], [0, 1]]},
+            "n_clips": n,
+            "n_segments": 2 * n,
+            "segment": {
+                "accuracy": seg_acc,
+                "uar": seg_acc,
+                "macro_f1": seg_acc,
+                "loss": 1.0,
+                "confusion_matrix": [[1, 0], [0, 1]],
+            },
             "video": {"accuracy": acc, "uar": val_uar or acc, "macro_f1": acc, "confusion_matrix": video_cm},
         }
 
     def fold(k, video_cm, seg_acc, val_uar):
         return {
-            "corpus": "rml", "cv": "loso", "stage": "fusion", "fold": k, "seed": 3, "class_names": ["a", "b"],
-            "test_subjects": [f"s{k}"], "val_subjects": [f"s{k + 1}"],
-            "test": block(video_cm, seg_acc), "val": block([[1, 0], [0, 1]], 0.9, val_uar),
+            "corpus": "rml",
+            "cv": "loso",
+            "stage": "fusion",
+            "fold": k,
+            "seed": 3,
+            "class_names": ["a", "b"],
+            "test_subjects": [f"s{k}"],
+            "val_subjects": [f"s{k + 1}"],
+            "test": block(video_cm, seg_acc),
+            "val": block([[1, 0], [0, 1]], 0.9, val_uar),
         }
 
     objective = {"metric": "val/video_uar", "mode": "max"}
@@ -80,8 +104,12 @@ def test_cv_summary_arithmetic():
     assert [row["fold"] for row in test["folds"]] == [0, 1]
     assert [row["subjects"] for row in summary["val"]["folds"]] == [["s1"], ["s2"]]
     # the objective comes from the validation block, never from the test block
-    assert summary["objective"] == {"metric": "val/video_uar", "mode": "max", "mean": pytest.approx(0.6),
-                                    "std": pytest.approx(0.2828427125)}
+    assert summary["objective"] == {
+        "metric": "val/video_uar",
+        "mode": "max",
+        "mean": pytest.approx(0.6),
+        "std": pytest.approx(0.2828427125),
+    }
     assert summary["seed"] == 3
 
 
@@ -103,12 +131,26 @@ def test_every_experiment_composes():
 
 def test_seeds_summary_separates_the_spread_over_seeds_from_the_spread_over_folds():
     def seed_summary(seed, fold_means, fold_std):
-        names = ("segment_loss", "segment_accuracy", "segment_uar", "segment_macro_f1", "video_accuracy",
-                 "video_uar", "video_macro_f1")
+        names = (
+            "segment_loss",
+            "segment_accuracy",
+            "segment_uar",
+            "segment_macro_f1",
+            "video_accuracy",
+            "video_uar",
+            "video_macro_f1",
+        )
         block = {"mean": dict.fromkeys(names, fold_means), "std": dict.fromkeys(names, fold_std)}
-        return {"corpus": "demo", "cv": "loso", "stage": "audio", "class_names": ["a"], "seed": seed,
-                "objective": {"metric": "val/video_uar", "mode": "max", "mean": fold_means}, "val": block,
-                "test": block}
+        return {
+            "corpus": "demo",
+            "cv": "loso",
+            "stage": "audio",
+            "class_names": ["a"],
+            "seed": seed,
+            "objective": {"metric": "val/video_uar", "mode": "max", "mean": fold_means},
+            "val": block,
+            "test": block,
+        }
 
     summary = summarize_seeds([seed_summary(0, 0.6, 0.1), seed_summary(1, 0.8, 0.3), seed_summary(2, 0.7, 0.2)])
     assert summary["seeds"] == [0, 1, 2]
@@ -121,9 +163,19 @@ def test_seeds_summary_separates_the_spread_over_seeds_from_the_spread_over_fold
 
 @pytest.mark.slow
 def test_seeds_run_the_cross_validation_once_per_seed(tiny_demo, tmp_path):
-    cfg = compose_train([*tiny_demo, *TINY_MODELS, f"paths.output_dir={tmp_path}", "stage=audio", "fold=all",
-                         "seeds=[0,1]", "model.audio.trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-                         "logger=none"])
+    cfg = compose_train(
+        [
+            *tiny_demo,
+            *TINY_MODELS,
+            f"paths.output_dir={tmp_path}",
+            "stage=audio",
+            "fold=all",
+            "seeds=[0,1]",
+            "model.audio.trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2",
+            "logger=none",
+        ]
+    )
     returned = run(cfg)["audio"]
     run_dir = tmp_path / "demo" / "loso"
     per_seed = [json.loads((run_dir / f"seed_{s}" / "audio" / "summary.json").read_text()) for s in (0, 1)]

@@ -5,6 +5,7 @@ followed), turning the
 files that did not parse into a ``CorpusLayoutError`` or into ``IndexResult.skipped``, rejecting
 duplicate clip ids, and the natural (subject, label, clip_id) sort order.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -14,6 +14,7 @@ Frames are the sequence's files in frame-number order (``Clip.extra["frames"]``)
 last of them (the apex; a neutral clip's is the first frame). ``happy`` is named ``happiness``, as in the
 paper's classes.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,7 +34,14 @@ from datamodules.corpora import (
 )
 
 EMOTIONS: dict[int, str] = {
-    0: "neutral", 1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "happiness", 6: "sadness", 7: "surprise",
+    0: "neutral",
+    1: "anger",
+    2: "contempt",
+    3: "disgust",
+    4: "fear",
+    5: "happiness",
+    6: "sadness",
+    7: "surprise",
 }
 EMOTION_FOLDERS: dict[str, str] = {**{label: label for label in EMOTIONS.values()}, "happy": "happiness"}
 FRAME_SUFFIX = ".png"
@@ -91,8 +99,13 @@ def read_labels(root: Path) -> tuple[dict[SequenceKey, str], list[str]]:
 
 
 def sequence_clips(
-    key: SequenceKey, frames: list[Path], label: str | None, last_frames: int | None, classes: Sequence[str],
-    *, whole_sequence: bool,
+    key: SequenceKey,
+    frames: list[Path],
+    label: str | None,
+    last_frames: int | None,
+    classes: Sequence[str],
+    *,
+    whole_sequence: bool,
 ) -> list[tuple[Clip, str | None]]:
     """The clips of one sequence (its frames in order), each with the rule that leaves it out or None.
 
@@ -109,8 +122,13 @@ def sequence_clips(
     clip = Clip(f"{subject}_{sequence}", kept[-1], subject, label, {"frames": tuple(kept), "sequence": sequence})
     clips = [(clip, class_rule(clip, classes))]
     if whole_sequence and "neutral" in classes and label != "neutral" and len(frames) > 1:
-        neutral = Clip(f"{subject}_{sequence}_neutral", frames[0], subject, "neutral",
-                       {"frames": (frames[0],), "sequence": sequence})
+        neutral = Clip(
+            f"{subject}_{sequence}_neutral",
+            frames[0],
+            subject,
+            "neutral",
+            {"frames": (frames[0],), "sequence": sequence},
+        )
         clips.append((neutral, None))
     return clips
 
@@ -145,12 +163,12 @@ def index(
 ) -> IndexResult:
     """Index the labelled sequences of either layout whose label is in ``classes``.
 
-    ``last_frames``: keep only the last N frames of each sequence (the apex; CK+48 holds the last 3),
-    None the whole sequence. Sequences without a label or of another class are listed in
-    ``IndexResult.excluded``; image files whose path fits neither layout in
-    ``IndexResult.skipped`` (``on_error="skip"``) or raise ``CorpusLayoutError``; label files that hold no
-code 0-7 are noted (``IndexResult.notes``) and their sequences left out as unlabelled.
-    The frames of a clip or excluded sequence other than its ``Clip.path`` are counted in ``further_frames``.
+        ``last_frames``: keep only the last N frames of each sequence (the apex; CK+48 holds the last 3),
+        None the whole sequence. Sequences without a label or of another class are listed in
+        ``IndexResult.excluded``; image files whose path fits neither layout in
+        ``IndexResult.skipped`` (``on_error="skip"``) or raise ``CorpusLayoutError``; label files that hold no
+    code 0-7 are noted (``IndexResult.notes``) and their sequences left out as unlabelled.
+        The frames of a clip or excluded sequence other than its ``Clip.path`` are counted in ``further_frames``.
     """
     check_on_error(on_error)
     check_classes(classes, EMOTIONS.values(), "CK+")
@@ -171,8 +189,15 @@ code 0-7 are noted (``IndexResult.notes``) and their sequences left out as unlab
                 clips.append(clip)
     named = {clip.path for clip in clips} | {path for path, _ in excluded}
     result = finish_index(
-        clips, problems, scan=scan, excluded=excluded, corpus="CK+", root=root,
-        expected=f"{EXPECTED_LAYOUT}; selected classes={list(classes)}", on_error=on_error, notes=notes,
+        clips,
+        problems,
+        scan=scan,
+        excluded=excluded,
+        corpus="CK+",
+        root=root,
+        expected=f"{EXPECTED_LAYOUT}; selected classes={list(classes)}",
+        on_error=on_error,
+        notes=notes,
     )
     result.further_frames = sum(len(frames) for frames in sequences.values()) - len(named)
     return result

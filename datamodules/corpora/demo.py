@@ -1,4 +1,5 @@
 """Index the built-in demo corpus: the RML layout (``<root>/s<N>/<emo><k>.mp4``), see ``demo_corpus``."""
+
 from __future__ import annotations
 
 from pathlib import Path

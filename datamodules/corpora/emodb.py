@@ -6,6 +6,7 @@ boredom, E Ekel disgust, A Angst fear, F Freude happiness, T Trauer sadness, N n
 lower-case letter (repeated takes of the same sentence). ``03a01Fa.wav``: speaker 03 says sentence
 a01 happily, first version. Labels are mapped onto the paper's emotion names.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,16 @@ EMOTIONS: dict[str, str] = {
 }
 # The corpus's documentation: speaker number -> gender.
 SPEAKERS: dict[str, str] = {
-    "03": "male", "08": "female", "09": "female", "10": "male", "11": "male",
-    "12": "male", "13": "female", "14": "female", "15": "male", "16": "female",
+    "03": "male",
+    "08": "female",
+    "09": "female",
+    "10": "male",
+    "11": "male",
+    "12": "male",
+    "13": "female",
+    "14": "female",
+    "15": "male",
+    "16": "female",
 }
 AUDIO_SUFFIX = ".wav"
 EXPECTED_LAYOUT = (

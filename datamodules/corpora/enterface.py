@@ -6,6 +6,7 @@ some emotions lack the ``sentence <k>`` level, some copies add a wrapper folder,
 varies, some file names read ``s_3_an_1.avi``. The file name is therefore the authority for
 subject, emotion and sentence; folder names that disagree with it are logged and noted.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,9 +62,7 @@ def parse_path(path: Path, root: Path) -> tuple[Clip, list[str]]:
     """
     match = _FILE_STEM.fullmatch(path.stem.strip())
     if match is None:
-        raise ValueError(
-            f"file name {path.name!r} is not s<N>_<emo>_<k> with <emo> in {', '.join(EMOTION_CODES)}"
-        )
+        raise ValueError(f"file name {path.name!r} is not s<N>_<emo>_<k> with <emo> in {', '.join(EMOTION_CODES)}")
     number, code, sentence = int(match.group(1)), match.group(2).lower(), int(match.group(3))
     subject, label = subject_name(number), EMOTION_CODES[code]
     clip = Clip(
@@ -93,9 +92,7 @@ def _folder_disagreements(folders: Sequence[str], number: int, label: str, sente
     if sentence_folder is not None:
         folder_sentence = int(_SENTENCE_FOLDER.fullmatch(sentence_folder).group(1))
         if folder_sentence != sentence:
-            disagreements.append(
-                f"folder {sentence_folder!r} says sentence {folder_sentence}, file says {sentence}"
-            )
+            disagreements.append(f"folder {sentence_folder!r} says sentence {folder_sentence}, file says {sentence}")
     return disagreements
 
 

@@ -6,6 +6,7 @@ File names are ``MM-VV-EE-II-SS-RR-AA.<ext>`` under ``Actor_AA/``: modality (01 
 02 strong), statement (01 "Kids are talking by the door", 02 "Dogs are sitting by the door"),
 repetition, actor. Labels are mapped onto the paper's emotion names (happy -> happiness, ...).
 """
+
 from __future__ import annotations
 
 import re
@@ -121,10 +122,13 @@ def index(
     root = require_root(root, "RAVDESS")
     scan = scan_media(root, (VIDEO_SUFFIX, *AUDIO_SUFFIXES))
     clips, problems, excluded = sort_files(
-        scan.files, lambda path: parse_path(path, root),
+        scan.files,
+        lambda path: parse_path(path, root),
         lambda clip: selection_rule(clip, modality, vocal_channel, classes),
     )
-    expected = f"{EXPECTED_LAYOUT}; selected: modality={modality}, vocal_channel={vocal_channel}, classes={list(classes)}"
+    expected = (
+        f"{EXPECTED_LAYOUT}; selected: modality={modality}, vocal_channel={vocal_channel}, classes={list(classes)}"
+    )
     return finish_index(
         clips, problems, scan=scan, excluded=excluded, corpus="RAVDESS", root=root, expected=expected, on_error=on_error
     )

@@ -5,6 +5,7 @@ Layout of the distribution: ``<root>/**/s<N>/[<language>/]<emo><k>.avi`` (``rml-
 sa, su. The subject comes from the nearest ``s<N>`` folder above the file, the language from
 the folder between it and the file, when there is one.
 """
+
 from __future__ import annotations
 
 import re
@@ -39,9 +40,7 @@ def parse_path(path: Path, root: Path) -> Clip:
     """The clip a file under ``root`` is; ``ValueError`` with the reason when its path does not parse."""
     match = _FILE_STEM.fullmatch(path.stem.strip())
     if match is None:
-        raise ValueError(
-            f"file name {path.name!r} is not <emotion code><k> with a code in {', '.join(EMOTION_CODES)}"
-        )
+        raise ValueError(f"file name {path.name!r} is not <emotion code><k> with a code in {', '.join(EMOTION_CODES)}")
     folders = [root.name, *path.relative_to(root).parts[:-1]]
     speaker_position = next(
         (position for position in reversed(range(len(folders))) if _SPEAKER_FOLDER.fullmatch(folders[position])),

@@ -1,5 +1,6 @@
 """Plain nn.Module building blocks: VGG fc7 extractor, statistics-pooling TDNN, small face CNN, face-sequence
 encoder, LSTM with a streamed recurrent weight, attention fusion head."""
+
 from lightning_modules.components.attention import AttentionFusionHead, ModalityAttention
 from lightning_modules.components.face_cnn import FaceCNN
 from lightning_modules.components.lstm import StreamingLSTM

@@ -1,4 +1,5 @@
 """Attention-based feature fusion, §3.4 (Eq. 5-7)."""
+
 from __future__ import annotations
 
 from typing import Sequence

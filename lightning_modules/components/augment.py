@@ -1,5 +1,6 @@
 """Training-time augmentation: SpecAugment masking of MFCC / log-mel images, mixup of batches, modality
 dropout of fusion inputs and crop / flip / rotation / colour jitter of face sequences."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ class SpecAugment(nn.Module):
     describe the same frames). Identity in eval mode or with no masks.
     """
 
-    def __init__(self, freq_masks: int = 0, freq_width: int = 0, time_masks: int = 0, time_width: int = 0,
-                 fill: float = 0.0) -> None:
+    def __init__(
+        self, freq_masks: int = 0, freq_width: int = 0, time_masks: int = 0, time_width: int = 0, fill: float = 0.0
+    ) -> None:
         super().__init__()
         if min(freq_masks, freq_width, time_masks, time_width) < 0:
             raise ValueError("SpecAugment counts and widths must be >= 0")
@@ -101,9 +103,17 @@ class FaceAugment(nn.Module):
     expression, not motion, and so give that many independent views.
     """
 
-    def __init__(self, crop_scale: float = 1.0, flip: bool = False, rotation_deg: float = 0.0,
-                 brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, erase: float = 0.0,
-                 per_frame: bool = False) -> None:
+    def __init__(
+        self,
+        crop_scale: float = 1.0,
+        flip: bool = False,
+        rotation_deg: float = 0.0,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+        erase: float = 0.0,
+        per_frame: bool = False,
+    ) -> None:
         super().__init__()
         if not 0.0 < crop_scale <= 1.0:
             raise ValueError(f"face augment crop_scale={crop_scale}: must be in (0, 1]")
@@ -123,17 +133,24 @@ class FaceAugment(nn.Module):
         device = images.device
         scale = self.crop_scale + (1.0 - self.crop_scale) * torch.rand(batch, device=device)
         angle = torch.deg2rad(self.rotation_deg * (2.0 * torch.rand(batch, device=device) - 1.0))
-        mirror = torch.where(torch.rand(batch, device=device) < 0.5, -1.0, 1.0) if self.flip else torch.ones(
-            batch, device=device)
+        mirror = (
+            torch.where(torch.rand(batch, device=device) < 0.5, -1.0, 1.0)
+            if self.flip
+            else torch.ones(batch, device=device)
+        )
         shift = (1.0 - scale)[:, None] * (2.0 * torch.rand(batch, 2, device=device) - 1.0)
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-        theta = torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0]], dim=1),
-                             torch.stack([sin * mirror, cos, shift[:, 1]], dim=1)], dim=1)
+        theta = torch.stack(
+            [
+                torch.stack([cos * mirror, -sin, shift[:, 0]], dim=1),
+                torch.stack([sin * mirror, cos, shift[:, 1]], dim=1),
+            ],
+            dim=1,
+        )
         theta = theta.repeat_interleave(frames, dim=0)
         flat = images.reshape(batch * frames, channels, height, width)
         grid = nn.functional.affine_grid(theta, list(flat.shape), align_corners=False)
-        warped = nn.functional.grid_sample(flat, grid, mode="bilinear", padding_mode="reflection",
-                                           align_corners=False)
+        warped = nn.functional.grid_sample(flat, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         return warped.reshape(images.shape)
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:

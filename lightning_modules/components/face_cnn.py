@@ -1,4 +1,5 @@
 """A small from-scratch CNN for face crops: the CPU-size frame encoder for real faces (CK+)."""
+
 from __future__ import annotations
 
 from typing import Sequence

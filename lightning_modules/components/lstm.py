@@ -8,6 +8,7 @@ products (W_hh read once, not repacked; none at all from the zero state), the in
 is one matrix product, and the weights' gradients are one product each after
 the backward pass through time. Same parameters, same equations as nn.LSTM (gates i, f, g, o).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,16 @@ class _LSTMLayer(torch.autograd.Function):
     """One unidirectional LSTM layer over `[B, T, I]` from `(h0, c0)` `[B, H]`."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
-                b_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        w_ih: torch.Tensor,
+        w_hh: torch.Tensor,
+        b_ih: torch.Tensor,
+        b_hh: torch.Tensor,
+        h0: torch.Tensor,
+        c0: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         batch, steps, _ = x.shape
         hidden = w_hh.shape[1]
         x_steps = x.transpose(0, 1).reshape(steps * batch, -1)  # time-major rows
@@ -50,9 +59,9 @@ class _LSTMLayer(torch.autograd.Function):
                 pre = pre.view(4 * hidden, batch).t()
             i, f, g, o = gates[t].chunk(4, dim=1)
             torch.sigmoid(pre[:, :hidden], out=i)
-            torch.sigmoid(pre[:, hidden:2 * hidden], out=f)
-            torch.tanh(pre[:, 2 * hidden:3 * hidden], out=g)
-            torch.sigmoid(pre[:, 3 * hidden:], out=o)
+            torch.sigmoid(pre[:, hidden : 2 * hidden], out=f)
+            torch.tanh(pre[:, 2 * hidden : 3 * hidden], out=g)
+            torch.sigmoid(pre[:, 3 * hidden :], out=o)
             torch.addcmul(i * g, f, c[t], out=c[t + 1])
             torch.tanh(c[t + 1], out=tanh_c[t])
             torch.mul(o, tanh_c[t], out=h[t + 1])
@@ -61,8 +70,9 @@ class _LSTMLayer(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, d_output: torch.Tensor | None, d_h_last: torch.Tensor | None,
-                 d_c_last: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    def backward(
+        ctx: Any, d_output: torch.Tensor | None, d_h_last: torch.Tensor | None, d_c_last: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
         x_steps, w_ih, w_hh, gates, h, c, tanh_c = ctx.saved_tensors
         steps, batch, hidden = h.shape[0] - 1, h.shape[1], h.shape[2]
         d_h = torch.zeros_like(h[0]) if d_h_last is None else d_h_last.clone()
@@ -116,6 +126,12 @@ class StreamingLSTM(nn.LSTM):
 
     def streams(self, input: Any) -> bool:
         """Whether this call runs ``_LSTMLayer`` rather than torch's kernels."""
-        return (isinstance(input, torch.Tensor) and input.device.type == "cpu" and input.dim() == 3
-                and self.bias and not self.bidirectional and self.proj_size == 0
-                and self.hidden_size >= STREAMING_MIN_HIDDEN)
+        return (
+            isinstance(input, torch.Tensor)
+            and input.device.type == "cpu"
+            and input.dim() == 3
+            and self.bias
+            and not self.bidirectional
+            and self.proj_size == 0
+            and self.hidden_size >= STREAMING_MIN_HIDDEN
+        )

@@ -1,4 +1,5 @@
 """A time-delay network with statistics pooling: the CPU-size audio backbone for real speakers."""
+
 from __future__ import annotations
 
 from typing import Sequence

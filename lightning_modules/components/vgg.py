@@ -1,4 +1,5 @@
 """VGG fc7 feature extractor shared by the audio (§3.2) and visual (§3.3) networks."""
+
 from __future__ import annotations
 
 from pathlib import Path

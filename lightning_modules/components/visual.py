@@ -1,4 +1,5 @@
 """Segment-level visual encoder, §3.3: per-frame VGG fc7, then an LSTM over the segment's frames."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -13,8 +14,9 @@ TEMPORAL_POOLS: tuple[str, ...] = ("lstm", "mean")
 
 
 def per_distinct_frame(
-    faces: torch.Tensor, function: Callable[[torch.Tensor], torch.Tensor], memory_format: torch.memory_format =
-    torch.contiguous_format,
+    faces: torch.Tensor,
+    function: Callable[[torch.Tensor], torch.Tensor],
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
     """``function`` on the distinct frames of ``faces`` `[B, T, ...]` only, its `[N, ...]` output spread back to
     `[B, T, ...]`: a frame equal to the one before it (rule 3's copies, rule 1's nearest face) takes that
@@ -63,12 +65,16 @@ class FaceSequenceEncoder(nn.Module):
             raise ValueError(f"temporal must be one of {TEMPORAL_POOLS}, got {temporal!r}")
         self.cnn = cnn
         self.frame_dropout = nn.Dropout(dropout)
-        self.lstm = None if temporal == "mean" else StreamingLSTM(
-            self.cnn.out_dim,
-            lstm_hidden,
-            num_layers=lstm_layers,
-            batch_first=True,
-            dropout=dropout if lstm_layers > 1 else 0.0,
+        self.lstm = (
+            None
+            if temporal == "mean"
+            else StreamingLSTM(
+                self.cnn.out_dim,
+                lstm_hidden,
+                num_layers=lstm_layers,
+                batch_first=True,
+                dropout=dropout if lstm_layers > 1 else 0.0,
+            )
         )
         self.out_dim = self.cnn.out_dim if self.lstm is None else lstm_hidden
         self.frames_per_chunk = frames_per_chunk
@@ -76,7 +82,7 @@ class FaceSequenceEncoder(nn.Module):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         # checkpoints written before the per-frame network was configurable name it "vgg"
         for key in [key for key in state_dict if key.startswith(prefix + "vgg.")]:
-            state_dict[prefix + "cnn." + key[len(prefix) + 4:]] = state_dict.pop(key)
+            state_dict[prefix + "cnn." + key[len(prefix) + 4 :]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
