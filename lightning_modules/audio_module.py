@@ -9,33 +9,26 @@ import torch
 from torch import nn
 
 from datamodules.mfcc import AUDIO_NORMS
-from lightning_modules.base import Batch, EmotionModule, checkpoint_backbone_kwargs
-from lightning_modules.components.augment import SpecAugment
-from lightning_modules.components.tdnn import StatsPoolTDNN
-from lightning_modules.components.vgg import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    VGGFeatureExtractor,
-    preprocess_uint8_images,
+from lightning_modules.base import (
+    VGG,
+    Batch,
+    EmotionModule,
+    build_backbone,
+    checkpoint_backbone_kwargs,
+    plain_training_args,
 )
-
-AUDIO_BACKBONES: dict[str, type[nn.Module]] = {"vgg": VGGFeatureExtractor, "tdnn": StatsPoolTDNN}
-
-
-def audio_backbone(arch: str = "vgg", **kwargs: Any) -> nn.Module:
-    """The audio network named by ``arch`` (configs/audio_backbone/): "vgg" (the paper's VGG, fc7 out) or
-    "tdnn" (``StatsPoolTDNN``), built from its own kwargs."""
-    if arch not in AUDIO_BACKBONES:
-        raise ValueError(f"audio backbone arch must be one of {sorted(AUDIO_BACKBONES)}, got {arch!r}")
-    return AUDIO_BACKBONES[arch](**kwargs)
+from lightning_modules.components.augment import SpecAugment
+from lightning_modules.components.vgg import IMAGENET_MEAN, IMAGENET_STD, preprocess_uint8_images
 
 
 class AudioModule(EmotionModule):
     """batch["audio"] uint8 `[B, 3, rows, frames]` (static, delta, delta-delta channels) -> backbone -> linear head.
 
     Args:
-        backbone: ``audio_backbone`` kwargs: ``arch`` ("vgg", the default, or "tdnn") and that network's
-            (e.g. {"arch": "vgg", "variant": "vgg19", "weights": "imagenet"}).
+        backbone: the Hydra config of the network (configs/audio_backbone/): its class as ``_target_``
+            (``VGGFeatureExtractor``, the default, or ``StatsPoolTDNN``) and its kwargs, e.g.
+            {"_target_": "lightning_modules.components.vgg.VGGFeatureExtractor", "variant": "vgg19",
+            "weights": "imagenet"}.
         num_classes: emotion classes.
         head_dropout: dropout on fc7 before the classification layer (torchvision VGG's classifier.5).
         input_mean, input_std: per-channel normalisation after scaling to [0, 1] (ImageNet's by default,
@@ -46,7 +39,7 @@ class AudioModule(EmotionModule):
             clip, or over all clips of its speaker).
         spec_augment: SpecAugment kwargs (freq_masks, freq_width, time_masks, time_width) applied to the
             normalised images in training; None or {} for none (the paper).
-        training: EmotionModule's arguments (class_names, optimizer, lr, weight_decay, ...).
+        training: EmotionModule's arguments (class_names, optimizer, lr, scheduler, ...).
 
     The saved hparams record backbone weights "none" (see checkpoint_backbone_kwargs), so
     `AudioModule.load_from_checkpoint(path)` rebuilds the network without downloading anything.
@@ -56,7 +49,7 @@ class AudioModule(EmotionModule):
 
     def __init__(
         self,
-        backbone: Mapping[str, Any] | None = None,
+        backbone: Mapping[str, Any] = VGG,
         num_classes: int = 6,
         head_dropout: float = 0.5,
         input_mean: Sequence[float] = IMAGENET_MEAN,
@@ -66,10 +59,9 @@ class AudioModule(EmotionModule):
         **training: Any,
     ) -> None:
         # plain containers, so that hparams.yaml and checkpoints hold no tuples or OmegaConf objects
-        backbone, spec_augment = dict(backbone or {}), dict(spec_augment or {})
+        backbone, spec_augment = dict(backbone), dict(spec_augment or {})
         input_mean, input_std = list(input_mean), list(input_std)
-        if training.get("class_names") is not None:
-            training["class_names"] = list(training["class_names"])
+        plain_training_args(training)
         if input_norm not in AUDIO_NORMS:
             raise ValueError(f"input_norm must be one of {AUDIO_NORMS}, got {input_norm!r}")
         super().__init__(num_classes, **training)
@@ -82,7 +74,7 @@ class AudioModule(EmotionModule):
         self.hparams["backbone"] = checkpoint_backbone_kwargs(backbone)
         self.input_mean, self.input_std = input_mean, input_std
         self.augment = SpecAugment(**spec_augment)
-        self.backbone = audio_backbone(**backbone)
+        self.backbone = build_backbone(backbone)
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.backbone.out_dim, num_classes))
         self._finish_init()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -9,12 +10,15 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
 
 from lightning_modules.components.augment import mix_tensor
 from lightning_modules.evaluation import SegmentPredictions, evaluate
 
-OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
-SCHEDULERS: tuple[str, ...] = ("none", "cosine", "onecycle", "plateau")
+ADAM: dict[str, Any] = {"_target_": "torch.optim.Adam", "_partial_": True}  # the default optimizer config
+VGG: dict[str, Any] = {"_target_": "lightning_modules.components.vgg.VGGFeatureExtractor"}  # the default backbone
 EVAL_STAGES: tuple[str, ...] = ("val", "test")
 Batch = dict[str, torch.Tensor]
 
@@ -23,19 +27,38 @@ Batch = dict[str, torch.Tensor]
 warnings.filterwarnings("ignore", message=r".*sync_dist=True\)` when logging on epoch level.*")
 
 
+def build_backbone(config: Mapping[str, Any]) -> nn.Module:
+    """The network that a backbone config (configs/audio_backbone/, configs/visual_backbone/) names by its
+    ``_target_``, built with the config's other keys."""
+    network = instantiate(config, _convert_="all")
+    if not isinstance(network, nn.Module):
+        raise ValueError(f"a backbone config names its network class by _target_, got {dict(config)}")
+    return network
+
+
 def checkpoint_backbone_kwargs(backbone: Mapping[str, Any]) -> dict[str, Any]:
-    """VGG kwargs to record in hparams: weights "none", because a checkpoint's state dict overwrites the
+    """The backbone config to record in hparams: weights "none", because a checkpoint's state dict overwrites the
     initial weights and their source (an "imagenet" download, a local .pth) may be absent where it loads."""
     return {**backbone, "weights": "none"}
+
+
+def plain_training_args(training: dict[str, Any]) -> None:
+    """EmotionModule's arguments among a subclass's ``**training`` as plain containers, in place (before the
+    subclass's save_hyperparameters), so that hparams.yaml and checkpoints hold no tuples or OmegaConf objects."""
+    if training.get("class_names") is not None:
+        training["class_names"] = list(training["class_names"])
+    for name in ("optimizer", "scheduler"):
+        if training.get(name) is not None:
+            training[name] = OmegaConf.to_container(OmegaConf.create(training[name]), resolve=True)
 
 
 FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
 
 
 def fused_kernels_run_on(params: Sequence[torch.Tensor]) -> bool:
-    """Adam's and AdamW's fused kernels (one pass over each tensor instead of a dozen foreach passes) serve these
-    parameters: all on CPU or all on CUDA. Their steps differ from the foreach implementation's in the last bits
-    of float32 (README, Frozen features computed once)."""
+    """An optimiser's fused kernels (Adam's, AdamW's, SGD's, Adagrad's: one pass over each tensor instead of a dozen
+    foreach passes) serve these parameters: all on CPU or all on CUDA. Their steps differ from the foreach
+    implementation's in the last bits of float32 (README, Frozen features computed once)."""
     return len({p.device.type for p in params}) == 1 and params[0].device.type in FUSED_OPTIMIZER_DEVICES
 
 
@@ -52,12 +75,15 @@ class EmotionModule(L.LightningModule):
     Args:
         num_classes: number of emotion classes.
         class_names: names in class-index order (defaults to "0", "1", ...).
-        optimizer: "adam", "adamw" or "sgd"; only parameters with requires_grad are optimised; Adam and AdamW
-            run their fused kernels where they exist (``fused_kernels_run_on``).
-        lr, weight_decay: optimiser settings; momentum is used by "sgd" only.
-        scheduler: "none", "cosine" (per epoch over trainer.max_epochs), "onecycle" (per step: warm-up
-            to lr over the first 30 % of the training steps, then cosine decay) or "plateau" (x0.1 when
-            val/loss has not improved for scheduler_patience epochs).
+        optimizer: the Hydra config of a partial optimiser (``_target_``, ``_partial_: true`` and its settings
+            but the learning rate, e.g. ``{"_target_": "torch.optim.AdamW", "_partial_": True, "weight_decay":
+            0.05}``; Adam by default), called with the parameters that have requires_grad and ``lr``. An
+            optimiser that takes ``fused`` (Adam, AdamW) runs its fused kernels where they exist
+            (``fused_kernels_run_on``) unless the config sets it.
+        lr: the learning rate (the peak of a one-cycle schedule).
+        scheduler: the Hydra config of a partial schedule of lightning_modules/schedules.py (``cosine``,
+            ``one_cycle``, ``plateau``): ``(optimizer, trainer)`` -> Lightning's lr_scheduler dict; None keeps
+            the learning rate constant.
         label_smoothing: cross-entropy label smoothing in training (validation loss never smooths).
         mixup_alpha: > 0 trains on mixup batches (Zhang et al., 2018): the tensors named by the module's
             ``input_keys`` are mixed with a shuffled copy of the batch by a weight ~ Beta(alpha, alpha),
@@ -69,29 +95,23 @@ class EmotionModule(L.LightningModule):
         self,
         num_classes: int,
         class_names: Sequence[str] | None = None,
-        optimizer: str = "adam",
+        optimizer: Mapping[str, Any] = ADAM,
         lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        scheduler: str = "none",
-        scheduler_patience: int = 5,
+        scheduler: Mapping[str, Any] | None = None,
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
         self.num_classes = num_classes
         self.class_names = (
             [str(name) for name in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
         )
-        self.optimizer_name, self.lr, self.weight_decay, self.momentum = optimizer, lr, weight_decay, momentum
-        self.scheduler_name, self.scheduler_patience = scheduler, scheduler_patience
+        # plain containers in the partials' settings (betas as a list, never a ListConfig in the optimiser state)
+        self.optimizer_factory, self.lr = instantiate(optimizer, _convert_="all"), lr
+        self.scheduler_factory = None if scheduler is None else instantiate(scheduler, _convert_="all")
         self.label_smoothing = label_smoothing
         if mixup_alpha < 0:
             raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
@@ -206,25 +226,11 @@ class EmotionModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ValueError("every parameter is frozen: nothing to optimise")
-        if self.optimizer_name == "sgd":
-            optimizer = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        else:
-            adam = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
-            optimizer = adam(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused_kernels_run_on(params))
-        if self.scheduler_name == "cosine":
-            max_epochs = self.trainer.max_epochs
-            if not max_epochs or max_epochs < 1:
-                raise ValueError("scheduler='cosine' needs trainer.max_epochs >= 1")
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-        if self.scheduler_name == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=self.lr, total_steps=int(self.trainer.estimated_stepping_batches), pct_start=0.3
-            )
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        if self.scheduler_name == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=0.1, patience=self.scheduler_patience
-            )
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
-        return optimizer
+        settings: dict[str, Any] = {"lr": self.lr}
+        factory = self.optimizer_factory
+        if "fused" in inspect.signature(factory).parameters and "fused" not in factory.keywords:
+            settings["fused"] = fused_kernels_run_on(params)
+        optimizer = factory(params, **settings)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer, self.trainer)}

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from lightning_modules.base import Batch, EmotionModule
+from lightning_modules.base import Batch, EmotionModule, plain_training_args
 from lightning_modules.components.attention import AttentionFusionHead
 from lightning_modules.components.augment import ModalityDropout
 
@@ -24,7 +24,8 @@ class FusionModule(EmotionModule):
             AttentionFusionHead's.
         modality_dropout: training only, the probability that a segment loses its audio or its visual
             features (``ModalityDropout``); 0 is the paper.
-        training: EmotionModule's arguments (class_names, optimizer, lr, ...; channels_last has no effect here).
+        training: EmotionModule's arguments (class_names, optimizer, lr, scheduler, ...; channels_last has no
+            effect here).
     """
 
     input_keys = ("audio_feat", "visual_feat")
@@ -43,8 +44,7 @@ class FusionModule(EmotionModule):
     ) -> None:
         # plain containers, so that hparams.yaml and checkpoints hold no tuples or OmegaConf objects
         hidden_dims = list(hidden_dims)
-        if training.get("class_names") is not None:
-            training["class_names"] = list(training["class_names"])
+        plain_training_args(training)
         super().__init__(num_classes, **training)
         self.save_hyperparameters()
         self.head = AttentionFusionHead(

@@ -9,10 +9,17 @@ import torch
 from torch import nn
 
 from datamodules.feature_cache import tensor_digest
-from lightning_modules.base import Batch, EmotionModule, checkpoint_backbone_kwargs
+from lightning_modules.base import (
+    VGG,
+    Batch,
+    EmotionModule,
+    build_backbone,
+    checkpoint_backbone_kwargs,
+    plain_training_args,
+)
 from lightning_modules.components.augment import FaceAugment
 from lightning_modules.components.vgg import IMAGENET_MEAN, IMAGENET_STD, preprocess_uint8_images
-from lightning_modules.components.visual import FaceSequenceEncoder, visual_backbone
+from lightning_modules.components.visual import FaceSequenceEncoder
 
 
 class VisualModule(EmotionModule):
@@ -24,8 +31,9 @@ class VisualModule(EmotionModule):
     instead of ``faces`` and only the trainable rest runs.
 
     Args:
-        backbone: ``visual_backbone`` kwargs for the per-frame CNN: ``arch`` ("vgg", the paper's and the
-            default, or "face_cnn") and that network's (e.g. {"arch": "vgg", "variant": "vgg19"}).
+        backbone: the Hydra config of the per-frame CNN (configs/visual_backbone/): its class as ``_target_``
+            (``VGGFeatureExtractor``, the paper's and the default, or ``FaceCNN``) and its kwargs, e.g.
+            {"_target_": "lightning_modules.components.vgg.VGGFeatureExtractor", "variant": "vgg19"}.
         lstm_hidden, lstm_layers: the LSTM over the frame features (4096 and 1 in the paper's reading).
         lstm_dropout: dropout on the frame features entering the LSTM and between LSTM layers.
         frames_per_chunk: frames per CNN call (bounds memory when the CNN is frozen or in inference).
@@ -34,14 +42,14 @@ class VisualModule(EmotionModule):
         num_classes, head_dropout, input_mean, input_std: as in AudioModule.
         face_augment: FaceAugment kwargs (crop_scale, flip, rotation_deg, brightness, contrast,
             saturation) applied to each training sequence; None or {} trains on the crops as they are.
-        training: EmotionModule's arguments (class_names, optimizer, lr, weight_decay, ...).
+        training: EmotionModule's arguments (class_names, optimizer, lr, scheduler, ...).
     """
 
     input_keys = ("faces",)
 
     def __init__(
         self,
-        backbone: Mapping[str, Any] | None = None,
+        backbone: Mapping[str, Any] = VGG,
         lstm_hidden: int = 4096,
         lstm_layers: int = 1,
         lstm_dropout: float = 0.0,
@@ -56,17 +64,16 @@ class VisualModule(EmotionModule):
         **training: Any,
     ) -> None:
         # plain containers, so that hparams.yaml and checkpoints hold no tuples or OmegaConf objects
-        backbone, face_augment = dict(backbone or {}), dict(face_augment or {})
+        backbone, face_augment = dict(backbone), dict(face_augment or {})
         input_mean, input_std = list(input_mean), list(input_std)
-        if training.get("class_names") is not None:
-            training["class_names"] = list(training["class_names"])
+        plain_training_args(training)
         super().__init__(num_classes, **training)
         self.save_hyperparameters()
         self.hparams["backbone"] = checkpoint_backbone_kwargs(backbone)
         self.input_mean, self.input_std = input_mean, input_std
         self.augment, self.augments = FaceAugment(**face_augment), bool(face_augment)
         self.encoder = FaceSequenceEncoder(
-            visual_backbone(**backbone),
+            build_backbone(backbone),
             lstm_hidden,
             lstm_layers,
             lstm_dropout,

@@ -35,6 +35,7 @@ from lightning_modules.visual_module import VisualModule  # noqa: E402
 from runner.host_memory import keep_freed_memory  # noqa: E402
 
 PAPER_BACKBONE = {
+    "_target_": "lightning_modules.components.vgg.VGGFeatureExtractor",
     "variant": "vgg19",
     "batch_norm": False,
     "weights": "none",

@@ -8,14 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_modules.components.face_cnn import FaceCNN
 from lightning_modules.components.lstm import StreamingLSTM
-from lightning_modules.components.vgg import VGGFeatureExtractor
 
 TEMPORAL_POOLS: tuple[str, ...] = ("lstm", "mean")
 # The LSTM's implementations, by ``lstm_impl``: the same parameters and equations, so a checkpoint loads in either
 LSTM_IMPLS: dict[str, type[nn.LSTM]] = {"torch": nn.LSTM, "streaming": StreamingLSTM}
-VISUAL_BACKBONES: dict[str, type[nn.Module]] = {"vgg": VGGFeatureExtractor, "face_cnn": FaceCNN}
 
 
 def per_distinct_frame(
@@ -33,14 +30,6 @@ def per_distinct_frame(
     return distinct[(~repeated).flatten().cumsum(0) - 1].view(batch, steps, *distinct.shape[1:])
 
 
-def visual_backbone(arch: str = "vgg", **kwargs: Any) -> nn.Module:
-    """The per-frame network named by ``arch`` (configs/visual_backbone/): "vgg" (the paper's VGG, fc7 out)
-    or "face_cnn" (``FaceCNN``), built from its own kwargs."""
-    if arch not in VISUAL_BACKBONES:
-        raise ValueError(f"visual backbone arch must be one of {sorted(VISUAL_BACKBONES)}, got {arch!r}")
-    return VISUAL_BACKBONES[arch](**kwargs)
-
-
 class FaceSequenceEncoder(nn.Module):
     """Face crops of one segment `[B, T, 3, S, S]` (T = 20 in the paper) -> segment feature `[B, out_dim]`.
 
@@ -51,8 +40,7 @@ class FaceSequenceEncoder(nn.Module):
     precision the CNN follows autocast and the LSTM runs in its parameters' dtype.
 
     Args:
-        cnn: the per-frame network (a VGGFeatureExtractor or FaceCNN: ``out_dim``, ``frozen_layer``), or
-            ``visual_backbone`` kwargs to build one.
+        cnn: the per-frame network (a VGGFeatureExtractor or FaceCNN: ``out_dim``, ``frozen_layer``).
         lstm_hidden: LSTM hidden size (the segment feature size, ``out_dim``).
         lstm_layers: stacked LSTM layers.
         dropout: dropout on the frame features entering the LSTM (or the mean), and between LSTM layers.
@@ -67,7 +55,7 @@ class FaceSequenceEncoder(nn.Module):
 
     def __init__(
         self,
-        cnn: nn.Module | dict[str, Any],
+        cnn: nn.Module,
         lstm_hidden: int = 4096,
         lstm_layers: int = 1,
         dropout: float = 0.0,
@@ -82,7 +70,7 @@ class FaceSequenceEncoder(nn.Module):
             raise ValueError(f"temporal must be one of {TEMPORAL_POOLS}, got {temporal!r}")
         if lstm_impl not in LSTM_IMPLS:
             raise ValueError(f"lstm_impl must be one of {sorted(LSTM_IMPLS)}, got {lstm_impl!r}")
-        self.cnn = cnn if isinstance(cnn, nn.Module) else visual_backbone(**cnn)
+        self.cnn = cnn
         self.frame_dropout = nn.Dropout(dropout)
         self.lstm = (
             None

@@ -7,8 +7,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_modules import AudioModule, FusionModule, VisualModule
+from lightning_modules.base import VGG
 
 TINY_VGG = {"variant": "vgg11", "width": 0.125, "fc_dim": 64, "dropout": 0.0}
+TINY_VGG_CONFIG = {**VGG, **TINY_VGG}  # the backbone config of a module (configs/audio_backbone/vgg.yaml's form)
+COSINE = {"_target_": "lightning_modules.schedules.cosine", "_partial_": True}
 FACE_SIZE = 32
 NUM_CLASSES = 3
 
@@ -53,11 +56,11 @@ def make_trainer(tmp_path, **kwargs) -> L.Trainer:
 
 
 def make_audio_module(**kwargs) -> AudioModule:
-    return AudioModule(backbone=TINY_VGG, num_classes=NUM_CLASSES, class_names=["a", "b", "c"], **kwargs)
+    return AudioModule(backbone=TINY_VGG_CONFIG, num_classes=NUM_CLASSES, class_names=["a", "b", "c"], **kwargs)
 
 
 def make_visual_module(**kwargs) -> VisualModule:
-    return VisualModule(backbone=TINY_VGG, lstm_hidden=16, num_classes=NUM_CLASSES, **kwargs)
+    return VisualModule(backbone=TINY_VGG_CONFIG, lstm_hidden=16, num_classes=NUM_CLASSES, **kwargs)
 
 
 def make_fusion_module(**kwargs) -> FusionModule:

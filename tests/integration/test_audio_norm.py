@@ -13,6 +13,8 @@ from lightning_modules import AudioModule
 from runner.loop import run
 from tests.helpers.configs import compose_train
 
+TDNN = {"_target_": "lightning_modules.components.tdnn.StatsPoolTDNN"}  # configs/audio_backbone/tdnn.yaml's class
+
 
 def test_audio_statistics_are_the_mean_and_std_of_each_channel_and_row_over_all_frames():
     generator = torch.Generator().manual_seed(0)
@@ -72,7 +74,7 @@ def test_no_audio_norm_adds_nothing_and_an_unknown_one_is_refused(ravdess_overri
 def test_a_speaker_normalised_module_standardises_by_the_batch_statistics_and_needs_them():
     images = torch.randint(0, 256, (4, 3, 16, 20), dtype=torch.uint8)
     stats = audio_statistics([images])
-    module = AudioModule(backbone={"arch": "tdnn", "rows": 16, "channels": 8, "fc_dim": 8}, input_norm="speaker")
+    module = AudioModule(backbone={**TDNN, "rows": 16, "channels": 8, "fc_dim": 8}, input_norm="speaker")
     standard = module.standardise({"audio": images, "audio_stats": stats.expand(4, -1, -1, -1)})
     frames = standard.permute(0, 3, 1, 2).reshape(-1, 3, 16)
     assert torch.allclose(frames.mean(0), torch.zeros(3, 16), atol=1e-5)
@@ -86,13 +88,15 @@ def test_a_speaker_normalised_module_standardises_by_the_batch_statistics_and_ne
 def test_the_recipe_experiment_composes_a_speaker_normalised_tdnn(ravdess_overrides):
     cfg = compose_train(ravdess_overrides)
     module_cfg = cfg.model.audio.module
-    assert module_cfg.backbone.arch == "tdnn" and module_cfg.input_norm == "speaker" == cfg.data.audio_norm
+    assert module_cfg.backbone._target_ == TDNN["_target_"]
+    assert module_cfg.input_norm == "speaker" == cfg.data.audio_norm
     assert module_cfg.backbone.rows == cfg.data.preprocess.mfcc.n_mels
     assert "variant" not in module_cfg.backbone  # the VGG's keys are not merged into the TDNN's
     cross = compose_train([*ravdess_overrides, "cv=cross_corpus", "+test_data=emodb", "test_data.root=/emodb"])
     assert cross.test_data.audio_norm == "speaker"  # the test speakers standardised by their own statistics
     paper = compose_train(["experiment=paper_rml_loso"]).model.audio.module
-    assert paper.backbone.arch == "vgg" and paper.backbone.variant == "vgg19" and paper.input_norm == "none"
+    assert paper.backbone._target_.endswith("VGGFeatureExtractor")
+    assert paper.backbone.variant == "vgg19" and paper.input_norm == "none"
     paper_ravdess = compose_train(["experiment=paper_ravdess_kfold"])
     assert paper_ravdess.data.name == "ravdess" and paper_ravdess.cv.folds.group_by == "subject"
     backbone = paper_ravdess.model.audio.module.backbone
@@ -117,17 +121,14 @@ def test_the_recipe_trains_a_fold_and_saves_a_speaker_normalised_tdnn(ravdess_ov
     assert fold["n_clips"] > 0
     fold_dir = Path(cfg.paths.run_dir) / "audio" / "fold_0"
     saved = AudioModule.load_from_checkpoint(fold_dir / "checkpoints" / "best.ckpt")
-    assert saved.input_norm == "speaker" and saved.hparams["backbone"]["arch"] == "tdnn"
+    assert saved.input_norm == "speaker" and saved.hparams["backbone"]["_target_"] == TDNN["_target_"]
     assert json.loads((fold_dir / "metrics.json").read_text())["test"]["n_clips"] == fold["n_clips"]
 
 
 def test_mixup_of_a_speaker_normalised_module_mixes_the_statistics_with_the_images():
     torch.manual_seed(0)
     module = AudioModule(
-        backbone={"arch": "tdnn", "rows": 8, "channels": 8, "fc_dim": 8},
-        input_norm="speaker",
-        mixup_alpha=0.4,
-        num_classes=2,
+        backbone={**TDNN, "rows": 8, "channels": 8, "fc_dim": 8}, input_norm="speaker", mixup_alpha=0.4, num_classes=2
     )
     assert module.input_keys == ("audio", "audio_stats")
     batch = {
@@ -136,4 +137,4 @@ def test_mixup_of_a_speaker_normalised_module_mixes_the_statistics_with_the_imag
         "label": torch.tensor([0, 1, 0, 1]),
     }
     assert torch.isfinite(module.training_step(batch, 0))
-    assert AudioModule(backbone={"arch": "tdnn", "rows": 8}).input_keys == ("audio",)
+    assert AudioModule(backbone={**TDNN, "rows": 8}).input_keys == ("audio",)

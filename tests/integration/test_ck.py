@@ -185,13 +185,13 @@ def test_the_ck_visual_recipe_trains_a_face_cnn_on_subject_folds(tmp_path):
         "model.visual.trainer.max_epochs=2",
     ]
     cfg = compose_train(overrides)
-    assert cfg.model.visual.module.backbone.arch == "face_cnn" and cfg.model.visual.module.temporal == "mean"
+    assert cfg.model.visual.module.backbone._target_.endswith("FaceCNN") and cfg.model.visual.module.temporal == "mean"
     summary = run(cfg)["visual"]
     assert len(summary["test"]["folds"]) == 1 and 0.0 <= summary["test"]["mean"]["video_accuracy"] <= 1.0
     checkpoint = torch.load(
         next((tmp_path / "outputs").rglob("visual/fold_0/checkpoints/best.ckpt")), weights_only=False
     )
-    assert checkpoint["hyper_parameters"]["backbone"]["arch"] == "face_cnn"
+    assert checkpoint["hyper_parameters"]["backbone"]["_target_"].endswith("FaceCNN")
     assert not any("lstm" in key for key in checkpoint["state_dict"])
 
 

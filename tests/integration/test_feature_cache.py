@@ -15,7 +15,14 @@ from lightning_modules.visual_module import VisualModule
 from runner.loop import run
 from tests.helpers.configs import TINY_MODELS, compose_train
 
-TINY_VGG = {"variant": "vgg11", "batch_norm": True, "weights": "none", "width": 0.125, "fc_dim": 16}
+TINY_VGG = {
+    "_target_": "lightning_modules.components.vgg.VGGFeatureExtractor",
+    "variant": "vgg11",
+    "batch_norm": True,
+    "weights": "none",
+    "width": 0.125,
+    "fc_dim": 16,
+}
 
 
 def clips(n: int = 5, rows: int = 3) -> list[tuple[str, dict[str, torch.Tensor]]]:

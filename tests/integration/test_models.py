@@ -6,12 +6,14 @@ import lightning as L
 import pytest
 import torch
 import torchvision
+from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
 from callbacks.checkpoint import SelectionScore
 from lightning_modules import AudioModule, VisualModule
+from lightning_modules.base import VGG
 from lightning_modules.components import (
     AttentionFusionHead,
     FaceCNN,
@@ -24,9 +26,11 @@ from lightning_modules.components.augment import FaceAugment
 from lightning_modules.components.lstm import STREAMING_MIN_HIDDEN, StreamingLSTM, _LSTMLayer
 from lightning_modules.components.vgg import AdaptiveAvgPool2d, adaptive_avg_pool2d_by_matmul
 from tests.helpers.modules import (
+    COSINE,
     FACE_SIZE,
     NUM_CLASSES,
     TINY_VGG,
+    TINY_VGG_CONFIG,
     make_audio_module,
     make_fusion_module,
     make_loader,
@@ -217,7 +221,7 @@ def test_vgg_freeze_all_is_deterministic_in_train_mode():
 
 def test_face_sequence_encoder_shapes_and_chunking():
     torch.manual_seed(0)
-    encoder = FaceSequenceEncoder(TINY_VGG, lstm_hidden=16, frames_per_chunk=7).eval()
+    encoder = FaceSequenceEncoder(VGGFeatureExtractor(**TINY_VGG), lstm_hidden=16, frames_per_chunk=7).eval()
     faces = torch.randn(2, 20, 3, FACE_SIZE, FACE_SIZE)
     features = encoder(faces)
     assert features.shape == (2, 16) and encoder.out_dim == 16
@@ -234,7 +238,7 @@ def test_face_sequence_encoder_shapes_and_chunking():
 
 def test_face_sequence_encoder_runs_the_vgg_once_per_run_of_repeated_frames():
     torch.manual_seed(0)
-    encoder = FaceSequenceEncoder(TINY_VGG, lstm_hidden=16).eval()
+    encoder = FaceSequenceEncoder(VGGFeatureExtractor(**TINY_VGG), lstm_hidden=16).eval()
     distinct = torch.randn(2, 3, 3, FACE_SIZE, FACE_SIZE)
     faces = distinct[:, [0] * 10 + [1] + [2] * 9]  # rule 3 on a 3-frame clip
     calls = []
@@ -331,17 +335,53 @@ def test_audio_module_checkpoint_round_trip(tmp_path):
         assert torch.equal(module(batch), restored(batch))
 
 
+@pytest.mark.parametrize(
+    ("experiment", "stage", "optimizer", "schedule"),
+    [
+        ("ravdess_audio", "audio", "torch.optim.AdamW", "one_cycle"),  # a TDNN
+        ("ck_visual", "visual", "torch.optim.AdamW", "one_cycle"),  # a face CNN
+        ("demo", "fusion", "torch.optim.Adam", "cosine"),
+    ],
+)
+def test_a_module_built_from_its_experiment_config_loads_from_its_checkpoint(
+    tmp_path, experiment, stage, optimizer, schedule
+):
+    # the backbone, optimiser and schedule configs are the module's hparams: plain containers, loadable with
+    # weights_only, from which the restored module builds the same network, optimiser and schedule
+    from conftest import compose_train
+    from hydra.utils import instantiate
+
+    cfg = compose_train([f"experiment={experiment}"])
+    torch.manual_seed(0)
+    module = instantiate(cfg.model[stage].module, _convert_="all", num_classes=3, class_names=["a", "b", "c"])
+    trainer = make_trainer(tmp_path)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "module.ckpt", weights_only=True)
+    restored = type(module).load_from_checkpoint(tmp_path / "module.ckpt", weights_only=True)
+    assert restored.hparams == module.hparams and restored.hparams["optimizer"]["_target_"] == optimizer
+    assert restored.hparams["scheduler"]["_target_"] == f"lightning_modules.schedules.{schedule}"
+    for built in ("optimizer_factory", "scheduler_factory"):
+        original, rebuilt = getattr(module, built), getattr(restored, built)
+        assert (rebuilt.func, rebuilt.keywords) == (original.func, original.keywords)
+    assert restored.state_dict().keys() == module.state_dict().keys()
+    assert all(torch.equal(value, module.state_dict()[key]) for key, value in restored.state_dict().items())
+
+
 @pytest.mark.slow
 def test_backbone_weights_are_not_reloaded_from_their_source(vgg19_state_dict_file):
-    module = AudioModule(backbone={"variant": "vgg19", "weights": str(vgg19_state_dict_file)}, num_classes=2)
+    module = AudioModule(backbone={**VGG, "variant": "vgg19", "weights": str(vgg19_state_dict_file)}, num_classes=2)
     assert module.hparams["backbone"]["weights"] == "none"
     rebuilt = AudioModule(**module.hparams)  # what load_from_checkpoint does before loading the state dict
     assert rebuilt.backbone.out_dim == 4096
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("name", ["torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"])
 def test_optimizers_only_see_trainable_parameters(name):
-    module = AudioModule(backbone={**TINY_VGG, "freeze": "features"}, num_classes=NUM_CLASSES, optimizer=name)
+    module = AudioModule(
+        backbone={**TINY_VGG_CONFIG, "freeze": "features"},
+        num_classes=NUM_CLASSES,
+        optimizer={"_target_": name, "_partial_": True},
+    )
     optimizer = module.configure_optimizers()
     optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert optimised == {id(p) for p in module.parameters() if p.requires_grad}
@@ -350,19 +390,26 @@ def test_optimizers_only_see_trainable_parameters(name):
 
 def test_cosine_and_plateau_schedulers_step(tmp_path):
     rows = make_segment_rows(with_features=True)
-    cosine = make_fusion_module(scheduler="cosine", lr=1e-2)
+    cosine = make_fusion_module(scheduler=COSINE, lr=1e-2)
     make_trainer(tmp_path, max_epochs=2, enable_checkpointing=False).fit(cosine, make_loader(rows), make_loader(rows))
     assert cosine.optimizers().param_groups[0]["lr"] < 1e-2
-    plateau = make_fusion_module(scheduler="plateau", scheduler_patience=0, lr=1e-2)
+    plateau = make_fusion_module(
+        scheduler={"_target_": "lightning_modules.schedules.plateau", "_partial_": True, "patience": 0}, lr=1e-2
+    )
     make_trainer(tmp_path, max_epochs=3, enable_checkpointing=False).fit(plateau, make_loader(rows), make_loader(rows))
     assert plateau.lr_schedulers().best < float("inf")
 
 
 def test_module_argument_validation():
-    with pytest.raises(ValueError, match="optimizer"):
-        make_fusion_module(optimizer="rmsprop")
-    with pytest.raises(ValueError, match="scheduler"):
-        make_fusion_module(scheduler="step")
+    # a misnamed optimiser, schedule or backbone fails when the module is built, not when training starts
+    with pytest.raises(InstantiationException, match="torch.optim.RMSProp"):
+        make_fusion_module(optimizer={"_target_": "torch.optim.RMSProp", "_partial_": True})
+    with pytest.raises(InstantiationException, match="lightning_modules.schedules.step"):
+        make_fusion_module(scheduler={"_target_": "lightning_modules.schedules.step", "_partial_": True})
+    with pytest.raises(InstantiationException, match="ResNet"):
+        AudioModule(backbone={"_target_": "lightning_modules.components.vgg.ResNet"})
+    with pytest.raises(ValueError, match="_target_"):
+        AudioModule(backbone=TINY_VGG)
     with pytest.raises(ValueError, match="class_names"):
         make_fusion_module(class_names=["a", "b"])
 
@@ -414,17 +461,22 @@ def test_modules_instantiate_from_hydra_configs_with_plain_hparams():
     config = OmegaConf.create(
         {
             "_target_": "lightning_modules.audio_module.AudioModule",
-            "backbone": {**TINY_VGG, "freeze": "features"},
+            "_recursive_": False,  # as configs/model/paper.yaml: the module builds its parts from their configs
+            "backbone": {**TINY_VGG_CONFIG, "freeze": "features"},
             "num_classes": NUM_CLASSES,
             "class_names": ["a", "b", "c"],
             "input_mean": [0.5, 0.5, 0.5],
-            "scheduler": "cosine",
+            "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "betas": [0.8, 0.9]},
+            "scheduler": COSINE,
         }
     )
     module = instantiate(config)
     assert isinstance(module, AudioModule) and module.backbone.freeze == "features"
     assert type(module.hparams["backbone"]) is dict and type(module.hparams["input_mean"]) is list
     assert type(module.hparams["class_names"]) is list
+    assert type(module.hparams["optimizer"]) is dict and type(module.hparams["optimizer"]["betas"]) is list
+    assert type(module.hparams["scheduler"]) is dict
+    assert module.optimizer_factory.keywords["betas"] == [0.8, 0.9]
     fusion = instantiate(
         {
             "_target_": "lightning_modules.fusion_module.FusionModule",
@@ -470,13 +522,13 @@ def test_face_cnn_pool_grid_keeps_each_region_of_the_global_average():
 
 def test_mean_over_frames_has_no_lstm_and_averages_the_frame_features():
     torch.manual_seed(0)
-    encoder = FaceSequenceEncoder({"arch": "face_cnn", "channels": [4, 8]}, temporal="mean").eval()
+    encoder = FaceSequenceEncoder(FaceCNN(channels=[4, 8]), temporal="mean").eval()
     assert encoder.lstm is None and encoder.out_dim == 8
     faces = torch.rand(2, 3, 3, FACE_SIZE, FACE_SIZE)[:, [0] * 10 + [1] + [2] * 9]
     expected = encoder.cnn(faces.flatten(0, 1)).view(2, 20, 8).mean(dim=1)
     assert torch.allclose(encoder(faces), expected, atol=1e-6)
     with pytest.raises(ValueError, match="temporal must be one of"):
-        FaceSequenceEncoder({"arch": "face_cnn"}, temporal="max")
+        FaceSequenceEncoder(FaceCNN(), temporal="max")
 
 
 def test_per_frame_face_augment_draws_each_distinct_frame_and_keeps_runs():
@@ -499,13 +551,13 @@ def test_per_frame_face_augment_draws_each_distinct_frame_and_keeps_runs():
 
 def test_checkpoints_that_name_the_frame_cnn_vgg_still_load():
     torch.manual_seed(0)
-    encoder = FaceSequenceEncoder(TINY_VGG, lstm_hidden=16)
+    encoder = FaceSequenceEncoder(VGGFeatureExtractor(**TINY_VGG), lstm_hidden=16)
     old = {
         key.replace("cnn.", "vgg.", 1) if key.startswith("cnn.") else key: value
         for key, value in encoder.state_dict().items()
     }
     assert any(key.startswith("vgg.") for key in old)
-    fresh = FaceSequenceEncoder(TINY_VGG, lstm_hidden=16)
+    fresh = FaceSequenceEncoder(VGGFeatureExtractor(**TINY_VGG), lstm_hidden=16)
     fresh.load_state_dict(old)
     for key, value in encoder.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value)
@@ -560,10 +612,10 @@ def test_streaming_lstm_keeps_torch_kernels_where_they_are_faster():
 
 def test_the_streaming_lstm_is_an_opt_in_and_checkpoints_load_in_either():
     torch.manual_seed(0)
-    plain = VisualModule(backbone=TINY_VGG, lstm_hidden=STREAMING_MIN_HIDDEN, num_classes=NUM_CLASSES)
+    plain = VisualModule(backbone=TINY_VGG_CONFIG, lstm_hidden=STREAMING_MIN_HIDDEN, num_classes=NUM_CLASSES)
     assert type(plain.encoder.lstm) is nn.LSTM  # lstm_impl="torch", the default
     streaming = VisualModule(
-        backbone=TINY_VGG, lstm_hidden=STREAMING_MIN_HIDDEN, num_classes=NUM_CLASSES, lstm_impl="streaming"
+        backbone=TINY_VGG_CONFIG, lstm_hidden=STREAMING_MIN_HIDDEN, num_classes=NUM_CLASSES, lstm_impl="streaming"
     )
     assert isinstance(streaming.encoder.lstm, StreamingLSTM)
     assert streaming.encoder.lstm.streams(torch.randn(2, 3, streaming.encoder.cnn.out_dim))
@@ -575,4 +627,4 @@ def test_the_streaming_lstm_is_an_opt_in_and_checkpoints_load_in_either():
             streaming.encoder.sequence_feature(frames), plain.encoder.sequence_feature(frames), rtol=1e-5, atol=1e-5
         )
     with pytest.raises(ValueError, match="lstm_impl"):
-        FaceSequenceEncoder(TINY_VGG, lstm_hidden=16, lstm_impl="cudnn")
+        FaceSequenceEncoder(VGGFeatureExtractor(**TINY_VGG), lstm_hidden=16, lstm_impl="cudnn")

@@ -29,7 +29,7 @@ TRAIN = [
     "fold=all",
     f"model.audio.trainer.max_epochs={EPOCHS}",
     "model.audio.module.lr=0.003",
-    "model.audio.module.scheduler=cosine",
+    "model.audio.module.scheduler={_target_:lightning_modules.schedules.cosine,_partial_:true}",
     "model.audio.module.spec_augment={freq_masks:1,freq_width:8,time_masks:1,time_width:10}",
 ]
 COMPARED = ("val", "test", "objective")  # metrics.json without its paths

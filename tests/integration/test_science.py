@@ -6,6 +6,7 @@ import math
 import random
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -23,6 +24,7 @@ from datamodules.splits import Fold, kfold_folds, loso_folds
 from lightning_modules import FusionModule
 from runner.stage import STAGES, train_stage
 from tests.helpers.configs import compose_train, small_demo_overrides
+from tests.helpers.paths import REPO
 
 NUM_CLASSES = 3
 # training_step is called without a Trainer below: Lightning then skips self.log with this warning
@@ -277,25 +279,80 @@ class LearningRateHistory(L.Callback):
         self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-def built_optimizer_and_scheduler(module: L.LightningModule) -> tuple[torch.optim.Optimizer, dict | None]:
-    """What ``configure_optimizers`` returns, as (optimizer, lr_scheduler config or None)."""
+def built_optimizer_and_scheduler(
+    module: L.LightningModule, max_epochs: int = 10, stepping_batches: int = 50
+) -> tuple[torch.optim.Optimizer, dict | None]:
+    """What ``configure_optimizers`` returns, as (optimizer, lr_scheduler config or None), under a stand-in for
+    the trainer that a schedule reads (``max_epochs``, ``estimated_stepping_batches``)."""
+    module.trainer = SimpleNamespace(max_epochs=max_epochs, estimated_stepping_batches=stepping_batches)
     built = module.configure_optimizers()
+    module.trainer = None
     if isinstance(built, torch.optim.Optimizer):
         return built, None
     return built["optimizer"], built["lr_scheduler"]
 
 
-@pytest.mark.parametrize(
-    ("name", "cls"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)]
-)
-def test_optimizer_switch_builds_that_class_with_lr_and_weight_decay(name, cls):
-    optimizer, scheduler = built_optimizer_and_scheduler(fusion_module(optimizer=name, lr=0.02, weight_decay=0.0123))
+def optimizer_config(cls: type[torch.optim.Optimizer], **settings) -> dict:
+    """``model.<stage>.module.optimizer``: the Hydra config of a partial ``cls``."""
+    return {"_target_": f"torch.optim.{cls.__name__}", "_partial_": True, **settings}
+
+
+def schedule_config(name: str, **settings) -> dict:
+    """``model.<stage>.module.scheduler``: the Hydra config of a partial lightning_modules.schedules.<name>."""
+    return {"_target_": f"lightning_modules.schedules.{name}", "_partial_": True, **settings}
+
+
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD])
+def test_optimizer_config_builds_that_class_with_lr_and_its_settings(cls):
+    settings = {"weight_decay": 0.0123, **({"momentum": 0.9} if cls is torch.optim.SGD else {})}
+    module = fusion_module(optimizer=optimizer_config(cls, **settings), lr=0.02)
+    optimizer, scheduler = built_optimizer_and_scheduler(module)
     assert type(optimizer) is cls and scheduler is None
     assert [(group["lr"], group["weight_decay"]) for group in optimizer.param_groups] == [(0.02, 0.0123)]
-    if name == "sgd":
+    if cls is torch.optim.SGD:
         assert optimizer.param_groups[0]["momentum"] == 0.9
-    else:  # parameters on the CPU: Adam's fused kernel
-        assert optimizer.defaults["fused"] is True
+    assert optimizer.defaults["fused"] is True  # parameters on the CPU: the optimiser's fused kernel
+    unfused, _ = built_optimizer_and_scheduler(fusion_module(optimizer=optimizer_config(cls, fused=False)))
+    assert not unfused.defaults["fused"]  # a config that sets fused keeps its choice
+
+
+def test_an_optimizer_without_fused_kernels_is_built_without_asking_for_them():
+    optimizer, _ = built_optimizer_and_scheduler(fusion_module(optimizer=optimizer_config(torch.optim.RMSprop)))
+    assert type(optimizer) is torch.optim.RMSprop and "fused" not in optimizer.defaults
+
+
+# (experiment, stage) -> (optimiser, lr, weight_decay, schedule); every other stage of an experiment is the paper's
+PAPER_OPTIMISATION = (torch.optim.Adam, 1e-4, 0.0, None)
+EXPERIMENT_OPTIMISATION = {
+    ("ck_visual", "visual"): (torch.optim.AdamW, 3e-3, 0.05, torch.optim.lr_scheduler.OneCycleLR),
+    ("ravdess_audio", "audio"): (torch.optim.AdamW, 1e-3, 0.05, torch.optim.lr_scheduler.OneCycleLR),
+    ("emodb_audio", "audio"): (torch.optim.AdamW, 1e-3, 0.05, torch.optim.lr_scheduler.OneCycleLR),
+    **{
+        ("demo", stage): (torch.optim.Adam, 1e-3, 0.0, torch.optim.lr_scheduler.CosineAnnealingLR)
+        for stage in ("audio", "visual", "fusion")
+    },
+}
+EXPERIMENTS = sorted(path.stem for path in (REPO / "configs" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_each_experiment_configures_its_optimiser_and_schedule(experiment):
+    cfg = compose_train([f"experiment={experiment}"])
+    for stage in ("audio", "visual", "fusion"):
+        module_cfg = cfg.model[stage].module
+        # the stage's optimisation on a small network (its own network may be the paper's VGG19)
+        module = fusion_module(optimizer=module_cfg.optimizer, lr=module_cfg.lr, scheduler=module_cfg.scheduler)
+        max_epochs = cfg.model[stage].trainer.get("max_epochs", cfg.trainer.max_epochs)
+        optimizer, scheduler = built_optimizer_and_scheduler(module, max_epochs, stepping_batches=50)
+        cls, lr, weight_decay, schedule = EXPERIMENT_OPTIMISATION.get((experiment, stage), PAPER_OPTIMISATION)
+        assert type(optimizer) is cls and optimizer.defaults["fused"] is True, (experiment, stage)
+        assert (optimizer.defaults["lr"], optimizer.defaults["weight_decay"]) == (lr, weight_decay), (experiment, stage)
+        assert (None if scheduler is None else type(scheduler["scheduler"])) is schedule, (experiment, stage)
+        if schedule is torch.optim.lr_scheduler.OneCycleLR:
+            assert scheduler["interval"] == "step" and scheduler["scheduler"].total_steps == 50
+            assert optimizer.param_groups[0]["max_lr"] == lr
+        if schedule is torch.optim.lr_scheduler.CosineAnnealingLR:
+            assert scheduler["interval"] == "epoch" and scheduler["scheduler"].T_max == max_epochs
 
 
 @pytest.mark.filterwarnings(NO_TRAINER_TO_LOG_TO)
@@ -324,7 +381,11 @@ def test_plateau_scheduler_cuts_the_lr_after_patience_epochs_without_improvement
     # SGD at lr 1e-6 moves val/loss far less than the scheduler's 1e-4 relative threshold: it never improves
     lr, patience = 1e-6, 2
     history = LearningRateHistory()
-    module = fusion_module(optimizer="sgd", lr=lr, scheduler="plateau", scheduler_patience=patience)
+    module = fusion_module(
+        optimizer=optimizer_config(torch.optim.SGD, momentum=0.9),
+        lr=lr,
+        scheduler=schedule_config("plateau", patience=patience),
+    )
     cpu_trainer(tmp_path, max_epochs=patience + 3, callbacks=[history]).fit(module, feature_loader(), feature_loader())
     # the first epoch sets the best; epochs 2..patience+2 do not improve; the lr drops after the last of them
     assert history.rates == pytest.approx([lr] * (patience + 2) + [lr * 0.1])
@@ -333,7 +394,7 @@ def test_plateau_scheduler_cuts_the_lr_after_patience_epochs_without_improvement
 def test_cosine_scheduler_follows_the_cosine_over_max_epochs(tmp_path):
     lr, epochs = 0.01, 4
     history = LearningRateHistory()
-    module = fusion_module(lr=lr, scheduler="cosine")
+    module = fusion_module(lr=lr, scheduler=schedule_config("cosine"))
     cpu_trainer(tmp_path, max_epochs=epochs, callbacks=[history]).fit(module, feature_loader(), feature_loader())
     assert history.rates == pytest.approx(
         [lr * (1 + math.cos(math.pi * epoch / epochs)) / 2 for epoch in range(epochs)]
@@ -361,11 +422,10 @@ def stage_batch(stage: str, cfg: DictConfig) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("stage", ["audio", "visual", "fusion"])
 def test_configured_optimisation_reaches_each_stage_module(stage):
     switches = {
-        "optimizer": "adamw",
+        "optimizer._target_": "torch.optim.AdamW",
         "lr": 0.002,
-        "weight_decay": 0.03,
-        "scheduler": "plateau",
-        "scheduler_patience": 3,
+        "optimizer.weight_decay": 0.03,
+        "scheduler": "{_target_:lightning_modules.schedules.plateau,_partial_:true,patience:3}",
         "label_smoothing": 0.1,
     }
     cfg = compose_train([f"++model.{stage}.module.{key}={value}" for key, value in switches.items()])
