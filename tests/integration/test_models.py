@@ -348,7 +348,7 @@ def test_a_module_built_from_its_experiment_config_loads_from_its_checkpoint(
 ):
     # the backbone, optimiser and schedule configs are the module's hparams: plain containers, loadable with
     # weights_only, from which the restored module builds the same network, optimiser and schedule
-    from conftest import compose_train
+    from tests.helpers.configs import compose_train
     from hydra.utils import instantiate
 
     cfg = compose_train([f"experiment={experiment}"])
