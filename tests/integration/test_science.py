@@ -163,7 +163,7 @@ def test_fusion_loaders_serving_every_clip_fail_the_guard(tiny_demo, tmp_path, m
         guard.check(split, getattr(fusion, f"{split}_dataloader")())
     every_clip = [clip.clip_id for clip in datamodule.clips]
     serve_every_clip = FeatureDataModule._loader.__get__(fusion)
-    monkeypatch.setattr(fusion, "make_loader", lambda clip_ids, shuffle: serve_every_clip(every_clip, shuffle))
+    monkeypatch.setattr(fusion, "_loader", lambda clip_ids, shuffle: serve_every_clip(every_clip, shuffle))
     for split in ("train", "val", "test"):
         with pytest.raises(AssertionError, match=f"{split} loader serves 12 clip"):
             guard.check(split, getattr(fusion, f"{split}_dataloader")())
