@@ -63,7 +63,7 @@ def test_folds_as_submitit_jobs_summarise_as_one_cross_validation(tiny_demo, tmp
 
 def prepare_command(root: Path, cache: Path, workers: int) -> list[str]:
     """``python prepare.py`` of the RAVDESS-layout corpus at ``root`` into ``cache``, with ``workers`` processes."""
-    return [sys.executable, "prepare.py", "data=ravdess", f"data.root={root}", f"paths.cache_dir={cache}",
+    return [sys.executable, "prepare.py", "experiment=paper_ravdess_kfold", f"data.root={root}", f"paths.cache_dir={cache}",
             f"data.preprocess_workers={workers}", "vad_plots=0"]
 
 
