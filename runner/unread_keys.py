@@ -31,7 +31,7 @@ from pathlib import Path
 
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from runner.command_line import ConfigError, override_key, train_command
 
@@ -104,7 +104,7 @@ def target_nodes(node: object, prefix: str = "") -> Iterator[tuple[str, DictConf
             if f"{prefix}{key}" != "hydra":
                 yield from target_nodes(node._get_node(key), f"{prefix}{key}.")
     elif isinstance(node, ListConfig) and not node._is_none() and not node._is_interpolation():
-        for index, item in enumerate(node._iter_ex(resolve=False)):
+        for index in range(len(node)):
             yield from target_nodes(node._get_node(index), f"{prefix}{index}.")
 
 
@@ -162,9 +162,8 @@ def check_appended(arg: str, base: DictConfig, args: Sequence[str], program: str
         return
     suggestion = nearest(key, list(dotted_keys(base)))
     hint = f"did you mean {suggestion}?; " if suggestion else ""
-    holds = ", ".join(map(str, node.keys())) if isinstance(node, DictConfig) else ""
     raise ConfigError(
-        f"{arg}: nothing reads {key} ({found or 'the top level'} holds {holds}); "
+        f"{arg}: nothing reads {key} ({found or 'the top level'} holds {', '.join(map(str, node.keys()))}); "
         f"{hint}{replace_with(args, arg, suggestion, program)}"
     )
 
