@@ -15,7 +15,9 @@ import hydra
 from omegaconf import DictConfig
 
 from datamodules.preprocess import format_report, plot_vad_spans, sample_across
-from runner.command_line import check_choices, one_line_errors, with_corpus_experiment
+from runner.command_line import check_choices, with_corpus_experiment
+from runner.expected_errors import one_line_errors
+from runner.interrupt import stopped_by_signals
 from runner.unread_keys import check_overrides
 
 os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
@@ -42,4 +44,5 @@ if __name__ == "__main__":
     sys.argv[1:] = with_corpus_experiment(sys.argv[1:], config_dir)
     with one_line_errors():
         check_overrides(sys.argv[1:], config_dir, config_name="prepare", program="prepare.py")
-    main()
+    with stopped_by_signals():  # Ctrl-C, SIGTERM: one line, status 130 or 143; rerunning resumes
+        main()

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, TINY_MODELS, compose_train
-from runner.command_line import ConfigError, one_line_errors
+from runner.command_line import ConfigError
+from runner.expected_errors import one_line_errors
 from runner.loop import run
 from runner.prediction import predict
 
