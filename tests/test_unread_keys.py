@@ -70,7 +70,9 @@ def test_every_experiment_passes(experiment, extra):
 
 def test_appended_settings_that_are_read_pass():
     check_overrides(["+trainer.limit_train_batches=2", "++objective.metric=val/loss",
-                     "++model.audio.module.spec_augment.freq_masks=2", "++data.generator.subjects=3"], CONFIGS)
+                     "++model.audio.module.spec_augment.freq_masks=2", "++data.generator.subjects=3",
+                     "+data.preprocess.mfcc.mean_norm=true"], CONFIGS)
+    check_overrides(["experiment=ck_visual", "+model.visual.module.face_augment.erase=0.5"], CONFIGS)
     check_overrides(["data=rml", "+data.indexer.extensions=[.mp4]"], CONFIGS)
     with pytest.raises(ConfigError, match=r"^data.indexer.extensions: datamodules.corpora.demo.index takes no extensions"):
         check_overrides(["+data.indexer.extensions=[.mp4]"], CONFIGS)
