@@ -1,8 +1,10 @@
 """Ctrl-C or SIGTERM (a scheduler's, ``kill``) stops a run with one line: rerunning the command resumes it.
 
-The handler raises ``KeyboardInterrupt`` in the main process only, where Lightning's ``Trainer`` stops the fit
-the way it stops one for Ctrl-C (its callbacks' ``on_exception``, teardown, then ``sys.exit(1)``); a checkpoint
-is written to a temporary file and renamed (``runner.resume.AtomicCheckpointIO``), so ``last.ckpt`` is the last
+While a ``Trainer`` runs, Lightning's own SIGTERM handler (which calls the one installed before it, this one)
+stops the loop between two batches (``SIGTERMException``, after its callbacks' ``on_exception``); this
+handler then only records the signal. Elsewhere (indexing, preprocessing) and for Ctrl-C it raises
+``KeyboardInterrupt`` in the main process, which Lightning's ``Trainer`` handles the same way. A checkpoint is
+written to a temporary file and renamed (``runner.resume.AtomicCheckpointIO``), so ``last.ckpt`` is the last
 whole epoch. DataLoader workers, forked with the handler, leave the signal to the main process: it shuts them
 down, and none dies by the signal to be reported as ``DataLoader worker ... is killed by signal``. Other child
 processes (preprocessing workers) keep the signal's default action.
@@ -35,8 +37,10 @@ def stopped_by_signals() -> Iterator[None]:
                 signal.signal(signum, signal.SIG_DFL)
                 os.kill(os.getpid(), signum)
             return
-        if not received:
-            received.append(signum)
+        if received:
+            return
+        received.append(signum)
+        if signal.getsignal(signum) is handler:
             raise KeyboardInterrupt
 
     previous = {signum: signal.signal(signum, handler) for signum in STOPPING_SIGNALS}
