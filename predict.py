@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from runner.command_line import one_line_errors
+from runner.expected_errors import one_line_errors
 
 os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from runner.command_line import check_choices, one_line_errors, with_corpus_experiment
+from runner.command_line import check_choices, with_corpus_experiment
+from runner.expected_errors import one_line_errors
+from runner.interrupt import stopped_by_signals
 from runner.unread_keys import check_overrides
 
 os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
@@ -48,4 +50,5 @@ if __name__ == "__main__":
     sys.argv[1:] = with_corpus_experiment(sys.argv[1:], config_dir)  # data=ravdess runs experiment=ravdess_audio
     with one_line_errors():
         check_overrides(sys.argv[1:], config_dir)
-    main()
+    with stopped_by_signals():  # Ctrl-C, SIGTERM: one line, status 130 or 143; rerunning resumes
+        main()

@@ -174,7 +174,8 @@ class EmotionDataModule(L.LightningDataModule):
         return cache_folder(self.cache_dir, self.name, self.preprocess_cfg, self.source)
 
     def prepare_data(self) -> PreparedCorpus:
-        """Index and preprocess the corpus into the clip cache; prints and returns the report.
+        """Index and preprocess the corpus into the clip cache; prints the report (one line, ``cache ready:``,
+        when every clip was prepared before) and returns it.
 
         Every fit calls this; after the first call in a process the cache is known to be complete.
         Preprocessing leaves the global random state as it was (``FaceDetector.mtcnn``), so a run that
@@ -191,7 +192,11 @@ class EmotionDataModule(L.LightningDataModule):
                 workers=self.preprocess_workers,
                 indexed=indexed,
             )
-            print(format_report(self._prepared.report))
+            report = self._prepared.report
+            ready = not report["clips_processed_now"]
+            print(
+                f"cache ready: {report['cache']} ({report['clips_prepared']} clips)" if ready else format_report(report)
+            )
             if self.test_corpus is not None:
                 self.test_corpus.prepare_data()
         return self._prepared

@@ -1,8 +1,8 @@
 """Mistakes on the command line, told in one line: the value, what is allowed, and a command that works.
 
-``train.py`` prints a ``ConfigError`` as that one line (``one_line_errors``) and exits with status 1,
-without a traceback; ``HYDRA_FULL_ERROR=1`` raises it as usual. Config names Hydra would not find
-(``experiment=``, ``data=``, any config group) are checked before Hydra composes the config
+``train.py`` prints a ``ConfigError`` (and every other error it expects: ``runner.expected_errors``) as that
+one line (``one_line_errors``) and exits with status 1, without a traceback; ``HYDRA_FULL_ERROR=1`` raises it
+as usual. Config names Hydra would not find (``experiment=``, ``data=``, any config group) are checked before Hydra composes the config
 (``check_choices``): Hydra's own message lists the options but no command. The checks of ``run`` come
 before the corpus is indexed (and the demo corpus generated) and before any fold folder is made.
 
@@ -16,10 +16,7 @@ the command line always wins; a sweep over corpora (``data=a,b``) is left as it 
 from __future__ import annotations
 
 import difflib
-import os
-import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,18 +44,6 @@ DEVICE_KEYS = (
 class ConfigError(ValueError):
     """A configuration value that cannot run; its message names the value, what is allowed and a command
     that would work."""
-
-
-@contextmanager
-def one_line_errors() -> Iterator[None]:
-    """A ``ConfigError`` in the block ends the process with its message as one line on stderr (status 1);
-    with ``HYDRA_FULL_ERROR=1`` it is raised, traceback and all."""
-    try:
-        yield
-    except ConfigError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.exit(f"error: {error}")
 
 
 def override_key(override: str) -> str:

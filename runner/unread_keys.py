@@ -10,8 +10,9 @@ before anything is prepared, generated or written) and checks three things:
 * a ``key=value`` override of a key the config lacks, which Hydra refuses with advice to append it (``+key``)
   that would then be read by nothing;
 * a ``+key=value`` (or a new ``++key=value``) that is no parameter of the ``_target_`` node holding it: a key
-  added anywhere else (``+model.audio.lr``) is read by nothing (the runner reads the keys ``configs/train.yaml``
-  and its groups compose, and no others);
+  added outside every ``_target_`` node (``+model.audio.lr``) is read by nothing (the runner reads the keys
+  ``configs/train.yaml`` and its groups compose, and no others); one added to a mapping a target takes
+  (``+data.preprocess.mfcc.mean_norm=true``) is left to that target;
 * every key of every ``_target_`` node is a parameter of its target (``inspect.signature`` of the object
   ``_target_`` names; a target taking ``**kwargs`` takes any key; Hydra's own ``_partial_``, ``_convert_``,
   ``_recursive_`` and ``_args_`` aside): a key one config leaves for another that is not composed (an
@@ -108,7 +109,7 @@ def target_nodes(node: object, prefix: str = "") -> Iterator[tuple[str, DictConf
             if f"{prefix}{key}" != "hydra":
                 yield from target_nodes(node._get_node(key), f"{prefix}{key}.")
     elif isinstance(node, ListConfig) and not node._is_none() and not node._is_interpolation():
-        for index, _item in enumerate(node._iter_ex(resolve=False)):
+        for index in range(len(node)):
             yield from target_nodes(node._get_node(index), f"{prefix}{index}.")
 
 
@@ -144,31 +145,38 @@ def check_target_keys(cfg: DictConfig, args: Sequence[str], program: str) -> Non
             )
 
 
-def existing_part(cfg: DictConfig, key: str) -> tuple[str, object]:
-    """The longest leading part of the dotted ``key`` that ``cfg`` holds, and its node (``cfg`` for none)."""
-    node: object = cfg
+def unread_part(cfg: DictConfig, key: str) -> tuple[str, DictConfig] | None:
+    """The longest leading part of the dotted ``key`` that ``cfg`` holds and its node, when no object reads what
+    is added there: None when ``cfg`` holds all of ``key``, or a part of it is null (``spec_augment``, given a
+    mapping) or is or lies under a ``_target_`` node (its target's parameters, ``check_target_keys``, or the
+    mapping it takes, ``data.preprocess.mfcc``, which it reads as it will)."""
+    node: DictConfig = cfg
     path: list[str] = []
     for part in key.split("."):
-        if not isinstance(node, DictConfig) or node._is_none() or node._is_interpolation() or part not in node:
-            break
-        node = node._get_node(part)
+        if node._is_none() or "_target_" in node:
+            return None
+        if part not in node:
+            return ".".join(path), node
+        child = node._get_node(part)
+        if not isinstance(child, DictConfig) or child._is_interpolation():
+            return None
+        node = child
         path.append(part)
-    return ".".join(path), node
+    return None
 
 
 def check_appended(arg: str, base: DictConfig, args: Sequence[str], program: str) -> None:
-    """A ``ConfigError`` for ``+key=value`` (or ``++``) adding a key the config lacks (``base``: composed
-    without the appended keys) under a node that is no ``_target_`` (``check_target_keys`` judges those) and
-    no null setting given a mapping (``spec_augment``)."""
+    """A ``ConfigError`` for ``+key=value`` (or ``++``) adding a key that no object reads (``unread_part``;
+    ``base``: the config composed without the appended keys)."""
     key = override_key(arg)
-    found, node = existing_part(base, key)
-    if found == key or not isinstance(node, DictConfig) or node._is_none() or "_target_" in node:
+    unread = unread_part(base, key)
+    if unread is None:
         return
+    found, node = unread
     suggestion = nearest(key, list(dotted_keys(base)))
     hint = f"did you mean {suggestion}?; " if suggestion else ""
-    holds = ", ".join(map(str, node.keys())) if isinstance(node, DictConfig) else ""
     raise ConfigError(
-        f"{arg}: nothing reads {key} ({found or 'the top level'} holds {holds}); "
+        f"{arg}: nothing reads {key} ({found or 'the top level'} holds {', '.join(map(str, node.keys()))}); "
         f"{hint}{replace_with(args, arg, suggestion, program)}"
     )
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from tests.helpers.paths import REPO
 
 TINY_AUDIO = {"model.audio.module.backbone.fc_dim": 32, "model.audio.trainer.max_epochs": 1}
@@ -29,7 +31,7 @@ def prepare_command(root: Path, cache: Path, workers: int) -> list[str]:
     return [
         sys.executable,
         "prepare.py",
-        "data=ravdess",
+        "experiment=paper_ravdess_kfold",
         f"data.root={root}",
         f"paths.cache_dir={cache}",
         f"data.preprocess_workers={workers}",
@@ -56,3 +58,31 @@ def one_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, f"expected one line, got:\n{stderr}"
     return lines[0]
+
+
+def train_py(args: list[str]) -> subprocess.Popen:
+    """``python train.py <args>`` in its own process group, W&B offline, output to a pipe."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "AVER_AGENT_"))}
+    environ["WANDB_MODE"] = "offline"
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, f"train.py failed:\n{output[-5000:]}"
+    return output
+
+
+def epochs_done(checkpoint: Path) -> int:
+    """Epochs trained by a checkpoint; 0 while there is none (it is written atomically, so never partial)."""
+    if not checkpoint.exists():
+        return 0
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"] + 1

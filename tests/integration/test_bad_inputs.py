@@ -259,7 +259,9 @@ def prepared_twice(base: Path, make_corpus: Callable[[Path], Path], overrides: l
 
 @pytest.fixture(scope="module")
 def audio_runs(tmp_path_factory) -> dict:
-    return prepared_twice(tmp_path_factory.mktemp("bad_audio"), make_audio_corpus, ["data=ravdess", "vad_plots=4"])
+    return prepared_twice(
+        tmp_path_factory.mktemp("bad_audio"), make_audio_corpus, ["experiment=paper_ravdess_kfold", "vad_plots=4"]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -348,8 +348,9 @@ def test_a_module_built_from_its_experiment_config_loads_from_its_checkpoint(
 ):
     # the backbone, optimiser and schedule configs are the module's hparams: plain containers, loadable with
     # weights_only, from which the restored module builds the same network, optimiser and schedule
-    from tests.helpers.configs import compose_train
     from hydra.utils import instantiate
+
+    from tests.helpers.configs import compose_train
 
     cfg = compose_train([f"experiment={experiment}"])
     torch.manual_seed(0)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runner.command_line import ConfigError, one_line_errors
+from runner.command_line import ConfigError
+from runner.expected_errors import one_line_errors
 from runner.loop import run
 from runner.prediction import predict
 from tests.helpers.configs import TINY_MODELS, compose_train

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from runner.loop import run
 from tests.helpers.configs import TINY_MODELS, compose_train
 from tests.helpers.paths import REPO
+from tests.helpers.processes import epochs_done, finish, train_py
 from tracking.loggers import WANDB_ID_FILE
 from tracking.wandb_offline import find_offline_runs, read_offline_run
 
@@ -33,34 +33,6 @@ TRAIN = [
     "model.audio.module.spec_augment={freq_masks:1,freq_width:8,time_masks:1,time_width:10}",
 ]
 COMPARED = ("val", "test", "objective")  # metrics.json without its paths
-
-
-def train_py(args: list[str]) -> subprocess.Popen:
-    """``python train.py <args>`` in its own process group, W&B offline, output to a pipe."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "AVER_AGENT_"))}
-    environ["WANDB_MODE"] = "offline"
-    return subprocess.Popen(
-        [sys.executable, "train.py", *args],
-        cwd=REPO,
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def finish(process: subprocess.Popen) -> str:
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, f"train.py failed:\n{output[-5000:]}"
-    return output
-
-
-def epochs_done(checkpoint: Path) -> int:
-    """Epochs trained by a checkpoint; 0 while there is none (it is written atomically, so never partial)."""
-    if not checkpoint.exists():
-        return 0
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"] + 1
 
 
 def kill_during(process: subprocess.Popen, checkpoint: Path, epochs: int) -> None:

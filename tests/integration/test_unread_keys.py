@@ -94,11 +94,21 @@ def test_appended_settings_that_are_read_pass():
             "++objective.metric=val/loss",
             "++model.audio.module.spec_augment.freq_masks=2",
             "++data.generator.subjects=3",
+            "+data.preprocess.mfcc.mean_norm=true",
         ],
         CONFIGS,
     )
+    check_overrides(["experiment=ck_visual", "+model.visual.module.face_augment.erase=0.5"], CONFIGS)
     check_overrides(["data=rml", "+data.indexer.extensions=[.mp4]"], CONFIGS)
     with pytest.raises(
         ConfigError, match=r"^data.indexer.extensions: datamodules.corpora.demo.index takes no extensions"
     ):
         check_overrides(["+data.indexer.extensions=[.mp4]"], CONFIGS)
+
+
+def test_prepare_takes_the_same_command_line():
+    check_overrides(["experiment=ravdess_audio", "vad_plots=0"], CONFIGS, config_name="prepare", program="prepare.py")
+    with pytest.raises(ConfigError, match=r"try: python prepare.py experiment=ravdess_audio model.audio.module.lr=1$"):
+        check_overrides(
+            ["experiment=ravdess_audio", "model.audio.lr=1"], CONFIGS, config_name="prepare", program="prepare.py"
+        )
