@@ -18,6 +18,16 @@ class Clip:
     subject: str
     label: str  # one of the corpus's class names, e.g. PAPER_EMOTIONS
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    # a clip cut out of a longer recording: seconds from its start, applied when it is decoded (None: whole)
+    start_s: float | None = None
+    end_s: float | None = None
+
+    @property
+    def cut(self) -> tuple[float, float | None] | None:
+        """The span of the recording the clip is, (start, end or None for the recording's end); None: all of it."""
+        if self.start_s is None and self.end_s is None:
+            return None
+        return (self.start_s or 0.0, self.end_s)
 
 
 def class_rule(clip: Clip, classes: Sequence[str]) -> str | None:

@@ -18,6 +18,7 @@ from datamodules.preprocess import (
     PreparedCorpus,
     available_cores,
     cache_folder,
+    cut_source,
     format_report,
     load_clip,
     prepare_corpus,
@@ -171,7 +172,13 @@ class EmotionDataModule(L.LightningDataModule):
     @property
     def cache_folder(self) -> Path:
         """Where this corpus's prepared clips are cached (``<cache_dir>/<name>/<key>``)."""
-        return cache_folder(self.cache_dir, self.name, self.preprocess_cfg, self.source)
+        return cache_folder(self.cache_dir, self.name, self.preprocess_cfg, self.cache_source)
+
+    @property
+    def cache_source(self) -> str:
+        """``source`` and the cuts of clips cut out of longer recordings (``cut_source``): the cache key's part
+        that names the corpus's content."""
+        return cut_source(self.source, self.index().clips)
 
     def prepare_data(self) -> PreparedCorpus:
         """Index and preprocess the corpus into the clip cache; prints the report (one line, ``cache ready:``,
@@ -188,7 +195,7 @@ class EmotionDataModule(L.LightningDataModule):
                 self.preprocess_cfg,
                 Path(self.cache_dir),
                 corpus=self.name,
-                source=self.source,
+                source=self.cache_source,
                 workers=self.preprocess_workers,
                 indexed=indexed,
             )

@@ -213,6 +213,19 @@ def _check_audio_length(path: Path, duration_s: float, declared_s: float | None)
         )
 
 
+def _pillow_image(path: Path, error: RuntimeError) -> torch.Tensor:
+    """``path`` decoded by Pillow as RGB ``[3, H, W]`` uint8; ``BadInputError`` naming torchvision's ``error`` when
+    Pillow cannot read it either."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            rgb = np.asarray(opened.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise BadInputError(path, f"not an image: {error} (it begins with {describe_start(path)})") from error
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+
+
 def decode_frames(paths: Sequence[str | Path], frame_rate: float) -> DecodedClip:
     """An image sequence (png, jpeg, ...; grey or colour) as RGB frames at ``i / frame_rate`` seconds, with no audio.
 
@@ -225,7 +238,7 @@ def decode_frames(paths: Sequence[str | Path], frame_rate: float) -> DecodedClip
         try:
             image = decode_image(torch.from_numpy(np.fromfile(path, dtype=np.uint8)), mode=ImageReadMode.RGB)
         except RuntimeError as error:
-            raise BadInputError(path, f"not an image: {error} (it begins with {describe_start(path)})") from error
+            image = _pillow_image(path, error)  # TIFF (JAFFE), BMP, PGM: formats torchvision does not decode
         if frames and image.shape != frames[0].shape:
             sizes = f"{tuple(image.shape[1:])} pixels in a sequence of {tuple(frames[0].shape[1:])}"
             raise BadInputError(path, f"frame of {sizes}")
@@ -237,3 +250,36 @@ def decode_frames(paths: Sequence[str | Path], frame_rate: float) -> DecodedClip
     return DecodedClip(
         np.zeros(0, np.float32), 0, video, times, float(frame_rate), len(frames) / frame_rate, has_video=True
     )
+
+
+# A cut may end this much after the decoded audio (a rounded end time in a table) without being past its end.
+_CUT_END_TOLERANCE_S = 0.05
+
+
+def cut_clip(decoded: DecodedClip, path: str | Path, start_s: float, end_s: float | None) -> DecodedClip:
+    """The span ``start_s`` to ``end_s`` (None: to the end) of ``decoded``, its times from the span's start.
+
+    Audio is sliced by samples and ``time_origin_s`` moves to the span's start, so frames decoded later
+    (``decode_video``) are on the cut's time axis; frames decoded already (image sequences) are kept when they
+    lie in the span. ``BadInputError`` for a span that starts or ends past the recording's end.
+    """
+    duration_s = decoded.duration_s
+    end = duration_s if end_s is None else end_s
+    if start_s >= duration_s:
+        raise BadInputError(path, f"start_s={start_s:g} is past the end of the recording ({duration_s:.3f} s)")
+    if end - duration_s > _CUT_END_TOLERANCE_S:
+        raise BadInputError(path, f"end_s={end:g} is past the end of the recording ({duration_s:.3f} s)")
+    end = min(end, duration_s)
+    cut = replace(decoded, duration_s=end - start_s)
+    if decoded.audio.size:
+        first, last = round(start_s * decoded.sample_rate), round(end * decoded.sample_rate)
+        cut.audio = decoded.audio[first:last]
+        cut.duration_s = cut.audio.size / decoded.sample_rate
+    if decoded.time_origin_s is not None:
+        cut.time_origin_s = decoded.time_origin_s + start_s
+    if decoded.frames is not None and decoded.frame_times is not None:
+        keep = (decoded.frame_times >= start_s) & (decoded.frame_times < end)
+        if not keep.any():
+            raise BadInputError(path, f"no frame lies between start_s={start_s:g} and end_s={end:g}")
+        cut.frames, cut.frame_times = decoded.frames[keep], decoded.frame_times[keep] - start_s
+    return cut

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from datamodules.atomic import atomic_save
 from datamodules.clips import Clip
-from datamodules.decode import BadInputError, decode_clip
+from datamodules.decode import BadInputError, cut_clip, decode_clip
 from datamodules.mfcc import mfcc_frames
 from datamodules.preprocess import cache_folder
 from datamodules.vad import trim_to_speech
@@ -65,7 +65,8 @@ class AudioFeatures:
 
     def clip_vector(self, clip: Clip, corpus: EmotionDataModule) -> np.ndarray:
         """The vector of the clip's speech span; ``BadInputError`` when the clip cannot be decoded."""
-        audio = decode_clip(clip.path, sample_rate=self.sample_rate, with_video=False).audio
+        decoded = decode_clip(clip.path, sample_rate=self.sample_rate, with_video=False)
+        audio = (decoded if clip.cut is None else cut_clip(decoded, clip.path, *clip.cut)).audio
         speech, _, _ = trim_to_speech(audio, self.sample_rate, corpus.preprocess_cfg["vad"])
         return self(speech)
 

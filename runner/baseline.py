@@ -68,7 +68,7 @@ def part_features(
     wanted = set(getattr(datamodule.current_fold, part))
     corpus = datamodule.corpus_of(part)
     clips = [clip for clip in corpus.index().clips if clip.clip_id in wanted]
-    folder = feature_folder(cache_dir, corpus.name, extractor, extractor.inputs(corpus), corpus.source)
+    folder = feature_folder(cache_dir, corpus.name, extractor, extractor.inputs(corpus), corpus.cache_source)
     vectors, dropped = cached_vectors(clips, lambda clip: extractor.clip_vector(clip, corpus), folder)
     kept = [clip for clip in clips if clip.clip_id in vectors]
     features = np.stack([vectors[clip.clip_id] for clip in kept])

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from datamodules.clips import NoClipsError
+from datamodules.clips import CorpusLayoutError, NoClipsError
 
 if TYPE_CHECKING:
     from datamodules.datamodule import EmotionDataModule
@@ -156,6 +156,11 @@ def index_corpus(key: str, corpus: EmotionDataModule, overrides: Sequence[str]) 
     except NoClipsError as error:
         example = train_command(overrides, {f"{key}.root": f"/path/to/{corpus.name}"})
         raise ConfigError(f"{key}.root={corpus.root}: {error}; {example}") from error
+    except CorpusLayoutError as error:  # on_error=raise, or a table that cannot be read
+        example = train_command(overrides, {f"{key}.indexer.on_error": "skip"})
+        raise ConfigError(f"{key}={corpus.name}: {error}; {example}") from error
+    except ValueError as error:  # an indexer option that means nothing (a pattern without {label}, ...)
+        raise ConfigError(f"{key}.indexer: {error}; {train_command(overrides, {})}") from error
 
 
 def group_choice(group: str) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from datamodules.clips import Clip, CorpusLayoutError, IndexResult, NoClipsError
 
-CORPORA: tuple[str, ...] = ("rml", "enterface", "ravdess", "demo", "emodb", "ck")
+CORPORA: tuple[str, ...] = ("rml", "enterface", "ravdess", "demo", "emodb", "ck", "manifest", "pattern")
 ON_ERROR_CHOICES: tuple[str, ...] = ("skip", "raise")
 _MAX_LISTED_PROBLEMS = 10
 _UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")

@@ -22,7 +22,7 @@ Modules, each importing only those above it:
 - ``vad_plots``: VAD plots of a sample of clips.
 """
 
-from datamodules.preprocess.cache_files import cache_folder, cache_key, load_clip
+from datamodules.preprocess.cache_files import cache_folder, cache_key, cut_source, load_clip
 from datamodules.preprocess.corpus import PreparedCorpus, TooManyFailuresError, prepare_corpus
 from datamodules.preprocess.pipeline import (
     ClipFailure,
@@ -56,6 +56,7 @@ __all__ = [
     "TooManyFailuresError",
     "available_cores",
     "cache_folder",
+    "cut_source",
     "cache_key",
     "check_failure_settings",
     "chunks",

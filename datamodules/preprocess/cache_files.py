@@ -40,6 +40,17 @@ def cache_key(preprocess_cfg: dict, source: str | None = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def cut_source(source: str | None, clips: Iterable[Clip]) -> str | None:
+    """``source`` with a hash of the cut of every clip cut out of a longer recording (``Clip.cut``: a table's
+    ``start_s`` / ``end_s``), so that changing a cut makes a new cache; ``source`` unchanged when no clip is cut
+    (the keys of corpora without cuts stay as they were)."""
+    cuts = sorted((clip.clip_id, *clip.cut) for clip in clips if clip.cut is not None)
+    if not cuts:
+        return source
+    digest = hashlib.sha256(json.dumps(cuts).encode()).hexdigest()[:12]
+    return f"{source}#cuts={digest}"
+
+
 def load_clip(path: Path) -> dict:
     """A prepared clip, memory-mapped: tensors are read lazily and shared between DataLoader workers."""
     return torch.load(path, mmap=True, weights_only=True)

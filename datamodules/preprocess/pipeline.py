@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from datamodules.clips import Clip
-from datamodules.decode import BadInputError, DecodedClip, decode_audio, decode_frames, decode_video
+from datamodules.decode import BadInputError, DecodedClip, cut_clip, decode_audio, decode_frames, decode_video
 from datamodules.faces import (
     FEW_FACES_CHOICES,
     FILL_RULES,
@@ -130,14 +130,19 @@ def decode(clip: Clip, cfg: dict) -> DecodedClip:
     """The clip's audio and frames: an image sequence (``clip.extra["frames"]``, CK+) at ``cfg["sequence_fps"]``,
     any other clip by FFmpeg; ``BadInputError`` for a video corpus's clip without frames. With
     ``faces.frames_decoded: segments`` a video's frames are left for ``segment_frames``, which decodes only
-    those its speech segments show."""
+    those its speech segments show. A clip cut out of a longer recording (``Clip.cut``, from a table's
+    ``start_s`` / ``end_s``) is that span alone, its times from the span's start."""
     if "frames" in clip.extra:
-        return decode_frames(clip.extra["frames"], cfg["sequence_fps"])
+        decoded = decode_frames(clip.extra["frames"], cfg["sequence_fps"])
+        return decoded if clip.cut is None else cut_clip(decoded, clip.path, *clip.cut)
     decoded = decode_audio(clip.path, sample_rate=cfg["sample_rate"], with_video=cfg["video"])
+    if clip.cut is not None:
+        decoded = cut_clip(decoded, clip.path, *clip.cut)
     if cfg["video"] and not decoded.has_video:
         raise BadInputError(clip.path, "audio only: no video stream, and this corpus is audio-visual (video: true)")
     if cfg["video"] and frames_decoded(cfg["faces"]) == "all":
-        return decode_video(decoded, clip.path)
+        span = None if clip.cut is None else (0.0, decoded.duration_s)
+        return decode_video(decoded, clip.path, span)
     return decoded
 
 
