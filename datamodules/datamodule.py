@@ -116,6 +116,7 @@ class EmotionDataModule(L.LightningDataModule):
             raise ValueError(f"audio_norm must be one of {AUDIO_NORMS}, got {audio_norm!r}")
         self.audio_norm = audio_norm
         self.name, self.root, self.indexer, self.classes = name, Path(root), indexer, list(classes)
+        self.configured_classes = list(classes)  # as configured, before a cross-corpus run keeps the shared ones
         self.test_corpus = test_corpus
         if test_corpus is not None:
             if test_corpus.source == self.source:
@@ -155,9 +156,40 @@ class EmotionDataModule(L.LightningDataModule):
                 raise ValueError(f"{self.name}: no cross-validation scheme configured")
             folds = self.cv(self.index().clips)
             if self.test_corpus is not None:
-                folds = [with_test_corpus(fold, self.test_corpus.index().clips) for fold in folds]
+                groups = self.test_corpus.test_groups()
+                folds = [
+                    with_test_corpus(
+                        fold,
+                        clips,
+                        index=len(groups) * fold.index + position,
+                        corpus=name,
+                        dropped_classes=self.dropped_classes(clips, configured),
+                        several=len(groups) > 1,
+                    )
+                    for fold in folds
+                    for position, (name, clips, configured) in enumerate(groups)
+                ]
             self._folds = folds
         return self._folds
+
+    def test_groups(self) -> list[tuple[str, list[Clip], list[str]]]:
+        """The test corpora this module holds, each with its clips and its configured classes: one test fold each
+        when this module is a run's test corpus (this corpus alone; a ``MultiCorpusDataModule`` one per member)."""
+        return [(self.name, self.index().clips, self.configured_classes)]
+
+    def dropped_classes(self, test_clips: Sequence[Clip], test_classes: Sequence[str]) -> dict[str, list[str]]:
+        """The classes a test corpus's metrics leave out: ``not_in_test``, this module's classes without a clip in
+        ``test_clips``; ``not_in_training``, those of ``test_classes`` (its configured ones) this module lacks."""
+        present = {clip.label for clip in test_clips}
+        return {
+            "not_in_test": [label for label in self.classes if label not in present],
+            "not_in_training": [label for label in test_classes if label not in self.classes],
+        }
+
+    def by_corpus(self, clips: Sequence[Clip]) -> list[tuple[EmotionDataModule, list[Clip], list[str]]]:
+        """``clips`` of this module per corpus that prepares them: the corpus's module, its own clips and their ids
+        here (this module alone; a ``MultiCorpusDataModule`` splits them by member)."""
+        return [(self, list(clips), [clip.clip_id for clip in clips])]
 
     def corpus_of(self, part: str) -> EmotionDataModule:
         """The module whose clips make up ``part`` ("train", "val" or "test") of the folds: the test corpus
@@ -213,13 +245,17 @@ class EmotionDataModule(L.LightningDataModule):
             self.test_corpus.setup(stage)
         if self.clips:
             return
-        folder = self.cache_folder
-        self.clips = [c for c in self.index().clips if (folder / f"{c.clip_id}.pt").exists()]
+        self.clips, self.records = self.prepared_clips()
         if not self.clips:
-            raise RuntimeError(f"no prepared clips for {self.name} in {folder}: run prepare_data first")
-        self.records = [load_clip(folder / f"{c.clip_id}.pt") for c in self.clips]
+            raise RuntimeError(f"no prepared clips for {self.name} in {self.cache_folder}: run prepare_data first")
         self.audio_stats = self._audio_stats()
         self.first_segment_ids = [0, *accumulate(int(r["segment_times"].shape[0]) for r in self.records)][:-1]
+
+    def prepared_clips(self) -> tuple[list[Clip], list[dict]]:
+        """The indexed clips that preprocessing kept, and their cache files' contents."""
+        folder = self.cache_folder
+        clips = [c for c in self.index().clips if (folder / f"{c.clip_id}.pt").exists()]
+        return clips, [load_clip(folder / f"{c.clip_id}.pt") for c in clips]
 
     def _audio_stats(self) -> list[torch.Tensor]:
         """Per prepared clip, the ``audio_statistics`` of its clip or subject (``audio_norm``); [] for "none"."""

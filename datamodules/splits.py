@@ -36,6 +36,8 @@ class Fold:
     test: list[str]
     test_subjects: list[str] = field(default_factory=list)
     by_subject: bool = False
+    test_corpus: str | None = None  # the one corpus the test part is of (cross-corpus, several corpora), else None
+    dropped_classes: dict[str, list[str]] = field(default_factory=dict)  # cross-corpus: see with_test_corpus
 
     @property
     def content_hash(self) -> str:
@@ -181,10 +183,55 @@ def holdout_folds(
     ]
 
 
-def with_test_corpus(fold: Fold, test_clips: Sequence[Clip]) -> Fold:
+def corpus_folds(clips: Sequence[Clip], *, val_fraction: float = 0.2, seed: int = 0) -> list[Fold]:
+    """Leave one corpus out (``data=multi``, ``cv=leave_one_corpus_out``): fold i tests every clip of the i-th
+    corpus (in the order of the clip table); validation is whole subjects of the other corpora, drawn (seeded,
+    per fold) to about ``val_fraction`` of their clips as ``holdout_folds`` does; training is the rest.
+
+    A clip's corpus is its subject's prefix (``urdu/SM1``: urdu), as ``MultiCorpusDataModule`` names them.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    corpus_of = {clip.clip_id: clip.subject.partition("/")[0] if "/" in clip.subject else None for clip in clips}
+    plain = sorted({clip.subject for clip in clips if corpus_of[clip.clip_id] is None}, key=natural_key)
+    if plain:
+        raise ValueError(f"leave_one_corpus_out needs data=multi (subjects <corpus>/<subject>); found {plain[:5]}")
+    corpora = list(dict.fromkeys(corpus_of[clip.clip_id] for clip in clips))
+    if len(corpora) < 2:
+        raise ValueError(f"leave_one_corpus_out needs at least two corpora, found {corpora}")
+    folds = []
+    for index, corpus in enumerate(corpora):
+        rest = [clip for clip in clips if corpus_of[clip.clip_id] != corpus]
+        validation = _subject_sample(rest, val_fraction, np.random.default_rng([seed, index]))
+        part_of = {
+            clip.clip_id: "test"
+            if corpus_of[clip.clip_id] == corpus
+            else "val"
+            if clip.clip_id in validation
+            else "train"
+            for clip in clips
+        }
+        fold = _fold(index, f"loco-{corpus}", clips, part_of, by_subject=True)
+        fold.test_corpus = corpus
+        folds.append(fold)
+    return folds
+
+
+def with_test_corpus(
+    fold: Fold,
+    test_clips: Sequence[Clip],
+    *,
+    index: int | None = None,
+    corpus: str | None = None,
+    dropped_classes: dict[str, list[str]] | None = None,
+    several: bool = False,
+) -> Fold:
     """``fold`` with every clip of another corpus, ``test_clips``, as its test part (``cv=cross_corpus``).
 
-    ``fold`` must test nothing of its own corpus; its train and validation parts stay as they are.
+    ``fold`` must test nothing of its own corpus; its train and validation parts stay as they are. ``index``
+    (default: the fold's), ``corpus`` (the test corpus's name) and ``dropped_classes`` (``not_in_test``: training
+    classes without a test clip, ``not_in_training``: the test corpus's classes left out) are recorded;
+    ``several``: one of several test corpora, named in the fold's name.
     """
     if fold.test:
         raise ValueError(
@@ -193,13 +240,16 @@ def with_test_corpus(fold: Fold, test_clips: Sequence[Clip]) -> Fold:
         )
     # by_subject stays False: the test speakers belong to another corpus, whose subject names may
     # coincide with this corpus's without being the same people
+    index = fold.index if index is None else index
     return Fold(
-        index=fold.index,
-        name=f"cross-corpus-{fold.index}",
+        index=index,
+        name=f"cross-corpus-{corpus}" if several else f"cross-corpus-{index}",
         train=fold.train,
         val=fold.val,
         test=[clip.clip_id for clip in test_clips],
         test_subjects=subjects_of(test_clips),
+        test_corpus=corpus,
+        dropped_classes=dict(dropped_classes or {}),
     )
 
 

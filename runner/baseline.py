@@ -68,8 +68,15 @@ def part_features(
     wanted = set(getattr(datamodule.current_fold, part))
     corpus = datamodule.corpus_of(part)
     clips = [clip for clip in corpus.index().clips if clip.clip_id in wanted]
-    folder = feature_folder(cache_dir, corpus.name, extractor, extractor.inputs(corpus), corpus.cache_source)
-    vectors, dropped = cached_vectors(clips, lambda clip: extractor.clip_vector(clip, corpus), folder)
+    vectors, dropped = {}, {}
+    for member, own_clips, ids in corpus.by_corpus(clips):  # data=multi: each member's vectors in its own cache
+        folder = feature_folder(cache_dir, member.name, extractor, extractor.inputs(member), member.cache_source)
+        own_vectors, own_dropped = cached_vectors(own_clips, lambda clip: extractor.clip_vector(clip, member), folder)  # noqa: B023
+        for clip, clip_id in zip(own_clips, ids):
+            if clip.clip_id in own_vectors:
+                vectors[clip_id] = own_vectors[clip.clip_id]
+            if clip.clip_id in own_dropped:
+                dropped[clip_id] = own_dropped[clip.clip_id]
     kept = [clip for clip in clips if clip.clip_id in vectors]
     features = np.stack([vectors[clip.clip_id] for clip in kept])
     return features, np.array([datamodule.classes.index(clip.label) for clip in kept]), dropped

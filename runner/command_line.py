@@ -137,9 +137,12 @@ def check_accelerator(trainer: DictConfig, overrides: Sequence[str]) -> None:
 def check_roots(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """``data.root`` (and ``test_data.root``) unset (missing or null) or not a folder, for corpora that are not
     generated."""
-    for key in ("data", "test_data"):
-        corpus = cfg.get(key)
-        if corpus is None or corpus.get("generator") is not None:
+    corpora = [(key, cfg.get(key)) for key in ("data", "test_data")]
+    for key, corpus in corpora:
+        if corpus is not None and corpus.get("corpora") is not None:  # data=multi: each member's root
+            corpora += [(f"{key}.corpora.{name}", member) for name, member in corpus.corpora.items()]
+    for key, corpus in corpora:
+        if corpus is None or corpus.get("generator") is not None or corpus.get("corpora") is not None:
             continue
         example = train_command(overrides, {f"{key}.root": f"/path/to/{corpus.name}"})
         if OmegaConf.is_missing(corpus, "root") or corpus.root is None:

@@ -63,6 +63,8 @@ def fold_provenance(cfg: DictConfig, stage: str, fold: int, datamodule: EmotionD
         "preprocess_key": datamodule.cache_folder.name,
         "class_names": list(datamodule.classes),
         "seed": int(cfg.seed),
+        "test_corpus": datamodule.current_fold.test_corpus,
+        "dropped_classes": datamodule.current_fold.dropped_classes,
     }
 
 

@@ -51,8 +51,11 @@ from runner.summary import (
 from tracking.cv_summary_run import log_cv_summary_run, save_cv_summary_plots
 from tracking.loggers import AgentRun, detach_agent_run, is_wandb
 from tracking.results_table import (
+    PER_CORPUS_COLUMNS,
+    PER_CORPUS_FILE,
     append_result,
     format_results_table,
+    per_corpus_rows,
     read_results,
     results_row,
 )
@@ -77,6 +80,8 @@ def finish_cross_validation(cfg: DictConfig, summary: dict, agent: AgentRun | No
     log_cv_summary_run(cfg, summary, plots, stage_dir, agent if is_last else None)
     results = Path(cfg.paths.output_dir) / summary["corpus"] / summary["cv"] / "results.csv"
     append_result(results, results_row(summary, str(cfg.tag), task_overrides(), Path(cfg.paths.run_dir)))
+    for row in per_corpus_rows(summary, str(cfg.tag), task_overrides(), Path(cfg.paths.run_dir)):
+        append_result(results.parent / PER_CORPUS_FILE, row, PER_CORPUS_COLUMNS)
     return results
 
 
@@ -198,6 +203,8 @@ def run(cfg: DictConfig) -> dict[str, dict]:
     cfg.tag = run_tag(cfg, agent)
     datamodule: EmotionDataModule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
     for key, corpus in (("data", datamodule), ("test_data", datamodule.test_corpus)):
+        for member_key, member in (getattr(corpus, "corpora", None) or {}).items():  # data=multi: each member
+            index_corpus(f"{key}.corpora.{member_key}", member, overrides)
         if corpus is not None:
             index_corpus(key, corpus, overrides)
     notice = wandb_notice(cfg)

@@ -7,7 +7,9 @@ The objective (the validation metric that selects models) is ``lightning_modules
     {"corpus", "cv", "stage", "seed", "class_names",
      "objective": {"metric", "mode", "mean", "std"},      # over folds, from the val block
      "val":  {"folds": [row, ...], "mean": {...}, "std": {...}},
-     "test": {"folds": [row, ...], "mean": {...}, "std": {...}, "pooled": {level: {confusion_matrix, accuracy}}}}
+     "test": {"folds": [row, ...], "mean": {...}, "std": {...}, "pooled": {level: {confusion_matrix, accuracy}},
+              "per_corpus": [{corpus, folds, n_clips, n_segments, video_accuracy, video_uar, ...,
+                              not_in_test, not_in_training}, ...]}}   # per_corpus: see per_corpus_table
 
 A row holds ``fold``, the subjects and clip counts of its split and the metrics of SUMMARY_METRICS.
 """
@@ -52,6 +54,8 @@ def fold_metrics(
         "objective": {**objective, "value": metric_row(val)[summary_name]},
         "val": val,
         "test": test,
+        "test_corpus": provenance.get("test_corpus"),
+        "dropped_classes": provenance.get("dropped_classes") or {},
     }
 
 
@@ -98,6 +102,9 @@ def summarize_folds(per_fold: Sequence[Mapping], objective: Mapping) -> dict:
             "accuracy": float(matrix.trace() / matrix.sum()) if matrix.sum() else 0.0,
         }
     summary["test"]["pooled"] = pooled
+    per_corpus = per_corpus_table(per_fold)
+    if per_corpus:
+        summary["test"]["per_corpus"] = per_corpus
     first = per_fold[0]
     return {
         "corpus": first["corpus"],
@@ -113,6 +120,54 @@ def summarize_folds(per_fold: Sequence[Mapping], objective: Mapping) -> dict:
         },
         **summary,
     }
+
+
+PER_CORPUS_METRICS = ("video_accuracy", "video_uar", "segment_accuracy", "segment_uar", "video_macro_f1")
+
+
+def per_corpus_table(per_fold: Sequence[Mapping]) -> list[dict]:
+    """One row per test corpus when every fold tests one corpus (``cv=leave_one_corpus_out``, ``cv=cross_corpus``,
+    a fold of ``data=multi`` whose test subjects are of one member), else []: its folds, test clip and segment
+    counts (summed), the test metrics (the mean over its folds; each over the classes the corpus has, as UAR
+    counts only classes with clips) and the classes left out (``not_in_test``: training classes without a clip
+    of the corpus; ``not_in_training``: its classes the model was not trained on)."""
+    if not per_fold or any(m.get("test_corpus") is None for m in per_fold):
+        return []
+    groups: dict[str, list[Mapping]] = {}
+    for m in per_fold:
+        groups.setdefault(m["test_corpus"], []).append(m)
+    rows = []
+    for corpus, folds in groups.items():
+        metrics = [metric_row(m["test"]) for m in folds]
+        dropped = folds[0].get("dropped_classes") or {}
+        rows.append(
+            {
+                "corpus": corpus,
+                "folds": [m["fold"] for m in folds],
+                "n_clips": sum(int(m["test"]["n_clips"]) for m in folds),
+                "n_segments": sum(int(m["test"]["n_segments"]) for m in folds),
+                **{key: sum(row[key] for row in metrics) / len(metrics) for key in PER_CORPUS_METRICS},
+                "not_in_test": list(dropped.get("not_in_test", [])),
+                "not_in_training": list(dropped.get("not_in_training", [])),
+            }
+        )
+    return rows
+
+
+def format_per_corpus_table(rows: Sequence[Mapping]) -> str:
+    """summary.json's per-corpus rows as text: clips, test video accuracy and UAR, segment accuracy, classes
+    left out."""
+    header = f"{'test corpus':<16} {'clips':>6} {'video acc':>9} {'video UAR':>9} {'seg acc':>8}  classes left out"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        left = "; ".join(
+            f"{why.replace('_', ' ')}: {', '.join(row[why])}" for why in ("not_in_test", "not_in_training") if row[why]
+        )
+        lines.append(
+            f"{row['corpus']:<16} {row['n_clips']:>6} {row['video_accuracy']:>9.3f} {row['video_uar']:>9.3f} "
+            f"{row['segment_accuracy']:>8.3f}  {left or '-'}"
+        )
+    return "\n".join(lines)
 
 
 def summarize_seeds(per_seed: Sequence[Mapping]) -> dict:
@@ -180,6 +235,8 @@ def format_summary_table(summary: Mapping) -> str:
         f"selected on {objective['metric']} ({objective['mode']}); test is reported, never optimised. "
         f"Pooled test video accuracy {summary['test']['pooled']['video']['accuracy']:.3f}"
     )
+    if summary["test"].get("per_corpus"):
+        lines += ["", format_per_corpus_table(summary["test"]["per_corpus"])]
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """The cross-validation summary of one stage as plots and a W&B run.
 
-After ``fold=all`` each stage gets ``<run_dir>/<stage>/fold_accuracy.png`` (bars per fold, mean ± std)
-and ``pooled_<level>_confusion.png``, and with W&B a run with ``job_type=cv-summary`` holding the
+After ``fold=all`` each stage gets ``<run_dir>/<stage>/fold_accuracy.png`` (bars per fold, mean ± std),
+``pooled_<level>_confusion.png`` and, when its folds each test one corpus, ``corpus_accuracy.png`` (bars per
+test corpus; the ``cv/per_corpus`` table and ``cv/corpus/<corpus>/<metric>`` in W&B), and with W&B a run with ``job_type=cv-summary`` holding the
 per-fold table, ``cv/<split>/<metric>_mean`` / ``cv/<split>/<metric>_std`` for the val and test blocks (a sweep's
 objective is the validation one, ``cv_objective_key(objective.metric)``, e.g. ``cv/val/video_uar_mean``;
 ``cv/objective`` holds its value too), a per-fold bar chart and the pooled test confusion matrices.
@@ -21,7 +22,7 @@ from tracking.loggers import (
     is_wandb,
     wandb_init_kwargs,
 )
-from tracking.plots import confusion_matrix_figure, fold_accuracy_figure, save_figure
+from tracking.plots import confusion_matrix_figure, corpus_accuracy_figure, fold_accuracy_figure, save_figure
 from tracking.wandb_charts import wandb_confusion_matrix
 
 METRICS = ("accuracy", "uar", "macro_f1")
@@ -33,6 +34,23 @@ FOLD_COLUMNS = (
     "n_test_segments",
     *(f"{level}_{metric}" for level in LEVELS for metric in METRICS),
 )
+
+
+CORPUS_COLUMNS = (
+    "corpus",
+    "n_clips",
+    "n_segments",
+    "video_accuracy",
+    "video_uar",
+    "segment_accuracy",
+    "not_in_test",
+    "not_in_training",
+)
+
+
+def corpus_cell(value: object) -> object:
+    """A per-corpus table cell for W&B: lists (fold indices, class names) as one comma-separated string."""
+    return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
 def cv_objective_key(metric: str) -> str:
@@ -66,6 +84,9 @@ def save_cv_summary_plots(summary: dict, out_dir: Path) -> dict[str, Path]:
             out_dir / "fold_accuracy.png",
         )
     }
+    if test.get("per_corpus"):
+        figure = corpus_accuracy_figure(test["per_corpus"], title, chance=1 / len(summary["class_names"]))
+        plots["corpus_accuracy"] = save_figure(figure, out_dir / "corpus_accuracy.png")
     for level in LEVELS:
         figure = confusion_matrix_figure(
             test["pooled"][level]["confusion_matrix"],
@@ -86,6 +107,10 @@ def cv_summary_metrics(summary: dict) -> dict[str, float]:
     pooled = summary["test"]["pooled"]
     metrics.update({f"cv/test/pooled_{level}_accuracy": float(pooled[level]["accuracy"]) for level in LEVELS})
     metrics["cv/n_folds"] = len(summary["test"]["folds"])
+    for row in summary["test"].get("per_corpus", []):
+        metrics.update(
+            {f"cv/corpus/{row['corpus']}/{name}": float(row[name]) for name in ("video_accuracy", "video_uar")}
+        )
     return metrics
 
 
@@ -143,6 +168,13 @@ def log_cv_summary_run(
                 ),
                 "cv/fold_accuracy_plot": wandb.Image(str(plots["fold_accuracy"])),
             }
+            per_corpus = summary["test"].get("per_corpus")
+            if per_corpus:
+                log["cv/per_corpus"] = wandb.Table(
+                    columns=list(CORPUS_COLUMNS),
+                    data=[[corpus_cell(row[c]) for c in CORPUS_COLUMNS] for row in per_corpus],
+                )
+                log["cv/corpus_accuracy_plot"] = wandb.Image(str(plots["corpus_accuracy"]))
             for level in LEVELS:
                 log |= wandb_confusion_matrix(
                     f"cv/pooled_{level}_confusion_matrix",

@@ -75,6 +75,36 @@ def fold_accuracy_figure(
     return fig
 
 
+def corpus_accuracy_figure(
+    rows: Sequence[dict],
+    title: str,
+    metrics: Sequence[str] = ("video_accuracy", "video_uar"),
+    chance: float | None = None,
+) -> Figure:
+    """Grouped bars of each test corpus's metrics (summary.json's ``test.per_corpus`` rows), labelled with its
+    clip count, and the chance level (dotted) when given."""
+    labels = [f"{row['corpus']}\n{row['n_clips']} clips" for row in rows]
+    x = np.arange(len(rows))
+    width = 0.8 / len(metrics)
+    fig = Figure(figsize=(max(5.0, 1.0 * len(rows) + 3.0), 4.0), layout="constrained")
+    ax = fig.subplots()
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+    for k, (metric, colour) in enumerate(zip(metrics, colours)):
+        values = [float(row[metric]) for row in rows]
+        bars = ax.bar(
+            x + (k - (len(metrics) - 1) / 2) * width, values, width, color=colour, label=metric.replace("_", " ")
+        )
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    if chance is not None:
+        ax.axhline(chance, color="0.3", linestyle=":", linewidth=1.0, label=f"chance {chance:.3f}")
+    ax.set_xticks(x, labels=labels)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test")
+    ax.set_title(f"{title}: per test corpus", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Write ``fig`` as a PNG (creating the folder) and return the path."""
     path = Path(path)

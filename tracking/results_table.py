@@ -2,7 +2,8 @@
 
 Every ``fold=all`` run appends one row per stage (its overrides, tag, the validation objective and the
 test metrics, mean ± std over folds) to ``<output_dir>/<corpus>/<cv>/results.csv``, ranked by the
-validation objective. Rows are appended under an exclusive file lock, so parallel
+validation objective; a run whose folds each test one corpus (``data=multi``, ``cv=cross_corpus``) adds one
+row per test corpus to ``results_per_corpus.csv`` beside it. Rows are appended under an exclusive file lock, so parallel
 jobs on one machine (or on a shared filesystem with working locks) never interleave.
 """
 
@@ -36,6 +37,49 @@ RESULT_COLUMNS = (
 )
 
 
+PER_CORPUS_COLUMNS = (
+    "finished",
+    "tag",
+    "stage",
+    "seed",
+    "test_corpus",
+    "folds",
+    "n_clips",
+    "test_video_accuracy",
+    "test_video_uar",
+    "test_segment_accuracy",
+    "not_in_test",
+    "not_in_training",
+    "overrides",
+    "run_dir",
+)
+PER_CORPUS_FILE = "results_per_corpus.csv"  # beside results.csv
+
+
+def per_corpus_rows(summary: dict, tag: str, overrides: list[str], run_dir: Path) -> list[dict]:
+    """``results_per_corpus.csv``'s rows of one stage's summary.json: one per test corpus of its per-corpus
+    table (none without one): the test metrics over the classes the corpus shares with training, its clip
+    count and the classes left out."""
+    finished = time.strftime("%Y-%m-%d %H:%M:%S")
+    return [
+        {
+            "finished": finished,
+            "tag": tag,
+            "stage": summary["stage"],
+            "seed": summary.get("seed"),
+            "test_corpus": row["corpus"],
+            "folds": " ".join(map(str, row["folds"])),
+            "n_clips": row["n_clips"],
+            **{f"test_{name}": f"{row[name]:.4f}" for name in ("video_accuracy", "video_uar", "segment_accuracy")},
+            "not_in_test": " ".join(row["not_in_test"]),
+            "not_in_training": " ".join(row["not_in_training"]),
+            "overrides": " ".join(overrides),
+            "run_dir": str(run_dir),
+        }
+        for row in summary["test"].get("per_corpus", [])
+    ]
+
+
 def results_row(summary: dict, tag: str, overrides: list[str], run_dir: Path) -> dict:
     """The results.csv row of one stage's summary.json: the validation objective it is ranked by, then
     the test metrics it reports."""
@@ -64,17 +108,17 @@ def results_row(summary: dict, tag: str, overrides: list[str], run_dir: Path) ->
     }
 
 
-def append_result(path: Path, row: dict) -> None:
-    """Append ``row`` to the CSV at ``path`` (writing the header first if the file is new)."""
+def append_result(path: Path, row: dict, columns: tuple[str, ...] = RESULT_COLUMNS) -> None:
+    """Append ``row`` to the CSV at ``path`` (writing the header, ``columns``, first if the file is new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", newline="") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             handle.seek(0, io.SEEK_END)
-            writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS)
+            writer = csv.DictWriter(handle, fieldnames=columns)
             if handle.tell() == 0:
                 writer.writeheader()
-            writer.writerow({column: row.get(column, "") for column in RESULT_COLUMNS})
+            writer.writerow({column: row.get(column, "") for column in columns})
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -1,0 +1,120 @@
+"""data=multi: several generated corpora (RAVDESS and EmoDB layouts) as one clip table; cv=leave_one_corpus_out
+tests each corpus in turn, cv=cross_corpus tests several corpora, one fold and one per-corpus row each."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from datamodules.splits import assert_no_leakage
+from runner.loop import run
+from tests.helpers.configs import TINY_MODELS, compose_train
+
+
+@pytest.fixture(scope="module")
+def multi(generated_ravdess, generated_emodb, tmp_path_factory) -> list[str]:
+    base = tmp_path_factory.mktemp("multi_corpus")
+    return [
+        "data=multi",
+        "+data@data.corpora.ravdess=ravdess",
+        f"data.corpora.ravdess.root={generated_ravdess}",
+        "+data@data.corpora.emodb=emodb",
+        f"data.corpora.emodb.root={generated_emodb}",
+        f"paths.cache_dir={base / 'cache'}",
+        f"paths.output_dir={base / 'outputs'}",
+        "logger=none",
+    ]
+
+
+def test_leave_one_corpus_out_folds_are_the_corpora(multi):
+    cfg = compose_train([*multi, "cv=leave_one_corpus_out"])
+    with pytest.warns(UserWarning, match=r"emodb lacks \['surprise'\]"):
+        datamodule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
+    assert datamodule.classes == ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+    clips = datamodule.index().clips
+    assert len(clips) == 4 * 6 * 4 + 3 * 5 * 3
+    assert {clip.subject.partition("/")[0] for clip in clips} == {"ravdess", "emodb"}
+    assert "emodb/speaker_03" in {clip.subject for clip in clips}
+    corpus_of = {clip.clip_id: clip.subject.partition("/")[0] for clip in clips}
+    subject_of = {clip.clip_id: clip.subject for clip in clips}
+    assert [fold.test_corpus for fold in datamodule.folds] == ["ravdess", "emodb"]
+    for fold in datamodule.folds:
+        assert_no_leakage(fold, clips, by_subject=True)
+        assert {corpus_of[c] for c in fold.test} == {fold.test_corpus}
+        assert fold.test_corpus not in {corpus_of[c] for c in fold.train + fold.val}
+        assert fold.val and not {subject_of[c] for c in fold.val} & {subject_of[c] for c in fold.train}
+    assert {len(datamodule.folds[0].test), len(datamodule.folds[1].test)} == {96, 45}
+
+
+def test_each_member_keeps_its_own_cache(multi):
+    cfg = compose_train([*multi, "cv=leave_one_corpus_out", "data.audio_norm=speaker"])
+    datamodule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
+    datamodule.prepare_data()
+    datamodule.setup()
+    folders = {key: member.cache_folder for key, member in datamodule.corpora.items()}
+    assert folders["ravdess"].parent.name == "ravdess" and folders["emodb"].parent.name == "emodb"
+    assert all(any(folder.glob("*.pt")) for folder in folders.values())
+    assert not datamodule.cache_folder.exists()  # the union has no files of its own
+    # speaker statistics: one per <corpus>/<speaker>
+    stats = {clip.subject: s for clip, s in zip(datamodule.clips, datamodule.audio_stats)}
+    assert len(stats) == 4 + 3
+
+
+@pytest.mark.slow
+def test_audio_stage_leave_one_corpus_out_writes_a_per_corpus_table(multi):
+    cfg = compose_train(
+        [
+            *multi,
+            *TINY_MODELS,
+            "cv=leave_one_corpus_out",
+            "stage=audio",
+            "fold=all",
+            "callbacks.progress_bar=null",
+            "model.audio.trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=2",
+        ]
+    )
+    run(cfg)
+    summary = json.loads((Path(cfg.paths.run_dir) / "audio" / "summary.json").read_text())
+    rows = {row["corpus"]: row for row in summary["test"]["per_corpus"]}
+    assert set(rows) == {"ravdess", "emodb"}
+    assert rows["ravdess"]["n_clips"] == 96 and rows["emodb"]["n_clips"] == 45
+    assert rows["emodb"]["not_in_test"] == ["surprise"]
+    assert (Path(cfg.paths.run_dir) / "audio" / "corpus_accuracy.png").is_file()
+    with open(Path(cfg.paths.output_dir) / "multi" / "leave_one_corpus_out" / "results_per_corpus.csv") as handle:
+        assert {row["test_corpus"] for row in csv.DictReader(handle)} == {"ravdess", "emodb"}
+
+
+@pytest.mark.slow
+def test_baseline_cross_corpus_to_two_test_corpora(generated_ravdess, generated_emodb, tmp_path):
+    cfg = compose_train(
+        [
+            "data=emodb",
+            f"data.root={generated_emodb}",
+            "data.classes=[anger,sadness,fear,boredom]",
+            "cv=cross_corpus",
+            "+test_data=multi",
+            "+data@test_data.corpora.ravdess=ravdess",
+            f"test_data.corpora.ravdess.root={generated_ravdess}",
+            "test_data.corpora.ravdess.classes=[anger,sadness,surprise]",
+            "+data@test_data.corpora.ravdess2=ravdess",
+            f"test_data.corpora.ravdess2.root={generated_ravdess}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.output_dir={tmp_path / 'outputs'}",
+            "logger=none",
+            "stage=baseline",
+            "fold=all",
+        ]
+    )
+    summary = run(cfg)["baseline"]
+    rows = {row["corpus"]: row for row in summary["test"]["per_corpus"]}
+    assert summary["class_names"] == ["anger", "sadness", "fear"]
+    assert rows["ravdess"]["n_clips"] == 2 * 4 * 4 and rows["ravdess2"]["n_clips"] == 3 * 4 * 4
+    assert rows["ravdess"]["not_in_test"] == ["fear"] and rows["ravdess"]["not_in_training"] == ["surprise"]
+    assert rows["ravdess2"]["not_in_test"] == [] and "surprise" in rows["ravdess2"]["not_in_training"]
+    results = Path(cfg.paths.output_dir) / "emodb" / "cross_corpus-multi" / "results_per_corpus.csv"
+    with open(results) as handle:
+        assert [row["test_corpus"] for row in csv.DictReader(handle)] == ["ravdess", "ravdess2"]
