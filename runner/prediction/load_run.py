@@ -4,7 +4,6 @@ and each fold's networks rebuilt from their checkpoints."""
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -53,6 +52,17 @@ def held_folds(folder: Path) -> dict[str, list[int]]:
     return held
 
 
+def runs_below(folder: Path, depth: int = 4) -> list[Path]:
+    """The run folders (those holding ``<stage>/fold_<K>/checkpoints/best.ckpt``) below ``folder``, at most
+    ``depth`` levels down, in path order."""
+    found = set()
+    for stage in PREDICT_STAGES:
+        for level in range(depth):
+            pattern = "/".join(["*"] * level + [stage, "fold_*", "checkpoints", "best.ckpt"])
+            found |= {path.parents[3] for path in folder.glob(pattern) if path.parents[3] != folder}
+    return sorted(found)
+
+
 def describe_held(held: dict[str, list[int]]) -> str:
     return ", ".join(f"{stage} (folds {', '.join(map(str, folds))})" for stage, folds in held.items())
 
@@ -66,6 +76,13 @@ def choose_stage(folder: Path, stage: str | None, held: dict[str, list[int]], ov
             f"{predict_command(overrides, {'run': 'outputs/demo/loso'})}"
         )
     if not held:
+        below = runs_below(folder)
+        if below:
+            listed = "; ".join(f"{run} ({describe_held(held_folds(run))})" for run in below)
+            raise ConfigError(
+                f"run={folder} is not a run folder itself; the runs under it: {listed}; "
+                f"{predict_command(overrides, {'run': str(below[0])})}"
+            )
         raise ConfigError(
             f"run={folder} holds no trained model (no <stage>/fold_<K>/checkpoints/best.ckpt under it); train one "
             f"first, e.g. python train.py experiment=demo stage=all fold=all"
@@ -99,12 +116,6 @@ def load_network(checkpoint: Path, stage: str, device: torch.device) -> EmotionM
     saved = OmegaConf.load(checkpoint.parents[1] / "config.yaml")
     network_class = get_class(saved.model[stage].module._target_)
     network = network_class.load_from_checkpoint(checkpoint, map_location=device).eval()
-    if getattr(network, "input_norm", "none") == "speaker":
-        warnings.warn(
-            f"{checkpoint}: a speaker-normalised audio model (data.audio_norm=speaker); each recording's own "
-            "statistics stand in for its speaker's",
-            stacklevel=2,
-        )
     return network
 
 
@@ -173,4 +184,9 @@ def load_run(folder: Path, stage: str | None, fold: str, device: torch.device, o
         {name: load_network(path, name, device) for name, path in fold_checkpoints(folder, stage, fold).items()}
         for fold in folds
     ]
+    if any(getattr(network, "input_norm", "none") == "speaker" for fold in networks for network in fold.values()):
+        print(
+            f"note: {folder} has a speaker-normalised audio model (data.audio_norm=speaker); each recording's own "
+            "statistics stand in for its speaker's (docs/prediction.md)"
+        )
     return TrainedRun(folder, stage, folds, networks, class_names, preprocess, precision, device)

@@ -185,12 +185,16 @@ def test_stage_and_fold_mismatches_name_what_the_run_holds(trained_run, tmp_path
     audio_only_run = tmp_path / "audio_run"
     audio_only_run.mkdir()
     (audio_only_run / "audio").symlink_to(trained_run / "audio", target_is_directory=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
     cases = {
         (audio_only_run, "stage=fusion"): f"stage=fusion: run={audio_only_run} has no fusion model; the run holds "
         "audio (folds 0, 1); try: python predict.py",
         (trained_run, "fold=3"): f"fold=3: the fusion model of run={trained_run} has folds 0, 1, or fold=all",
         (tmp_path / "nothing", "fold=all"): f"run={tmp_path / 'nothing'}: no such folder",
-        (tmp_path, "fold=all"): f"run={tmp_path} holds no trained model",
+        (tmp_path, "fold=all"): f"run={tmp_path} is not a run folder itself; the runs under it: {audio_only_run} "
+        "(audio (folds 0, 1)); try: python predict.py",
+        (empty, "fold=all"): f"run={empty} holds no trained model",
     }
     for (run_dir, override), message in cases.items():
         with pytest.raises(ConfigError) as error:
