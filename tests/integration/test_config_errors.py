@@ -41,7 +41,7 @@ CASES = {
     "unknown corpus": (
         ["data=ravdes", "data.root=/corpus"],
         "data=ravdes: configs/data/ has no ravdes.yaml; choose one "
-        "of ck, demo, emodb, enterface, folder, manifest, pattern, ravdess, rml; try: python train.py data=ravdess data.root=/corpus",
+        "of ck, demo, emodb, enterface, folder, manifest, multi, pattern, ravdess, rml; try: python train.py data=ravdess data.root=/corpus",
     ),
     "root not given": (
         ["data=rml"],
