@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.clips import Clip, IndexResult, class_rule
+from datamodules.clips import Clip, IndexResult, NoClipsError, class_rule
 from datamodules.mfcc import AUDIO_NORMS, audio_statistics
 from datamodules.preprocess import (
     PreparedCorpus,
@@ -209,8 +209,13 @@ class EmotionDataModule(L.LightningDataModule):
     @property
     def cache_source(self) -> str:
         """``source`` and the cuts of clips cut out of longer recordings (``cut_source``): the cache key's part
-        that names the corpus's content."""
-        return cut_source(self.source, self.index().clips)
+        that names the corpus's content. A root without clips has no cuts: its key is its root's (indexing it
+        again when it is prepared says what is missing)."""
+        try:
+            clips = self.index().clips
+        except NoClipsError:
+            return self.source
+        return cut_source(self.source, clips)
 
     def prepare_data(self) -> PreparedCorpus:
         """Index and preprocess the corpus into the clip cache; prints the report (one line, ``cache ready:``,
