@@ -41,3 +41,27 @@ def test_the_padding_keeps_at_least_nine_tenths_of_urdu(tmp_path):
     report = datamodule.prepare_data().report
     assert report["clips_prepared"] >= 0.9 * report["clips_indexed"] == 360
     assert report["clips_prepared"] == 400 and report["dropped"] == {}
+
+
+def test_urdu_is_a_test_corpus_through_test_data_pattern(tmp_path):
+    for corpus in ("urdu", "ravdess-speech-16k"):
+        shared_path(corpus)  # skip with the reason where either is absent
+    cfg = compose_train(
+        [
+            "experiment=ravdess_audio",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "cv=cross_corpus",
+            f"data.classes=[{','.join(FOUR)}]",
+            "data.preprocess.mfcc.short=repeat",
+            "+test_data=pattern",
+            "test_data.name=urdu",
+            "test_data.root=${paths.shared_data}/urdu",
+            "test_data.indexer.pattern='{label}/{subject}_F{take}_{code}.wav'",
+            "test_data.indexer.label_map={Angry: anger, Happy: happiness, Neutral: neutral, Sad: sadness}",
+            f"test_data.classes=[{','.join(FOUR)}]",
+        ]
+    )
+    assert cfg.test_data.preprocess.mfcc == cfg.data.preprocess.mfcc and cfg.test_data.audio_norm == "speaker"
+    datamodule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
+    (fold,) = datamodule.folds
+    assert len(fold.test) == 400 and len(fold.train) + len(fold.val) == 560  # RAVDESS's clips of the four classes
