@@ -113,15 +113,24 @@ def num_segments(n_frames: int, window: int = SEGMENT_FRAMES, shift: int = SEGME
     return (n_frames - window) // shift + 1 if n_frames >= window else 1
 
 
-def segment_mfcc(features: torch.Tensor, window: int = SEGMENT_FRAMES, shift: int = SEGMENT_SHIFT) -> torch.Tensor:
+def segment_mfcc(
+    features: torch.Tensor, window: int = SEGMENT_FRAMES, shift: int = SEGMENT_SHIFT, pad: str = "edge"
+) -> torch.Tensor:
     """Cut ``[C, F, T]`` features into ``[K, C, F, window]`` context windows shifted by ``shift`` frames.
 
-    Frames after the last whole window are dropped; fewer than ``window`` frames are padded by
-    repeating the last frame.
+    Frames after the last whole window are dropped; fewer than ``window`` frames are padded to one window:
+    ``pad="edge"`` repeats the last frame, ``"repeat"`` the whole utterance (its frames 0..T-1 again and
+    again, cut at ``window``).
     """
     n_frames = features.shape[-1]
     if n_frames < window:
-        features = torch.cat([features, features[..., -1:].expand(*features.shape[:-1], window - n_frames)], dim=-1)
+        if pad == "repeat":
+            features = features[..., torch.arange(window) % n_frames]
+        elif pad == "edge":
+            tail = features[..., -1:].expand(*features.shape[:-1], window - n_frames)
+            features = torch.cat([features, tail], dim=-1)
+        else:
+            raise ValueError(f"pad must be 'edge' or 'repeat', got {pad!r}")
     k = num_segments(n_frames, window, shift)
     return features.unfold(-1, window, shift)[..., :k, :].movedim(-2, 0).contiguous()
 
@@ -163,6 +172,28 @@ def segment_length_s(window: int = SEGMENT_FRAMES, window_ms: float = WINDOW_MS,
     return ((window - 1) * hop_ms + window_ms) / 1000
 
 
+SHORT_CHOICES: tuple[str, ...] = ("drop", "repeat", "zeros")
+
+
+def pad_with_silence(
+    audio: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    window: int = SEGMENT_FRAMES,
+    *,
+    window_ms: float = WINDOW_MS,
+    hop_ms: float = HOP_MS,
+    **_: object,
+) -> np.ndarray | torch.Tensor:
+    """``audio`` with zero samples appended until it gives ``window`` MFCC frames (unchanged when it does)."""
+    needed = _samples(sample_rate, window_ms) + (window - 1) * _samples(sample_rate, hop_ms)
+    missing = needed - len(audio)
+    if missing <= 0:
+        return audio
+    if isinstance(audio, torch.Tensor):
+        return torch.nn.functional.pad(audio.reshape(-1), (0, missing))
+    return np.pad(np.asarray(audio).reshape(-1), (0, missing))
+
+
 def rescale_to_uint8(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """Min-max rescale ``x`` to 0-255 over ``dims`` (a constant slice gives zeros), as uint8."""
     low = x.amin(dim=dims, keepdim=True)
@@ -178,6 +209,7 @@ def mfcc_images(
     window: int = SEGMENT_FRAMES,
     shift: int = SEGMENT_SHIFT,
     scale: Literal["segment", "utterance"] = "segment",
+    short: Literal["drop", "repeat", "zeros"] = "drop",
     **mfcc_kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MFCC images of an utterance (§3.2): uint8 ``[K, 3, n_mfcc, window]`` and times ``[K, 2]`` (s).
@@ -186,13 +218,23 @@ def mfcc_images(
     image and channel (every image uses its full range, like an RGB picture); ``"utterance"`` over
     the whole utterance per channel, so images keep their loudness relative to each other.
     ``mfcc_kwargs`` go to ``mfcc_frames``. Times are relative to the start of ``audio``.
+
+    Audio shorter than one window becomes one image (``SHORT_CHOICES``): ``short="drop"`` (the clip itself is
+    dropped before, by ``check_duration``; a shorter speech span is padded with its last frame),
+    ``"repeat"``: the utterance's frames repeated until the window is full, ``"zeros"``: zero samples (silence)
+    appended to the audio until it fills one window.
     """
+    if short not in SHORT_CHOICES:
+        raise ValueError(f"short must be one of {SHORT_CHOICES}, got {short!r}")
+    if short == "zeros":
+        audio = pad_with_silence(audio, sample_rate, window, **mfcc_kwargs)
     features = mfcc_frames(audio, sample_rate, **mfcc_kwargs)
+    pad = "repeat" if short == "repeat" else "edge"
     if scale == "utterance":
         features = rescale_to_uint8(features, dims=(-2, -1))
-        segments = segment_mfcc(features, window, shift)
+        segments = segment_mfcc(features, window, shift, pad)
     elif scale == "segment":
-        segments = rescale_to_uint8(segment_mfcc(features, window, shift), dims=(-2, -1))
+        segments = rescale_to_uint8(segment_mfcc(features, window, shift, pad), dims=(-2, -1))
     else:
         raise ValueError(f"scale must be 'segment' or 'utterance', got {scale!r}")
     timing = {k: mfcc_kwargs[k] for k in ("window_ms", "hop_ms") if k in mfcc_kwargs}

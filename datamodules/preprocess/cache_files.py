@@ -26,9 +26,20 @@ from datamodules.preprocess.pipeline import PIPELINE_VERSION
 RUN_SETTINGS: tuple[str, ...] = ("max_failed_fraction",)  # how a run behaves, not what a clip holds
 
 
+# Settings added after caches were made, left out of the key at the value that behaves as before their time, so
+# that those caches stay valid: (group, name) -> that value.
+KEYLESS_DEFAULTS: dict[tuple[str, str], object] = {("mfcc", "short"): "drop"}
+
+
 def clip_content(preprocess_cfg: dict) -> dict:
-    """The preprocessing values that decide what a cache file holds: all but ``RUN_SETTINGS``."""
-    return {name: value for name, value in preprocess_cfg.items() if name not in RUN_SETTINGS}
+    """The preprocessing values that decide what a cache file holds: all but ``RUN_SETTINGS`` and the
+    ``KEYLESS_DEFAULTS`` at their old behaviour's value."""
+    content = {name: value for name, value in preprocess_cfg.items() if name not in RUN_SETTINGS}
+    for (group, name), value in KEYLESS_DEFAULTS.items():
+        settings = content.get(group)
+        if isinstance(settings, dict) and name in settings and settings[name] == value:
+            content[group] = {key: setting for key, setting in settings.items() if key != name}
+    return content
 
 
 def cache_key(preprocess_cfg: dict, source: str | None = None) -> str:

@@ -29,7 +29,7 @@ from datamodules.faces import (
     few_faces_reason,
     keyframes_of,
 )
-from datamodules.mfcc import mfcc_images, segment_length_s, segment_times_for_duration
+from datamodules.mfcc import SHORT_CHOICES, mfcc_images, segment_length_s, segment_times_for_duration
 from datamodules.vad import trim_to_speech
 
 PIPELINE_VERSION = 1  # bump when the code changes what a cache file holds
@@ -60,7 +60,10 @@ def step(name: str) -> Iterator[None]:
 
 
 def check_duration(audio: np.ndarray, sample_rate: int, mfcc_cfg: dict, path: Path) -> None:
-    """``BadInputError`` when the clip is shorter than one MFCC segment (0.655 s with the paper's values)."""
+    """``BadInputError`` when the clip is shorter than one MFCC segment (0.655 s with the paper's values), unless
+    ``mfcc_cfg["short"]`` pads such a clip to one segment (``repeat`` or ``zeros``; ``drop`` when unset)."""
+    if mfcc_cfg.get("short", "drop") != "drop":
+        return
     timing = {k: mfcc_cfg[k] for k in ("window_ms", "hop_ms") if k in mfcc_cfg}
     minimum_s = segment_length_s(mfcc_cfg["window"], **timing)
     duration_s = audio.size / sample_rate
@@ -68,13 +71,15 @@ def check_duration(audio: np.ndarray, sample_rate: int, mfcc_cfg: dict, path: Pa
         raise BadInputError(
             path,
             f"too short: {duration_s:.3f} s of audio, one segment of {mfcc_cfg['window']} MFCC frames "
-            f"needs {minimum_s:.3f} s",
+            f"needs {minimum_s:.3f} s; data.preprocess.mfcc.short=repeat pads it to one",
         )
 
 
 def check_failure_settings(cfg: dict) -> None:
     """A ``ValueError`` for a ``no_speech``, ``max_failed_fraction`` or face rule value that means nothing, before
     any clip is tried (a typo must not turn into a dropped corpus)."""
+    if cfg.get("audio", True) and cfg["mfcc"].get("short", "drop") not in SHORT_CHOICES:
+        raise ValueError(f"mfcc.short must be one of {SHORT_CHOICES}, got {cfg['mfcc']['short']!r}")
     if cfg["no_speech"] not in NO_SPEECH_CHOICES:
         raise ValueError(f"no_speech must be one of {NO_SPEECH_CHOICES}, got {cfg['no_speech']!r}")
     if not 0 <= cfg["max_failed_fraction"] <= 1:

@@ -109,7 +109,10 @@ def hum(seconds: float = 2.0) -> np.ndarray:
 
 # --- the audio corpus: RAVDESS layout, audio only --------------------------------------------------
 
-TOO_SHORT = "too short: {:.3f} s of audio, one segment of 64 MFCC frames needs 0.655 s"
+TOO_SHORT = (
+    "too short: {:.3f} s of audio, one segment of 64 MFCC frames needs 0.655 s; "
+    "data.preprocess.mfcc.short=repeat pads it to one"
+)
 NO_SPEECH = (
     "no speech found by the VAD: no 30 ms window has a speech-band ratio >= 0.6 within 30 dB of the loudest "
     "(after a median over 11 windows); no_speech=keep keeps such clips whole"

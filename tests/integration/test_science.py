@@ -327,6 +327,7 @@ EXPERIMENT_OPTIMISATION = {
     ("ck_visual", "visual"): (torch.optim.AdamW, 3e-3, 0.05, torch.optim.lr_scheduler.OneCycleLR),
     ("ravdess_audio", "audio"): (torch.optim.AdamW, 1e-3, 0.05, torch.optim.lr_scheduler.OneCycleLR),
     ("emodb_audio", "audio"): (torch.optim.AdamW, 1e-3, 0.05, torch.optim.lr_scheduler.OneCycleLR),
+    ("urdu_audio", "audio"): (torch.optim.AdamW, 1e-3, 0.05, torch.optim.lr_scheduler.OneCycleLR),
     **{
         ("demo", stage): (torch.optim.Adam, 1e-3, 0.0, torch.optim.lr_scheduler.CosineAnnealingLR)
         for stage in ("audio", "visual", "fusion")
