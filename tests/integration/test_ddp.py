@@ -58,6 +58,7 @@ def test_two_process_test_of_a_checkpoint_equals_the_one_process_test(tiny_demo,
             "trainer.devices=2",
             "trainer.precision=32-true",
             "trainer.sync_batchnorm=false",
+            "verbose=true",  # Lightning's own lines, which name the processes and the backend
         ]
     )
     log = result.stdout + result.stderr
