@@ -36,7 +36,7 @@ CASES = {
         ["experiment=paper_rml"],
         "experiment=paper_rml: configs/experiment/ has no paper_rml.yaml; "
         "choose one of ck_visual, demo, emodb_audio, paper_enterface_kfold, paper_enterface_loso, paper_ravdess_kfold, "
-        "paper_rml_kfold, paper_rml_loso, ravdess_audio; try: python train.py experiment=paper_rml_loso",
+        "paper_rml_kfold, paper_rml_loso, ravdess_audio, urdu_audio; try: python train.py experiment=paper_rml_loso",
     ),
     "unknown corpus": (
         ["data=ravdes", "data.root=/corpus"],
