@@ -132,6 +132,7 @@ class EmotionDataModule(L.LightningDataModule):
         self.frame_features: dict[str, torch.Tensor] = {}  # clip id -> frozen-part output per face crop
         self._prepared: PreparedCorpus | None = None
         self._indexed: IndexResult | None = None
+        self._cache_source: str | None = None
         self._folds: list[Fold] | None = None
 
     def index(self) -> IndexResult:
@@ -211,11 +212,13 @@ class EmotionDataModule(L.LightningDataModule):
         """``source`` and the cuts of clips cut out of longer recordings (``cut_source``): the cache key's part
         that names the corpus's content. A root without clips has no cuts: its key is its root's (indexing it
         again when it is prepared says what is missing)."""
-        try:
-            clips = self.index().clips
-        except NoClipsError:
-            return self.source
-        return cut_source(self.source, clips)
+        if self._cache_source is None:
+            try:
+                clips = self.index().clips
+            except NoClipsError:
+                return self.source
+            self._cache_source = cut_source(self.source, clips)  # once: cache_folder is asked for per clip
+        return self._cache_source
 
     def prepare_data(self) -> PreparedCorpus:
         """Index and preprocess the corpus into the clip cache; prints the report (one line, ``cache ready:``,

@@ -51,6 +51,15 @@ def subjects_of(clips: Sequence[Clip]) -> list[str]:
     return sorted({clip.subject for clip in clips}, key=natural_key)
 
 
+def _parts(clips: Sequence[Clip], test: set[str], validation: set[str]) -> dict[str, str]:
+    """Each clip's part of a fold: "test" for the ``test`` clip ids, else "val" for the ``validation`` ones, else
+    "train"."""
+    return {
+        clip.clip_id: "test" if clip.clip_id in test else "val" if clip.clip_id in validation else "train"
+        for clip in clips
+    }
+
+
 def _fold(index: int, name: str, clips: Sequence[Clip], part_of: dict[str, str], *, by_subject: bool) -> Fold:
     """A Fold from ``part_of``: clip id -> "train" | "val" | "test"; ids not in it are left out. Checked
     with ``assert_no_leakage`` before it is returned."""
@@ -126,14 +135,7 @@ def kfold_folds(
             validation = _stratified_sample(training, val_fraction, rng)
         else:
             validation = _subject_sample(training, val_fraction, rng)
-        part_of = {
-            clip.clip_id: "test"
-            if test_fold_of[clip.clip_id] == index
-            else "val"
-            if clip.clip_id in validation
-            else "train"
-            for clip in clips
-        }
+        part_of = _parts(clips, {clip.clip_id for clip in clips if test_fold_of[clip.clip_id] == index}, validation)
         folds.append(_fold(index, f"{k}fold-{group_by}-{index}", clips, part_of, by_subject=group_by == "subject"))
     return folds
 
@@ -203,14 +205,7 @@ def corpus_folds(clips: Sequence[Clip], *, val_fraction: float = 0.2, seed: int 
     for index, corpus in enumerate(corpora):
         rest = [clip for clip in clips if corpus_of[clip.clip_id] != corpus]
         validation = _subject_sample(rest, val_fraction, np.random.default_rng([seed, index]))
-        part_of = {
-            clip.clip_id: "test"
-            if corpus_of[clip.clip_id] == corpus
-            else "val"
-            if clip.clip_id in validation
-            else "train"
-            for clip in clips
-        }
+        part_of = _parts(clips, {clip.clip_id for clip in clips if corpus_of[clip.clip_id] == corpus}, validation)
         fold = _fold(index, f"loco-{corpus}", clips, part_of, by_subject=True)
         fold.test_corpus = corpus
         folds.append(fold)
