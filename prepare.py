@@ -27,15 +27,15 @@ os.environ.setdefault("AVER_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="configs", config_name="prepare")
 def main(cfg: DictConfig) -> None:
     datamodule = hydra.utils.instantiate(cfg.data)
-    prepared = datamodule.prepare_data()
-    if not prepared.report["clips_processed_now"]:
-        print(format_report(prepared.report))
-    print(f"cache: {prepared.report['cache']} (report.json there)")
-    if cfg.vad_plots and datamodule.preprocess_cfg["audio"]:
-        out = Path(prepared.report["cache"]) / "vad_plots"
-        sample = sample_across(prepared.clips, cfg.vad_plots)
-        plot_vad_spans(sample, datamodule.preprocess_cfg, out)
-        print(f"VAD plots of {len(sample)} clips across classes and subjects: {out}")
+    for corpus, prepared in datamodule.prepared_corpora():  # several with data=multi or cv=cross_corpus
+        if not prepared.report["clips_processed_now"]:
+            print(format_report(prepared.report))
+        print(f"cache: {prepared.report['cache']} (report.json there)")
+        if cfg.vad_plots and corpus.preprocess_cfg["audio"]:
+            out = Path(prepared.report["cache"]) / "vad_plots"
+            sample = sample_across(prepared.clips, cfg.vad_plots)
+            plot_vad_spans(sample, corpus.preprocess_cfg, out)
+            print(f"VAD plots of {len(sample)} clips of {corpus.name} across classes and subjects: {out}")
 
 
 if __name__ == "__main__":

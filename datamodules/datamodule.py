@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from datamodules.clips import Clip, IndexResult, NoClipsError, class_rule
 from datamodules.mfcc import AUDIO_NORMS, audio_statistics
@@ -24,6 +24,16 @@ from datamodules.preprocess import (
     prepare_corpus,
 )
 from datamodules.splits import Fold, with_test_corpus
+
+BALANCES: tuple[str, ...] = ("none", "classes")  # data.balance
+
+
+def class_balanced_sampler(segment_labels: torch.Tensor) -> WeightedRandomSampler:
+    """Training segments drawn with replacement, each with weight 1 / (its class's segment count), so that every
+    class is drawn equally often in expectation; an epoch draws as many segments as there are."""
+    counts = torch.bincount(segment_labels)
+    weights = 1.0 / counts[segment_labels].double()
+    return WeightedRandomSampler(weights, num_samples=len(segment_labels), replacement=True)
 
 
 class SegmentDataset(Dataset):
@@ -54,6 +64,12 @@ class SegmentDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    @property
+    def segment_labels(self) -> torch.Tensor:
+        """The class index of every segment, in item order."""
+        counts = [end - start for start, end in zip(self.starts, [*self.starts[1:], self.length])]
+        return torch.tensor(self.labels, dtype=torch.long).repeat_interleave(torch.tensor(counts, dtype=torch.long))
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         pos = bisect_right(self.starts, index) - 1
         k = index - self.starts[pos]
@@ -81,10 +97,13 @@ class EmotionDataModule(L.LightningDataModule):
     it and fills the clip cache; ``setup`` (every rank) reads the cache and builds the fold's datasets.
 
     ``audio_norm`` ("none", "utterance" or "speaker") adds to every audio segment the mean and standard
-    deviation of each image channel and row over its clip's frames ("utterance") or over all frames of all
-    clips of its subject ("speaker"), for ``AudioModule(input_norm=...)`` to standardise with. "speaker"
-    reads unlabelled audio of every subject, the test subjects' included (never their labels): the speaker
+    deviation of each image channel and row over its clip's frames ("utterance"), over all frames of all
+    clips of its subject ("speaker") or of its corpus ("corpus": a ``MultiCorpusDataModule``'s member, else
+    the whole corpus), for ``AudioModule(input_norm=...)`` to standardise with. "speaker" and "corpus" read
+    unlabelled audio of every subject, the test subjects' included (never their labels): the speaker
     normalisation of speech-emotion work, which assumes a new speaker's other recordings are at hand.
+
+    ``balance="classes"`` draws training segments with a ``class_balanced_sampler`` instead of shuffling them.
 
     Cross-corpus (``cv=cross_corpus``): with a ``test_corpus`` (another EmotionDataModule), the folds
     train and validate on this corpus and test on every clip of the other one. Both keep the classes
@@ -110,11 +129,14 @@ class EmotionDataModule(L.LightningDataModule):
         preprocess_workers: int | None = None,
         test_corpus: EmotionDataModule | None = None,
         audio_norm: str = "none",
+        balance: str = "none",
     ) -> None:
         super().__init__()
         if audio_norm not in AUDIO_NORMS:
             raise ValueError(f"audio_norm must be one of {AUDIO_NORMS}, got {audio_norm!r}")
-        self.audio_norm = audio_norm
+        if balance not in BALANCES:
+            raise ValueError(f"balance must be one of {BALANCES}, got {balance!r}")
+        self.audio_norm, self.balance = audio_norm, balance
         self.name, self.root, self.indexer, self.classes = name, Path(root), indexer, list(classes)
         self.configured_classes = list(classes)  # as configured, before a cross-corpus run keeps the shared ones
         self.test_corpus = test_corpus
@@ -259,6 +281,12 @@ class EmotionDataModule(L.LightningDataModule):
         self.audio_stats = self._audio_stats()
         self.first_segment_ids = [0, *accumulate(int(r["segment_times"].shape[0]) for r in self.records)][:-1]
 
+    def prepared_corpora(self) -> list[tuple[EmotionDataModule, PreparedCorpus]]:
+        """Every corpus this module prepares, each with what ``prepare_data`` made of it: this corpus (a
+        ``MultiCorpusDataModule``: each member) and then the test corpus of a cross-corpus run."""
+        own = [(self, self.prepare_data())]
+        return own + (self.test_corpus.prepared_corpora() if self.test_corpus is not None else [])
+
     def prepared_clips(self) -> tuple[list[Clip], list[dict]]:
         """The indexed clips that preprocessing kept, and their cache files' contents."""
         folder = self.cache_folder
@@ -266,10 +294,15 @@ class EmotionDataModule(L.LightningDataModule):
         return clips, [load_clip(folder / f"{c.clip_id}.pt") for c in clips]
 
     def _audio_stats(self) -> list[torch.Tensor]:
-        """Per prepared clip, the ``audio_statistics`` of its clip or subject (``audio_norm``); [] for "none"."""
+        """Per prepared clip, the ``audio_statistics`` of its clip, subject or corpus (``audio_norm``); [] for
+        "none"."""
         if self.audio_norm == "none" or not self.preprocess_cfg.get("audio", True):
             return []
-        group = (lambda clip: clip.subject) if self.audio_norm == "speaker" else (lambda clip: clip.clip_id)
+        group: Callable[[Clip], str] = {
+            "utterance": lambda clip: clip.clip_id,
+            "speaker": lambda clip: clip.subject,
+            "corpus": lambda clip: str(clip.extra.get("corpus", self.name)),
+        }[self.audio_norm]
         images: dict[str, list[torch.Tensor]] = {}
         for clip, record in zip(self.clips, self.records):
             images.setdefault(group(clip), []).append(record["audio"])
@@ -298,12 +331,17 @@ class EmotionDataModule(L.LightningDataModule):
         )
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
-        """Batches of the current fold's ``part``, read from the corpus that holds it, with this module's inputs."""
+        """Batches of the current fold's ``part``, read from the corpus that holds it, with this module's inputs;
+        training batches shuffled, or drawn by ``class_balanced_sampler`` (``balance="classes"``)."""
         dataset = self.corpus_of(part).dataset(getattr(self.current_fold, part), inputs=self.inputs)
+        sampler: Sampler | None = None
+        if shuffle and self.balance == "classes":
+            sampler, shuffle = class_balanced_sampler(dataset.segment_labels), False
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

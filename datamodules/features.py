@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.datamodule import EmotionDataModule
+from datamodules.datamodule import EmotionDataModule, class_balanced_sampler
 from datamodules.feature_cache import Extractor, FeatureCache
 
 EXTRACTED: tuple[str, ...] = ("audio", "visual")
@@ -137,7 +137,12 @@ class FeatureDataModule(L.LightningDataModule):
         ids = set(clip_ids)
         wanted = torch.tensor([i for i, c in enumerate(self.segments.clips) if c.clip_id in ids])
         rows = torch.isin(self.features["clip_index"], wanted).nonzero().flatten()
-        return DataLoader(FeatureDataset(self.features, rows), batch_size=self.batch_size, shuffle=shuffle)
+        sampler = None
+        if shuffle and self.segments.balance == "classes":
+            sampler, shuffle = class_balanced_sampler(self.features["label"][rows]), False
+        return DataLoader(
+            FeatureDataset(self.features, rows), batch_size=self.batch_size, shuffle=shuffle, sampler=sampler
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.segments.current_fold.train, shuffle=True)

@@ -241,7 +241,7 @@ def mfcc_images(
     return segments, segment_times(segments.shape[0], window=window, shift=shift, **timing).to(torch.float32)
 
 
-AUDIO_NORMS: tuple[str, ...] = ("none", "utterance", "speaker")  # data.audio_norm = AudioModule's input_norm
+AUDIO_NORMS: tuple[str, ...] = ("none", "utterance", "speaker", "corpus")  # data.audio_norm = AudioModule's input_norm
 
 
 def audio_statistics(images: Sequence[torch.Tensor]) -> torch.Tensor:

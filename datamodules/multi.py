@@ -62,6 +62,7 @@ class MultiCorpusDataModule(EmotionDataModule):
         preprocess_workers: int | None = None,
         test_corpus: EmotionDataModule | None = None,
         audio_norm: str = "none",
+        balance: str = "none",
     ) -> None:
         if not corpora:
             raise ValueError(
@@ -99,6 +100,7 @@ class MultiCorpusDataModule(EmotionDataModule):
             preprocess_workers=preprocess_workers,
             test_corpus=test_corpus,
             audio_norm=audio_norm,
+            balance=balance,
         )
 
     @staticmethod
@@ -198,6 +200,11 @@ class MultiCorpusDataModule(EmotionDataModule):
             if self.test_corpus is not None:
                 self.test_corpus.prepare_data()
         return self._prepared
+
+    def prepared_corpora(self) -> list[tuple[EmotionDataModule, PreparedCorpus]]:
+        """Each member with what ``prepare_data`` made of it, then the test corpus of a cross-corpus run."""
+        own = [(member, member.prepare_data()) for member in self.corpora.values()]
+        return own + (self.test_corpus.prepared_corpora() if self.test_corpus is not None else [])
 
     def prepared_clips(self) -> tuple[list[Clip], list[dict]]:
         """Every member's prepared clips (prefixed) of this module's classes, read from the member's cache."""

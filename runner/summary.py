@@ -19,10 +19,23 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 
 from lightning_modules.objective import LEVELS, SPLITS, SUMMARY_METRICS, check_objective
+
+
+def fold_wall_times(stage_dir: Path) -> list[float]:
+    """Seconds from each fold's fold.json (written before training) to its metrics.json (after the test), for the
+    finished folds of a stage folder: training, validation and test, and preparing the cache where the first fold
+    found none."""
+    times = []
+    for fold_dir in sorted(stage_dir.glob("fold_*")):
+        start, end = fold_dir / "fold.json", fold_dir / "metrics.json"
+        if start.is_file() and end.is_file():
+            times.append(end.stat().st_mtime - start.stat().st_mtime)
+    return times
 
 
 def split_metrics(result: Mapping) -> dict:

@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from runner.summary import fold_wall_times  # noqa: E402
+
 RUN_ROOT = ROOT / "outputs" / "ravdess" / "kfold"
 CSV_PATH = ROOT / "outputs" / "ablation_audio.csv"
 SEED = 42
@@ -118,16 +121,6 @@ def command(row: str) -> list[str]:
 
 def summary_path(row: str) -> Path:
     return RUN_ROOT / f"ablation_{row}" / "audio" / "summary.json"
-
-
-def fold_wall_times(stage_dir: Path) -> list[float]:
-    """Seconds from each fold's fold.json (written before training) to its metrics.json (after the test)."""
-    times = []
-    for fold_dir in sorted(stage_dir.glob("fold_*")):
-        start, end = fold_dir / "fold.json", fold_dir / "metrics.json"
-        if start.is_file() and end.is_file():
-            times.append(end.stat().st_mtime - start.stat().st_mtime)
-    return times
 
 
 def collect_row(row: str) -> dict | None:

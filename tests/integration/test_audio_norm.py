@@ -68,7 +68,7 @@ def test_no_audio_norm_adds_nothing_and_an_unknown_one_is_refused(ravdess_overri
     data.setup()
     assert "audio_stats" not in data.dataset([data.clips[0].clip_id])[0]
     with pytest.raises(Exception, match="audio_norm must be one of"):
-        instantiate(compose_train([*ravdess_overrides, "data.audio_norm=corpus"]).data)
+        instantiate(compose_train([*ravdess_overrides, "data.audio_norm=bogus"]).data)
 
 
 def test_a_speaker_normalised_module_standardises_by_the_batch_statistics_and_needs_them():
@@ -82,7 +82,7 @@ def test_a_speaker_normalised_module_standardises_by_the_batch_statistics_and_ne
     with pytest.raises(ValueError, match="data.audio_norm=speaker"):
         module.standardise({"audio": images})
     with pytest.raises(ValueError, match="input_norm must be one of"):
-        AudioModule(input_norm="corpus")
+        AudioModule(input_norm="bogus")
 
 
 def test_the_recipe_experiment_composes_a_speaker_normalised_tdnn(ravdess_overrides):

@@ -3,14 +3,20 @@ tests each corpus in turn, cv=cross_corpus tests several corpora, one fold and o
 
 import csv
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
+from torch.utils.data import WeightedRandomSampler
 
 from datamodules.splits import assert_no_leakage
 from runner.loop import run
 from tests.helpers.configs import TINY_MODELS, compose_train
+from tests.helpers.paths import REPO
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +66,38 @@ def test_each_member_keeps_its_own_cache(multi):
     # speaker statistics: one per <corpus>/<speaker>
     stats = {clip.subject: s for clip, s in zip(datamodule.clips, datamodule.audio_stats)}
     assert len(stats) == 4 + 3
+
+
+def test_corpus_statistics_are_one_per_member_and_balance_draws_the_classes_evenly(multi):
+    cfg = compose_train([*multi, "cv=leave_one_corpus_out", "data.audio_norm=corpus", "data.balance=classes"])
+    datamodule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
+    datamodule.prepare_data()
+    datamodule.setup()
+    corpus_of = {clip.clip_id: clip.subject.partition("/")[0] for clip in datamodule.clips}
+    stats = {corpus_of[clip.clip_id]: s for clip, s in zip(datamodule.clips, datamodule.audio_stats)}
+    assert len({tuple(s.flatten().tolist()) for s in datamodule.audio_stats}) == 2 == len(stats)
+    datamodule.fold = 1  # trained on the generated RAVDESS alone: its 6 classes
+    loader = datamodule.train_dataloader()
+    assert isinstance(loader.sampler, WeightedRandomSampler)
+    labels = loader.dataset.segment_labels
+    per_class = torch.zeros(len(datamodule.classes), dtype=torch.float64).index_add_(0, labels, loader.sampler.weights)
+    assert torch.allclose(per_class, per_class[0].expand_as(per_class))  # every class drawn as often
+    assert len(labels) == len(loader.dataset) == loader.sampler.num_samples
+
+
+def test_prepare_py_reports_every_member_and_draws_its_vad_plots(multi):
+    prepared = subprocess.run(
+        [sys.executable, "prepare.py", *multi, "cv=leave_one_corpus_out", "vad_plots=2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-3000:]
+    folders = [Path(f) for f in re.findall(r"^cache: (\S+) \(report.json there\)$", prepared.stdout, re.MULTILINE)]
+    assert [folder.parent.name for folder in folders] == ["ravdess", "emodb"]
+    assert all(len(list((folder / "vad_plots").glob("*.png"))) == 2 for folder in folders)
+    assert "VAD plots of 2 clips of emodb" in prepared.stdout
 
 
 @pytest.mark.slow
