@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hydra.utils import instantiate
 
 from datamodules.clips import Clip, CorpusLayoutError
@@ -19,11 +20,12 @@ from datamodules.preprocess.pipeline import decode, preprocess_clip
 from tests.helpers.audio_trees import voice, write_wav
 from tests.helpers.configs import TINY_MODELS, audio_cfg, compose_train
 from tests.helpers.face_trees import face_image, write_frame
-from tests.helpers.paths import shared_path
+from tests.helpers.paths import REPO, shared_path
 
 URDU_MAP = {"Angry": "anger", "Happy": "happiness", "Neutral": "neutral", "Sad": "sadness"}
 URDU_PATTERN = "{label}/{subject}_F{take}_{code}.wav"
 FOUR = ["anger", "happiness", "neutral", "sadness"]
+YOUR_CORPUS = REPO / "docs" / "your_corpus.md"
 
 
 def table(folder: Path, text: str, name: str = "clips.csv") -> Path:
@@ -216,6 +218,79 @@ def test_the_urdu_crema_d_and_jaffe_patterns(tmp_path):
         ("KM.SU2.16", "KM", "surprise", 2, 16),
     ]
     assert decode(jaffe.clips[0], {**audio_cfg(), "audio": False, "video": True}).frames.shape == (1, 48, 48, 3)
+
+
+def doc_row(corpus: str) -> str:
+    """The row of docs/your_corpus.md's table that brings ``corpus``."""
+    (row,) = [line for line in YOUR_CORPUS.read_text().splitlines() if line.startswith(f"| {corpus} ")]
+    return row
+
+
+def doc_setting(row: str, key: str) -> str:
+    """The value of ``'<key>=<value>'`` on a documented command line, as Hydra receives it (outer quotes gone)."""
+    return re.search(rf"'{re.escape(key)}=(.+?)'(?: |`)", row).group(1).strip('"')
+
+
+def test_the_documented_savee_and_nemo_lines(tmp_path):
+    savee = doc_row("SAVEE")
+    make_files(tmp_path / "savee", ["DC/a01.wav", "DC/sa15.wav", "JK/su03.wav", "JK/n30.wav", "JK/x01.wav"])
+    result = pattern.index(
+        tmp_path / "savee",
+        pattern=doc_setting(savee, "data.indexer.pattern"),
+        label_map=yaml.safe_load(doc_setting(savee, "data.indexer.label_map")),
+        classes=[*FOUR, "surprise"],
+    )
+    assert [(c.subject, c.label, c.extra["n"]) for c in result.clips] == [
+        ("DC", "anger", 1),
+        ("DC", "sadness", 15),
+        ("JK", "neutral", 30),
+        ("JK", "surprise", 3),
+    ]
+    assert "unknown label 'x'" in result.skipped[0][1]
+
+    nemo = doc_row("nEMO")
+    make_files(tmp_path / "nemo", ["data/SB0_anger_0.wav", "data/SB0_surprised_12.wav", "data/KL1_sadness_3.wav"])
+    result = pattern.index(
+        tmp_path / "nemo",
+        pattern=doc_setting(nemo, "data.indexer.pattern"),
+        label_map=yaml.safe_load(doc_setting(nemo, "data.indexer.label_map")),
+        classes=["anger", "sadness", "surprise"],
+    )
+    assert [(c.subject, c.label) for c in result.clips] == [("KL1", "sadness"), ("SB0", "anger"), ("SB0", "surprise")]
+
+
+def test_the_documented_iemocap_script_writes_a_table_that_indexes(tmp_path):
+    """The script of docs/your_corpus.md, run on an IEMOCAP look-alike tree, and the documented label map."""
+    root = tmp_path / "IEMOCAP_full_release"
+    lines = {
+        "Ses01F_impro01_F000": ("neu", "6.2901 - 8.2357"),
+        "Ses01F_impro01_M001": ("ang", "10.0100 - 11.3925"),
+        "Ses01F_impro01_M002": ("exc", "14.8872 - 18.0175"),
+        "Ses01F_impro01_F003": ("fru", "19.2900 - 20.7875"),
+    }
+    evaluation = root / "Session1" / "dialog" / "EmoEvaluation" / "Ses01F_impro01.txt"
+    evaluation.parent.mkdir(parents=True)
+    evaluation.write_text(
+        "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+        + "".join(f"[{times}]\t{name}\t{label}\t[2.5000, 2.5000, 2.5000]\n" for name, (label, times) in lines.items())
+    )
+    make_files(root / "Session1" / "sentences" / "wav" / "Ses01F_impro01", [f"{name}.wav" for name in lines])
+    doc = YOUR_CORPUS.read_text()
+    script = doc[doc.index("This script") :].split("```python\n", 1)[1].split("```", 1)[0]
+    exec(script.replace('"/data/IEMOCAP_full_release"', repr(str(root))), {})
+    row = doc_row("IEMOCAP")
+    result = manifest.index(
+        root,
+        manifest="iemocap.csv",
+        label_map=yaml.safe_load(doc_setting(row, "data.indexer.label_map")),
+        classes=yaml.safe_load(doc_setting(row, "data.classes")),
+    )
+    assert [(c.subject, c.label, c.extra["dialog_start_s"]) for c in result.clips] == [
+        ("Ses01F", "neutral", "6.2901"),
+        ("Ses01M", "anger", "10.0100"),
+        ("Ses01M", "happiness", "14.8872"),
+    ]
+    assert not result.skipped  # frustration is left out by the map (null), not an error
 
 
 def test_a_pattern_without_subject_or_label_and_an_unknown_label(tmp_path):
