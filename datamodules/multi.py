@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from datamodules.clips import Clip, IndexResult, class_rule
 from datamodules.datamodule import EmotionDataModule
 from datamodules.preprocess import PreparedCorpus, cache_folder, load_clip
-from datamodules.splits import Fold
+from datamodules.splits import Fold, with_training_clips
 
 SEPARATOR = "/"  # between a member's name and its clip id or subject
 
@@ -43,7 +43,9 @@ class MultiCorpusDataModule(EmotionDataModule):
     """The union of ``corpora`` (name -> EmotionDataModule, each with its own root, indexer and cache) as one corpus.
 
     ``preprocess`` is the run's preprocessing; each member keeps the keys its own config sets on top of it (EmoDB's
-    ``video: false``). Members are renamed to their key in ``corpora`` (their cache goes to
+    ``video: false``). ``train_only`` names members whose clips are added to every fold's training part and never
+    validated nor tested: the folds of ``cv`` are those of the other members (``kfold_by_subject`` over URDU's
+    speakers, with all of RAVDESS in training). Members are renamed to their key in ``corpora`` (their cache goes to
     ``<cache_dir>/<key>/<hash>``, as a run of that corpus alone with ``data.name=<key>`` would use).
     """
 
@@ -63,6 +65,7 @@ class MultiCorpusDataModule(EmotionDataModule):
         test_corpus: EmotionDataModule | None = None,
         audio_norm: str = "none",
         balance: str = "none",
+        train_only: Sequence[str] = (),
     ) -> None:
         if not corpora:
             raise ValueError(
@@ -73,6 +76,14 @@ class MultiCorpusDataModule(EmotionDataModule):
         if bad:
             raise ValueError(f"{name}: corpus names {bad} may not be empty nor hold {SEPARATOR!r}")
         self.corpora = dict(corpora)
+        unknown = [key for key in train_only if key not in self.corpora]
+        if unknown or (train_only and set(train_only) >= set(self.corpora)):
+            raise ValueError(
+                f"{name}: train_only={list(train_only)} must name some, not all, of the members {list(self.corpora)}"
+            )
+        self.train_only = list(train_only)
+        if train_only and cv is not None:
+            cv = with_training_clips(cv, lambda clip: clip.extra.get("corpus") in self.train_only)
         for key, member in self.corpora.items():
             member.name = key
             member.preprocess_cfg = deep_merge(preprocess, member.preprocess_cfg)

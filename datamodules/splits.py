@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -209,6 +209,19 @@ def corpus_folds(clips: Sequence[Clip], *, val_fraction: float = 0.2, seed: int 
         fold = _fold(index, f"loco-{corpus}", clips, part_of, by_subject=True)
         fold.test_corpus = corpus
         folds.append(fold)
+    return folds
+
+
+def with_training_clips(
+    cv: Callable[[list[Clip]], list[Fold]], is_training_only: Callable[[Clip], bool]
+) -> Callable[[list[Clip]], list[Fold]]:
+    """The folds of ``cv`` over the clips that are not ``is_training_only``, with those clips added to every
+    fold's training part (never validated nor tested): ``data=multi`` with ``data.train_only``."""
+
+    def folds(clips: list[Clip]) -> list[Fold]:
+        extra = [clip.clip_id for clip in clips if is_training_only(clip)]
+        return [replace(fold, train=fold.train + extra) for fold in cv([c for c in clips if not is_training_only(c)])]
+
     return folds
 
 

@@ -13,9 +13,11 @@ classes (anger, happiness, neutral, sadness), seed 42:
 
 Each comparison has the recipe (``stage=audio``), the floor (``stage=baseline baseline=compare``: ComParE_2016 +
 linear SVM on the same split) and the recipe with one switch: ``balance`` (``data.balance=classes``) and
-``corpus_norm`` (``data.audio_norm=corpus``: statistics per corpus instead of per speaker). The table marks, per
-comparison, the network row with the best validation objective: the switch that validation would choose; test
-figures are reported, never used to choose.
+``corpus_norm`` (``data.audio_norm=corpus``: statistics per corpus instead of per speaker); URDU within the corpus
+also ``plus_ravdess`` (multi-corpus training: every RAVDESS clip added to each URDU fold's training part, with
+``data=multi data.train_only=[ravdess]``) and ``short_zeros`` (short speech padded with silence instead of
+repeated). The table marks, per comparison, the network row with the best validation objective: the switch that
+validation would choose; test figures are reported, never used to choose.
 
 Every row is ``python train.py <its overrides> seed=42 logger=csv tag=across_corpora_<row>``; a row whose
 ``summary.json`` exists is skipped by ``run`` (delete its folder to redo it; an interrupted row resumes).
@@ -101,12 +103,35 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "floor": ("baseline", ["baseline=compare"]),
     "balance": ("audio", ["data.balance=classes"]),
     "corpus_norm": ("audio", ["data.audio_norm=corpus"]),
+    # URDU only: RAVDESS added to every fold's training part (the same URDU folds, validated on URDU speakers)
+    "plus_ravdess": (
+        "audio",
+        [
+            "data=multi",
+            "~data.root",
+            "~data.indexer",
+            "data.name=urdu+ravdess",
+            "+data@data.corpora.urdu=pattern",
+            *urdu_corpus("data.corpora.urdu"),
+            "+data@data.corpora.ravdess=ravdess",
+            f"data.corpora.ravdess.root={RAVDESS_ROOT}",
+            f"data.corpora.ravdess.classes={CLASSES}",
+            "data.train_only=[ravdess]",
+        ],
+    ),
+    "short_zeros": ("audio", ["data.preprocess.mfcc.short=zeros"]),  # URDU only: silence instead of repetition
 }
 MODEL_NAMES = {
     "recipe": "`stage=audio` (the recipe)",
     "floor": "floor: ComParE + SVM",
     "balance": "recipe + `data.balance=classes`",
     "corpus_norm": "recipe + `data.audio_norm=corpus`",
+    "plus_ravdess": "recipe + RAVDESS in training (`data.train_only=[ravdess]`)",
+    "short_zeros": "recipe + `data.preprocess.mfcc.short=zeros`",
+}
+SWITCHES = ["recipe", "floor", "balance", "corpus_norm"]
+MODELS_OF: dict[str, list[str]] = {comparison: SWITCHES for comparison in COMPARISONS} | {
+    "urdu": [*SWITCHES, "plus_ravdess", "short_zeros"]
 }
 
 
@@ -139,7 +164,7 @@ class Row:
         return found[0] if found else None
 
 
-ROWS: dict[str, Row] = {row.name: row for row in (Row(c, m) for c in COMPARISONS for m in MODELS)}
+ROWS: dict[str, Row] = {row.name: row for row in (Row(c, m) for c in COMPARISONS for m in MODELS_OF[c])}
 
 
 def minutes(seconds: float) -> str:
@@ -157,7 +182,7 @@ def table_lines(row: Row) -> list[tuple[str, str, float, str, str, str, str]]:
     times = fold_wall_times(path.parent)
     wall = minutes(sum(times)) if times else "—"
     label = COMPARISONS[row.comparison][0]
-    if "per_corpus" in summary["test"]:
+    if len(summary["test"].get("per_corpus", [])) > 1:
         return [
             (
                 f"{label}: test {corpus['corpus']}",
@@ -192,7 +217,7 @@ def write_table() -> Path:
     ]
     missing = []
     for comparison in COMPARISONS:
-        rows = [ROWS[f"{comparison}.{model}"] for model in MODELS]
+        rows = [ROWS[f"{comparison}.{model}"] for model in MODELS_OF[comparison]]
         finished = {row.model: table_lines(row) for row in rows}
         missing += [row.name for row in rows if not finished[row.model]]
         networks = [row.model for row in rows if row.stage == "audio" and finished[row.model]]

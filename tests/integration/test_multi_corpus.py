@@ -54,6 +54,24 @@ def test_leave_one_corpus_out_folds_are_the_corpora(multi):
     assert {len(datamodule.folds[0].test), len(datamodule.folds[1].test)} == {96, 45}
 
 
+def test_a_member_only_trained_on_joins_every_training_part_of_the_others_folds(multi):
+    cfg = compose_train([*multi, "cv=kfold_by_subject", "cv.k=3", "data.train_only=[ravdess]"])
+    with pytest.warns(UserWarning, match="emodb lacks"):
+        datamodule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
+    clips = datamodule.index().clips
+    ravdess = {clip.clip_id for clip in clips if clip.subject.startswith("ravdess/")}
+    assert len(datamodule.folds) == 3 and len(ravdess) == 96
+    for fold in datamodule.folds:
+        assert_no_leakage(fold, clips, by_subject=True)
+        assert ravdess <= set(fold.train) and not ravdess & set(fold.val + fold.test)
+        assert fold.test_corpus == "emodb" and {s.partition("/")[0] for s in fold.test_subjects} == {"emodb"}
+    assert sorted(c for fold in datamodule.folds for c in fold.test) == sorted(
+        c.clip_id for c in clips if c.clip_id not in ravdess
+    )
+    with pytest.raises(Exception, match="must name some, not all, of the members"):
+        instantiate(compose_train([*multi, "data.train_only=[iemocap]"]).data)
+
+
 def test_each_member_keeps_its_own_cache(multi):
     cfg = compose_train([*multi, "cv=leave_one_corpus_out", "data.audio_norm=speaker"])
     datamodule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))

@@ -37,10 +37,13 @@ def test_every_row_composes_with_its_own_tag_and_the_four_shared_classes(across,
         assert cfg.stage == row.stage and cfg.fold == "all"
         classes = cfg.data.classes or cfg.data.corpora.urdu.classes
         assert list(classes) == ["anger", "happiness", "neutral", "sadness"]
-        assert cfg.data.preprocess.mfcc.short == "repeat"
+        assert cfg.data.preprocess.mfcc.short == ("zeros" if row.model == "short_zeros" else "repeat")
         assert cfg.data.audio_norm == ("corpus" if row.model == "corpus_norm" else "speaker")
         assert cfg.data.balance == ("classes" if row.model == "balance" else "none")
-    assert len(tags) == len(across.ROWS) == 16
+        if row.model == "plus_ravdess":
+            assert list(cfg.data.corpora) == ["urdu", "ravdess"] and cfg.data.train_only == ["ravdess"]
+            assert cfg.cv.folds == compose(REPO / "configs", "train", across.ROWS["urdu.recipe"].overrides()).cv.folds
+    assert len(tags) == len(across.ROWS) == 18
 
 
 def _write_summary(folder: Path, val: float, uars: list[float], per_corpus: list[dict] | None = None) -> None:
