@@ -184,9 +184,10 @@ def load_run(folder: Path, stage: str | None, fold: str, device: torch.device, o
         {name: load_network(path, name, device) for name, path in fold_checkpoints(folder, stage, fold).items()}
         for fold in folds
     ]
-    if any(getattr(network, "input_norm", "none") == "speaker" for fold in networks for network in fold.values()):
+    norms = {getattr(network, "input_norm", "none") for fold in networks for network in fold.values()}
+    for norm in sorted(norms & {"speaker", "corpus"}):
         print(
-            f"note: {folder} has a speaker-normalised audio model (data.audio_norm=speaker); each recording's own "
-            "statistics stand in for its speaker's (docs/prediction.md)"
+            f"note: {folder} has a {norm}-normalised audio model (data.audio_norm={norm}); each recording's own "
+            f"statistics stand in for its {norm}'s (docs/prediction.md)"
         )
     return TrainedRun(folder, stage, folds, networks, class_names, preprocess, precision, device)
