@@ -38,6 +38,7 @@ def test_one_fold_trains_on_one_corpus_and_tests_on_every_clip_of_the_other(ravd
     cfg = compose_train([*ravdess_to_emodb, "cv.val_subjects=[actor_04]"])
     assert cfg.cv.name == "cross_corpus-emodb" and cfg.paths.run_dir.endswith("ravdess/cross_corpus-emodb/")
     assert cfg.test_data.preprocess.mfcc == cfg.data.preprocess.mfcc and cfg.test_data.preprocess.video is False
+    assert set(cfg.test_data.preprocess) == set(cfg.data.preprocess)  # every setting: one cache key per corpus
     with pytest.warns(UserWarning, match=r"dropped from ravdess: \['surprise'\]"):
         datamodule = instantiate(cfg.data, cv=instantiate(cfg.cv.folds))
     assert datamodule.classes == datamodule.test_corpus.classes == ["anger", "disgust", "fear", "happiness", "sadness"]

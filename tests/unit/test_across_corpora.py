@@ -63,7 +63,7 @@ def _write_summary(folder: Path, val: float, uars: list[float], per_corpus: list
 def test_the_table_bolds_the_validation_choice_and_splits_leave_one_corpus_out_by_corpus(across, tmp_path):
     _write_summary(tmp_path / "urdu/kfold/across_corpora_urdu_recipe/audio", 0.70, [0.4, 0.5])
     _write_summary(tmp_path / "urdu/kfold/across_corpora_urdu_balance/audio", 0.80, [0.3, 0.4])
-    _write_summary(tmp_path / "urdu/kfold/across_corpora_urdu_floor/baseline", 0.90, [0.5, 0.6])
+    _write_summary(tmp_path / "urdu/kfold/across_corpora_urdu_floor/baseline-compare", 0.90, [0.5, 0.6])
     per_corpus = [
         {"corpus": "ravdess", "video_uar": 0.31, "video_accuracy": 0.32},
         {"corpus": "urdu", "video_uar": 0.41, "video_accuracy": 0.42},
