@@ -1,6 +1,6 @@
 """The table across corpora and languages (docs/results.md "URDU, and across corpora") in one command:
 
-    python scripts/across_corpora.py run [ROW ...]    # train the rows not finished yet (all by default), then table
+    python scripts/across_corpora.py run [ROW ...] [KEY=VALUE ...]   # train the rows not finished yet, then table
     python scripts/across_corpora.py table            # outputs/across_corpora.md from the rows' summary.json
     python scripts/across_corpora.py list             # the rows and their train.py commands
 
@@ -19,8 +19,9 @@ also ``plus_ravdess`` (multi-corpus training: every RAVDESS clip added to each U
 repeated). The table marks, per comparison, the network row with the best validation objective: the switch that
 validation would choose; test figures are reported, never used to choose.
 
-Every row is ``python train.py <its overrides> seed=42 logger=csv tag=across_corpora_<row>``; a row whose
-``summary.json`` exists is skipped by ``run`` (delete its folder to redo it; an interrupted row resumes).
+Every row is ``python train.py <its overrides> seed=42 logger=csv tag=across_corpora_<row> [KEY=VALUE ...]`` (e.g.
+``paths.shared_data=/data`` where the corpora lie elsewhere, ``trainer=gpu``); a row whose ``summary.json`` exists
+is skipped by ``run`` (delete its folder to redo it; an interrupted row resumes).
 URDU clips shorter than one 1.93-s window are padded by repeating the utterance (``data.preprocess.mfcc.short=
 repeat``) in every row that reads URDU.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,8 +157,8 @@ class Row:
     def overrides(self) -> list[str]:
         return [*COMPARISONS[self.comparison][1], f"stage={self.stage}", *MODELS[self.model][1], "fold=all"]
 
-    def command(self) -> list[str]:
-        return [sys.executable, "train.py", *self.overrides(), f"seed={SEED}", "logger=csv", f"tag={self.tag}"]
+    def command(self, extra: Sequence[str] = ()) -> list[str]:
+        return [sys.executable, "train.py", *self.overrides(), f"seed={SEED}", "logger=csv", f"tag={self.tag}", *extra]
 
     def summary_path(self) -> Path | None:
         """``<outputs>/<corpus>/<cv>/<tag>/<stage folder>/summary.json`` once the row has finished (the floor's
@@ -241,21 +243,23 @@ def write_table() -> Path:
 
 
 def main(argv: list[str]) -> int:
-    action, names = (argv[0] if argv else "list"), argv[1:]
+    action = argv[0] if argv else "list"
+    names = [arg for arg in argv[1:] if "=" not in arg]
+    extra = [arg for arg in argv[1:] if "=" in arg]  # train.py overrides for every row
     unknown = [name for name in names if name not in ROWS and name not in COMPARISONS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; rows: {', '.join(ROWS)} (or a comparison: {', '.join(COMPARISONS)})")
     chosen = [row for row in ROWS.values() if not names or row.name in names or row.comparison in names]
     if action == "list":
         for row in chosen:
-            print(f"{row.name}: python train.py {' '.join(row.command()[2:])}")
+            print(f"{row.name}: python train.py {' '.join(row.command(extra)[2:])}")
     elif action == "run":
         for row in chosen:
             if row.summary_path() is not None:
                 print(f"{row.name}: done ({row.summary_path()})")
                 continue
-            print("+", " ".join(row.command()), flush=True)
-            subprocess.run(row.command(), cwd=ROOT, check=True)
+            print("+", " ".join(row.command(extra)), flush=True)
+            subprocess.run(row.command(extra), cwd=ROOT, check=True)
         write_table()
     elif action == "table":
         write_table()
