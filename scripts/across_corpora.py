@@ -34,9 +34,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from lightning_modules.objective import SUMMARY_METRICS  # noqa: E402
 from runner.summary import fold_wall_times  # noqa: E402
 
 OUTPUTS = ROOT / "outputs"
@@ -175,23 +177,36 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def table_lines(row: Row) -> list[tuple[str, str, float, str, str, str, str]]:
-    """(train -> test, model, validation objective, test UAR, test accuracy, per-fold UAR, wall time) lines of a
-    finished row: one line, or one per test corpus for leave-one-corpus-out."""
+class Line(NamedTuple):
+    """One line of the table: a row's figures on one test corpus."""
+
+    train_test: str
+    model: str
+    val: float
+    uar: str
+    accuracy: str
+    per_fold: str
+    wall: str
+
+
+def table_lines(row: Row) -> list[Line]:
+    """The lines of a finished row: one, or one per test corpus for leave-one-corpus-out, each with the validation
+    objective of the folds that tested that corpus."""
     path = row.summary_path()
     if path is None:
         return []
     summary = json.loads(path.read_text())
-    val = summary["objective"]["mean"]
     times = fold_wall_times(path.parent)
     wall = minutes(sum(times)) if times else "—"
     label = COMPARISONS[row.comparison][0]
     if len(summary["test"].get("per_corpus", [])) > 1:
+        objective = SUMMARY_METRICS[summary["objective"]["metric"].partition("/")[2]]
+        val_of = {fold["fold"]: fold[objective] for fold in summary["val"]["folds"]}
         return [
-            (
+            Line(
                 f"{label}: test {corpus['corpus']}",
-                MODEL_NAMES[row.model],
-                val,
+                row.model,
+                sum(val_of[k] for k in corpus["folds"]) / len(corpus["folds"]),
                 f"{corpus['video_uar']:.3f}",
                 f"{corpus['video_accuracy']:.3f}",
                 "—",
@@ -207,14 +222,15 @@ def table_lines(row: Row) -> list[tuple[str, str, float, str, str, str, str]]:
         return f"{mean[metric]:.3f}" + (f" ± {std[metric]:.3f}" if several else "")
 
     per_fold = " ".join(f"{fold['video_uar']:.3f}" for fold in folds) if several else "—"
-    return [(label, MODEL_NAMES[row.model], val, spread("video_uar"), spread("video_accuracy"), per_fold, wall)]
+    val = summary["objective"]["mean"]
+    return [Line(label, row.model, val, spread("video_uar"), spread("video_accuracy"), per_fold, wall)]
 
 
 def write_table() -> Path:
-    """The markdown table of every finished row, the validation-chosen network row of each comparison in bold."""
+    """The markdown table of every finished row; in bold, the network row that validation chooses for each test."""
     lines = [
         f"Seed {SEED}; test video UAR and accuracy (4 classes, chance 0.25); validation: the mean objective "
-        "(val/video_uar) over folds; **bold**: the network row that validation chooses in each comparison.",
+        "(val/video_uar) over the folds; **bold**: the network row that validation chooses for each test.",
         "",
         "| train -> test | model | validation UAR | test UAR | test accuracy | folds (UAR) | wall time |",
         "|---|---|---|---|---|---|---|",
@@ -222,16 +238,17 @@ def write_table() -> Path:
     missing = []
     for comparison in COMPARISONS:
         rows = [ROWS[f"{comparison}.{model}"] for model in MODELS_OF[comparison]]
-        finished = {row.model: table_lines(row) for row in rows}
-        missing += [row.name for row in rows if not finished[row.model]]
-        networks = [row.model for row in rows if row.stage == "audio" and finished[row.model]]
-        chosen = max(networks, key=lambda model: finished[model][0][2], default=None)
-        for model, entries in finished.items():
-            for train_test, name, val, uar, accuracy, per_fold, wall in entries:
-                bold = "**" if model == chosen else ""
+        finished = [line for row in rows for line in table_lines(row)]
+        missing += [row.name for row in rows if row.summary_path() is None]
+        for test in dict.fromkeys(line.train_test for line in finished):
+            group = [line for line in finished if line.train_test == test]
+            networks = [line for line in group if MODELS[line.model][0] == "audio"]
+            chosen = max(networks, key=lambda line: line.val, default=None)
+            for line in group:
+                bold = "**" if line is chosen else ""
                 lines.append(
-                    f"| {train_test} | {bold}{name}{bold} | {val:.3f} | {bold}{uar}{bold} | {accuracy} | {per_fold} "
-                    f"| {wall} |"
+                    f"| {line.train_test} | {bold}{MODEL_NAMES[line.model]}{bold} | {line.val:.3f} | {bold}{line.uar}{bold} "
+                    f"| {line.accuracy} | {line.per_fold} | {line.wall} |"
                 )
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)} (`python scripts/across_corpora.py run`)."]
