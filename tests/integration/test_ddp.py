@@ -83,3 +83,70 @@ def test_two_process_test_of_a_checkpoint_equals_the_one_process_test(tiny_demo,
     tables = [run.table("test/video_confusion_matrix_table") for run in runs]
     assert tables[0] == tables[1]
     assert runs[0].summary["test/video_acc"] == runs[1].summary["test/video_acc"]
+
+
+BALANCED_DDP_SCRIPT = """
+import json
+import sys
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from datamodules.datamodule import class_balanced_sampler
+
+labels = torch.tensor([0] * 900 + [1] * 100)
+
+
+class Recorder(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 2)
+        self.seen = []
+
+    def training_step(self, batch, index):
+        self.seen += batch[1].tolist()
+        return self.layer(batch[0]).sum()
+
+    def on_train_epoch_end(self):
+        sampler = type(self.trainer.train_dataloader.sampler).__name__
+        with open(f"{sys.argv[1]}/rank{self.global_rank}.json", "w") as out:
+            json.dump({"sampler": sampler, "labels": self.seen}, out)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), 0.1)
+
+
+if __name__ == "__main__":
+    L.seed_everything(0)
+    data = TensorDataset(torch.randn(1000, 1), labels)
+    loader = DataLoader(data, batch_size=50, sampler=class_balanced_sampler(labels))
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False, enable_checkpointing=False
+    )
+    trainer.fit(Recorder(), train_dataloaders=loader)
+"""
+
+
+@pytest.mark.slow
+def test_class_balanced_draws_are_split_between_two_ddp_processes(tmp_path):
+    """data.balance=classes under real DDP (2 CPU processes): Lightning wraps the sampler so that each rank trains
+    on half of the epoch's draws, and the rare class (10 % of the segments) is drawn about as often as the other."""
+    script = tmp_path / "balanced_ddp.py"
+    script.write_text(BALANCED_DDP_SCRIPT)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "AVER_AGENT_"))}
+    environ["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [rank["sampler"] for rank in ranks] == ["DistributedSamplerWrapper"] * 2
+    assert [len(rank["labels"]) for rank in ranks] == [500, 500]
+    rare = sum(sum(rank["labels"]) for rank in ranks) / 1000
+    assert 0.4 < rare < 0.6  # shuffled, 0.10
