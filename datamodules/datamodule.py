@@ -96,7 +96,7 @@ class EmotionDataModule(L.LightningDataModule):
     ``prepare_data`` (rank zero only) generates the corpus when it has a generator (the demo), indexes
     it and fills the clip cache; ``setup`` (every rank) reads the cache and builds the fold's datasets.
 
-    ``audio_norm`` ("none", "utterance" or "speaker") adds to every audio segment the mean and standard
+    ``audio_norm`` ("none", "utterance", "speaker" or "corpus") adds to every audio segment the mean and standard
     deviation of each image channel and row over its clip's frames ("utterance"), over all frames of all
     clips of its subject ("speaker") or of its corpus ("corpus": a ``MultiCorpusDataModule``'s member, else
     the whole corpus), for ``AudioModule(input_norm=...)`` to standardise with. "speaker" and "corpus" read
