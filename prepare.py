@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from datamodules.preprocess import format_report, plot_vad_spans, sample_across
-from runner.command_line import check_choices, with_corpus_experiment
+from runner.command_line import check_choices, with_corpus_experiment, with_test_corpora
 from runner.expected_errors import one_line_errors
 from runner.interrupt import stopped_by_signals
 from runner.unread_keys import check_overrides
@@ -40,6 +40,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     config_dir = Path(__file__).resolve().parent / "configs"
+    sys.argv[1:] = with_test_corpora(sys.argv[1:])  # +test_data=[emodb,ravdess]: several test corpora
     with one_line_errors():
         check_choices(sys.argv[1:], config_dir)
     sys.argv[1:] = with_corpus_experiment(sys.argv[1:], config_dir)

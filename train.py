@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from runner.command_line import check_choices, with_corpus_experiment
+from runner.command_line import check_choices, with_corpus_experiment, with_test_corpora
 from runner.expected_errors import one_line_errors
 from runner.interrupt import stopped_by_signals
 from runner.unread_keys import check_overrides
@@ -45,6 +45,7 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     config_dir = Path(__file__).resolve().parent / "configs"
+    sys.argv[1:] = with_test_corpora(sys.argv[1:])  # +test_data=[emodb,ravdess]: several test corpora
     with one_line_errors():  # before Hydra, whose own message for an unknown config name has no command
         check_choices(sys.argv[1:], config_dir)
     sys.argv[1:] = with_corpus_experiment(sys.argv[1:], config_dir)  # data=ravdess runs experiment=ravdess_audio

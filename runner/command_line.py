@@ -203,6 +203,25 @@ def corpus_experiment(args: Sequence[str], config_dir: Path) -> str | None:
     return OmegaConf.load(config_dir / CORPUS_EXPERIMENTS).get(corpus)
 
 
+def with_test_corpora(args: Sequence[str]) -> list[str]:
+    """``args`` with a list of test corpora, ``+test_data=[emodb,ravdess]``, written out as the several test corpora
+    of ``+test_data=multi`` (``test_data.name=emodb+ravdess +data@test_data.corpora.emodb=emodb …``), said on
+    stdout. Hydra merges the configs of one group's list into one node, so the list cannot be a config choice; each
+    member's root is then ``test_data.corpora.<name>.root``."""
+    written: list[str] = []
+    for arg in args:
+        key, _, value = arg.lstrip("+").partition("=")
+        names = [name.strip() for name in value.strip("[]").split(",") if name.strip()]
+        if key != "test_data" or not (value.startswith("[") and value.endswith("]") and names):
+            written.append(arg)
+            continue
+        members = [f"+data@test_data.corpora.{name}={name}" for name in names]
+        expanded = ["+test_data=multi", f"test_data.name={'+'.join(names)}", *members]
+        print(f"{arg}: {' '.join(expanded)}")
+        written += expanded
+    return written
+
+
 def with_corpus_experiment(args: Sequence[str], config_dir: Path) -> list[str]:
     """``args`` with ``experiment=<corpus_experiment>`` after their ``data=`` when there is one (among the other
     overrides, which argparse wants together), said on stdout."""

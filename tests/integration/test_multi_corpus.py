@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from torch.utils.data import WeightedRandomSampler
 
 from datamodules.splits import assert_no_leakage
+from runner.command_line import with_test_corpora
 from runner.loop import run
 from tests.helpers.configs import TINY_MODELS, compose_train
 from tests.helpers.paths import REPO
@@ -174,3 +175,48 @@ def test_baseline_cross_corpus_to_two_test_corpora(generated_ravdess, generated_
     results = Path(cfg.paths.output_dir) / "emodb" / "cross_corpus-multi" / "results_per_corpus.csv"
     with open(results) as handle:
         assert [row["test_corpus"] for row in csv.DictReader(handle)] == ["ravdess", "ravdess2"]
+
+
+def test_a_list_of_test_corpora_is_written_out_as_the_several_test_corpora_of_multi(tmp_path):
+    roots = ["test_data.corpora.emodb.root=/data/emodb", "test_data.corpora.ravdess.root=/data/ravdess"]
+    short = with_test_corpora(["data=demo", "cv=cross_corpus", "+test_data=[emodb, ravdess]", *roots])
+    long = [
+        "data=demo",
+        "cv=cross_corpus",
+        "+test_data=multi",
+        "test_data.name=emodb+ravdess",
+        "+data@test_data.corpora.emodb=emodb",
+        "+data@test_data.corpora.ravdess=ravdess",
+        *roots,
+    ]
+    assert short == long
+    assert with_test_corpora(["+test_data=emodb", "data.classes=[anger]"]) == [
+        "+test_data=emodb",
+        "data.classes=[anger]",
+    ]
+
+
+def test_prepare_py_takes_a_list_of_test_corpora(generated_ravdess, generated_emodb, tmp_path):
+    prepared = subprocess.run(
+        [
+            sys.executable,
+            "prepare.py",
+            "data=emodb",
+            f"data.root={generated_emodb}",
+            "cv=cross_corpus",
+            "+test_data=[ravdess]",
+            f"test_data.corpora.ravdess.root={generated_ravdess}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "vad_plots=0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-3000:]
+    assert "+test_data=[ravdess]: +test_data=multi test_data.name=ravdess +data@test_data.corpora.ravdess=ravdess" in (
+        prepared.stdout
+    )
+    folders = [Path(f) for f in re.findall(r"^cache: (\S+) \(report.json there\)$", prepared.stdout, re.MULTILINE)]
+    assert [folder.parent.name for folder in folders] == ["emodb", "ravdess"]
