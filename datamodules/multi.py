@@ -18,15 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from datamodules.clips import Clip, IndexResult, class_rule
 from datamodules.datamodule import EmotionDataModule
 from datamodules.preprocess import PreparedCorpus, cache_folder, load_clip
-from datamodules.splits import Fold, with_training_clips
-
-SEPARATOR = "/"  # between a member's name and its clip id or subject
-
-
-def corpus_of_subject(subject: str) -> str | None:
-    """The member corpus of a prefixed subject (``urdu/SM1`` -> ``urdu``); None for a plain one."""
-    corpus, separator, _ = subject.partition(SEPARATOR)
-    return corpus if separator else None
+from datamodules.splits import SEPARATOR, Fold, corpus_of_subject, with_training_clips
 
 
 def deep_merge(base: Mapping, over: Mapping) -> dict:
@@ -161,28 +153,22 @@ class MultiCorpusDataModule(EmotionDataModule):
 
     @property
     def folds(self) -> list[Fold]:
-        """The configured folds; a fold whose test subjects all belong to one member names it as its test corpus,
-        with the classes its metrics leave out (``dropped_classes``)."""
-        folds = super().folds
-        if self.test_corpus is not None:
-            return folds
-        label_of = {clip.clip_id: clip.label for clip in self.index().clips}
-        for fold in folds:
-            if fold.test_corpus is None:
-                corpora = {corpus_of_subject(subject) for subject in fold.test_subjects}
-                if len(corpora) == 1:
-                    fold.test_corpus = corpora.pop()
-            if fold.test_corpus in self.corpora and not fold.dropped_classes:
-                present = {label_of[clip_id] for clip_id in fold.test}
-                fold.dropped_classes = {
-                    "not_in_test": [label for label in self.classes if label not in present],
-                    "not_in_training": [
-                        label
-                        for label in self.corpora[fold.test_corpus].configured_classes
-                        if label not in self.classes
-                    ],
-                }
-        return folds
+        """The configured folds (made once); a fold whose test subjects all belong to one member names it as its
+        test corpus, with the classes its metrics leave out (``dropped_classes``)."""
+        if self._folds is None:
+            folds = super().folds
+            if self.test_corpus is None:
+                clip_of = {clip.clip_id: clip for clip in self.index().clips}
+                for fold in folds:
+                    corpora = {corpus_of_subject(subject) for subject in fold.test_subjects}
+                    if fold.test_corpus is None and len(corpora) == 1:
+                        fold.test_corpus = corpora.pop()
+                    if fold.test_corpus in self.corpora and not fold.dropped_classes:
+                        fold.dropped_classes = self.dropped_classes(
+                            [clip_of[clip_id] for clip_id in fold.test],
+                            self.corpora[fold.test_corpus].configured_classes,
+                        )
+        return self._folds
 
     def test_groups(self) -> list[tuple[str, list[Clip], list[str]]]:
         """Per member, its (prefixed) clips and its configured classes: one test fold each when this module is a

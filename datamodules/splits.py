@@ -185,6 +185,15 @@ def holdout_folds(
     ]
 
 
+SEPARATOR = "/"  # between a member corpus's name and its clip id or subject (data=multi)
+
+
+def corpus_of_subject(subject: str) -> str | None:
+    """The member corpus of a prefixed subject (``urdu/SM1`` -> ``urdu``); None for a plain one."""
+    corpus, separator, _ = subject.partition(SEPARATOR)
+    return corpus if separator else None
+
+
 def corpus_folds(clips: Sequence[Clip], *, val_fraction: float = 0.2, seed: int = 0) -> list[Fold]:
     """Leave one corpus out (``data=multi``, ``cv=leave_one_corpus_out``): fold i tests every clip of the i-th
     corpus (in the order of the clip table); validation is whole subjects of the other corpora, drawn (seeded,
@@ -194,7 +203,7 @@ def corpus_folds(clips: Sequence[Clip], *, val_fraction: float = 0.2, seed: int 
     """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    corpus_of = {clip.clip_id: clip.subject.partition("/")[0] if "/" in clip.subject else None for clip in clips}
+    corpus_of = {clip.clip_id: corpus_of_subject(clip.subject) for clip in clips}
     plain = sorted({clip.subject for clip in clips if corpus_of[clip.clip_id] is None}, key=natural_key)
     if plain:
         raise ValueError(f"leave_one_corpus_out needs data=multi (subjects <corpus>/<subject>); found {plain[:5]}")

@@ -159,7 +159,7 @@ def per_corpus_table(per_fold: Sequence[Mapping]) -> list[dict]:
                 "folds": [m["fold"] for m in folds],
                 "n_clips": sum(int(m["test"]["n_clips"]) for m in folds),
                 "n_segments": sum(int(m["test"]["n_segments"]) for m in folds),
-                **{key: sum(row[key] for row in metrics) / len(metrics) for key in PER_CORPUS_METRICS},
+                **_mean_std(metrics, PER_CORPUS_METRICS)[0],
                 "not_in_test": list(dropped.get("not_in_test", [])),
                 "not_in_training": list(dropped.get("not_in_training", [])),
             }

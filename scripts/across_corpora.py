@@ -163,10 +163,9 @@ class Row:
         return [sys.executable, "train.py", *self.overrides(), f"seed={SEED}", "logger=csv", f"tag={self.tag}", *extra]
 
     def summary_path(self) -> Path | None:
-        """``<outputs>/<corpus>/<cv>/<tag>/<stage folder>/summary.json`` once the row has finished (the floor's
-        stage folder is ``baseline-compare``)."""
-        folder = "baseline-" + MODELS[self.model][1][0].partition("=")[2] if self.stage == "baseline" else self.stage
-        found = sorted(OUTPUTS.glob(f"*/*/{self.tag}/{folder}/summary.json"))
+        """``<outputs>/<corpus>/<cv>/<tag>/<stage folder>/summary.json`` once the row has finished (a row's tag holds
+        its one stage: ``audio``, or the floor's ``baseline-compare``)."""
+        found = sorted(OUTPUTS.glob(f"*/*/{self.tag}/*/summary.json"))
         return found[0] if found else None
 
 

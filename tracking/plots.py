@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
 
@@ -42,6 +44,23 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequen
     return fig
 
 
+def grouped_bars(
+    ax: Axes, rows: Sequence[dict], metrics: Sequence[str], chance: float | None
+) -> list[tuple[str, str, BarContainer]]:
+    """One group of bars per row (``metrics`` side by side, a colour each) and the chance level (dotted) when
+    given; returns each metric with its colour and bars."""
+    x = np.arange(len(rows))
+    width = 0.8 / len(metrics)
+    drawn = []
+    for k, (metric, colour) in enumerate(zip(metrics, ("tab:blue", "tab:orange", "tab:green", "tab:red"))):
+        values = [float(row[metric]) for row in rows]
+        offset = (k - (len(metrics) - 1) / 2) * width
+        drawn.append((metric, colour, ax.bar(x + offset, values, width, color=colour, label=metric.replace("_", " "))))
+    if chance is not None:
+        ax.axhline(chance, color="0.3", linestyle=":", linewidth=1.0, label=f"chance {chance:.3f}")
+    return drawn
+
+
 def fold_accuracy_figure(
     folds: Sequence[dict],
     mean: dict,
@@ -53,19 +72,12 @@ def fold_accuracy_figure(
     """Grouped bars of each fold's test accuracies (rows as in summary.json), with the mean ± std over
     folds (dashed line and band) and the chance level (dotted) when given."""
     labels = [f"{row['fold']}\n{','.join(row['subjects'])[:12]}" for row in folds]
-    x = np.arange(len(folds))
-    width = 0.8 / len(metrics)
     fig = Figure(figsize=(max(5.0, 0.7 * len(folds) + 3.0), 4.0), layout="constrained")
     ax = fig.subplots()
-    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
-    for k, (metric, colour) in enumerate(zip(metrics, colours)):
-        values = [row[metric] for row in folds]
-        ax.bar(x + (k - (len(metrics) - 1) / 2) * width, values, width, color=colour, label=metric.replace("_", " "))
+    for metric, colour, _ in grouped_bars(ax, folds, metrics, chance):
         ax.axhline(mean[metric], color=colour, linestyle="--", linewidth=1.0)
         ax.axhspan(mean[metric] - std[metric], mean[metric] + std[metric], color=colour, alpha=0.12)
-    if chance is not None:
-        ax.axhline(chance, color="0.3", linestyle=":", linewidth=1.0, label=f"chance {chance:.3f}")
-    ax.set_xticks(x, labels=labels, fontsize=8)
+    ax.set_xticks(np.arange(len(folds)), labels=labels, fontsize=8)
     ax.set_xlabel("fold (test subjects)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0.0, 1.0)
@@ -84,20 +96,11 @@ def corpus_accuracy_figure(
     """Grouped bars of each test corpus's metrics (summary.json's ``test.per_corpus`` rows), labelled with its
     clip count, and the chance level (dotted) when given."""
     labels = [f"{row['corpus']}\n{row['n_clips']} clips" for row in rows]
-    x = np.arange(len(rows))
-    width = 0.8 / len(metrics)
     fig = Figure(figsize=(max(5.0, 1.0 * len(rows) + 3.0), 4.0), layout="constrained")
     ax = fig.subplots()
-    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
-    for k, (metric, colour) in enumerate(zip(metrics, colours)):
-        values = [float(row[metric]) for row in rows]
-        bars = ax.bar(
-            x + (k - (len(metrics) - 1) / 2) * width, values, width, color=colour, label=metric.replace("_", " ")
-        )
+    for _, _, bars in grouped_bars(ax, rows, metrics, chance):
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    if chance is not None:
-        ax.axhline(chance, color="0.3", linestyle=":", linewidth=1.0, label=f"chance {chance:.3f}")
-    ax.set_xticks(x, labels=labels)
+    ax.set_xticks(np.arange(len(rows)), labels=labels)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test")
     ax.set_title(f"{title}: per test corpus", fontsize=10)
